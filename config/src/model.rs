@@ -1,0 +1,275 @@
+//! The configuration file as written: serde types, one per TOML section.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `[kafka]`: where events come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`; absent → an embedded mock cluster is started in-process.
+    pub bootstrap_servers: Option<String>,
+    /// Prefix of the consumer groups: `<prefix>-speed` and `<prefix>-lake`.
+    #[serde(default = "default_group_prefix")]
+    pub group_prefix: String,
+    /// Partitions per topic when Duet creates topics (embedded cluster, demo).
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Extra librdkafka client settings passed through (SASL, TLS, timeouts).
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+fn default_group_prefix() -> String {
+    "duet".into()
+}
+fn default_partitions() -> i32 {
+    4
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: None,
+            group_prefix: default_group_prefix(),
+            partitions: default_partitions(),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[lake]`: the master dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// object_store URL or local folder of the lake.
+    #[serde(default = "default_lake_url")]
+    pub url: String,
+    /// The raw sink commits after this many events...
+    #[serde(default = "default_flush_records")]
+    pub flush_records: usize,
+    /// ...or after this long, whichever comes first (`60s`).
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: String,
+}
+
+fn default_lake_url() -> String {
+    "duet-data/lake".into()
+}
+fn default_flush_records() -> usize {
+    1000
+}
+fn default_flush_interval() -> String {
+    "60s".into()
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        LakeConfig {
+            url: default_lake_url(),
+            flush_records: default_flush_records(),
+            flush_interval: default_flush_interval(),
+        }
+    }
+}
+
+/// `[store]`: the speed layer's view store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// File of the embedded store.
+    #[serde(default = "default_store_path")]
+    pub path: String,
+}
+
+fn default_store_path() -> String {
+    "duet-data/store.redb".into()
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_store_path(),
+        }
+    }
+}
+
+/// `[speed]`: consumer batching.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedConfig {
+    /// Most events applied in one store transaction.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// Longest wait before a partial batch is applied (`200ms`).
+    #[serde(default = "default_batch_interval")]
+    pub batch_interval: String,
+}
+
+fn default_batch_max() -> usize {
+    1000
+}
+fn default_batch_interval() -> String {
+    "200ms".into()
+}
+
+impl Default for SpeedConfig {
+    fn default() -> Self {
+        SpeedConfig {
+            batch_max: default_batch_max(),
+            batch_interval: default_batch_interval(),
+        }
+    }
+}
+
+/// `[batch]`: sealing policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// A bucket is sealed by scheduled jobs only once its end is this far behind both the
+    /// clock and the lake's event-time watermark (`30s`).
+    #[serde(default = "default_lateness")]
+    pub lateness: String,
+}
+
+fn default_lateness() -> String {
+    "30s".into()
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            lateness: default_lateness(),
+        }
+    }
+}
+
+/// `[serving]`: the query API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingConfig {
+    /// Address of the HTTP server.
+    #[serde(default = "default_bind")]
+    pub bind: String,
+}
+
+fn default_bind() -> String {
+    "127.0.0.1:8080".into()
+}
+
+impl Default for ServingConfig {
+    fn default() -> Self {
+        ServingConfig {
+            bind: default_bind(),
+        }
+    }
+}
+
+/// One string or a list of strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// A single name.
+    One(String),
+    /// Several names.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The names as a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[[sources]]`: a Kafka topic of JSON events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Source name (also the lake table `raw/<name>`).
+    pub name: String,
+    /// Kafka topic.
+    pub topic: String,
+    /// Field or fields whose values identify an event; duplicates are dropped.
+    pub event_id: OneOrMany,
+    /// Int field with the event time in epoch milliseconds.
+    pub event_time: String,
+    /// Declared fields and their types (`string`, `int`, `decimal(2)`, `array<struct<…>>`).
+    pub fields: BTreeMap<String, String>,
+    /// Fields that must be present and non-null, or the event is quarantined.
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// A filter every valid event must pass, or it is quarantined (`totalAmount > 0`).
+    pub check: Option<String>,
+}
+
+/// One measure of a view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureConfig {
+    /// Name of the output column.
+    pub name: String,
+    /// count, sum, min, max, avg, distinct_count or top_k.
+    pub kind: String,
+    /// Input field (all kinds but count; the key for top_k).
+    pub field: Option<String>,
+    /// top_k only: numeric weight field (absent → count rows).
+    pub by: Option<String>,
+    /// top_k only: how many keys (default 10).
+    pub k: Option<usize>,
+}
+
+/// `[[views]]`: an aggregate kept by both layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    /// View name (also the lake table `views/<name>`).
+    pub name: String,
+    /// What the view shows, for people.
+    pub description: Option<String>,
+    /// Source name.
+    pub source: String,
+    /// Rows kept (`orderStatus == 'paid'`).
+    pub filter: Option<String>,
+    /// Int field giving the time of a row (default: the source's event time).
+    pub time: Option<String>,
+    /// Bucket width (`1m`, `1h`).
+    pub bucket: String,
+    /// Array field whose elements become the rows (`items`).
+    pub explode: Option<String>,
+    /// Group-by fields.
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+    /// Aggregates.
+    pub measures: Vec<MeasureConfig>,
+}
+
+/// `[[jobs]]`: scheduled batch recomputes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Job name.
+    pub name: String,
+    /// One view...
+    pub view: Option<String>,
+    /// ...or several.
+    #[serde(default)]
+    pub views: Vec<String>,
+    /// Cron expression with seconds: `0 * * * * *` = every minute.
+    pub schedule: String,
+}
+
+impl JobConfig {
+    /// Every view the job recomputes.
+    pub fn all_views(&self) -> Vec<String> {
+        self.view
+            .iter()
+            .cloned()
+            .chain(self.views.iter().cloned())
+            .collect()
+    }
+}

@@ -1,0 +1,709 @@
+//! Loading: TOML → typed sections → resolved sources and views, collecting every problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::de::DeserializeOwned;
+
+use crate::Config;
+use crate::duration::parse_millis;
+use crate::error::{Error, Problem, Result};
+use crate::filter::{Filter, Literal};
+use crate::measure::MeasureKind;
+use crate::model::{JobConfig, MeasureConfig, SourceConfig, ViewConfig};
+use crate::types::{FieldType, NumType};
+use crate::view::{MeasureSpec, Source, ViewSpec};
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, expected: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            expected: expected.into(),
+        });
+    }
+}
+
+fn join(prefix: &str, inner: &str) -> String {
+    if inner.is_empty() || inner == "." {
+        prefix.to_string()
+    } else if inner.starts_with('[') {
+        format!("{prefix}{inner}")
+    } else {
+        format!("{prefix}.{inner}")
+    }
+}
+
+fn de<T: DeserializeOwned>(v: toml::Value, path: &str, p: &mut Problems) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            p.add(join(path, &inner), e.into_inner().message().to_string());
+            None
+        }
+    }
+}
+
+fn section<T: DeserializeOwned + Default>(t: &mut toml::Table, key: &str, p: &mut Problems) -> T {
+    t.remove(key)
+        .and_then(|v| de(v, key, p))
+        .unwrap_or_default()
+}
+
+/// The entries of an array of tables that deserialised, and the names of those that did not
+/// (so that what refers to them is not reported twice).
+fn array<T: DeserializeOwned>(
+    t: &mut toml::Table,
+    key: &str,
+    p: &mut Problems,
+) -> (Vec<(String, T)>, BTreeSet<String>) {
+    let mut ok = Vec::new();
+    let mut failed = BTreeSet::new();
+    match t.remove(key) {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            for (i, v) in items.into_iter().enumerate() {
+                let path = format!("{key}[{i}]");
+                let name = v.get("name").and_then(|n| n.as_str()).map(str::to_string);
+                match de(v, &path, p) {
+                    Some(t) => ok.push((path, t)),
+                    None => failed.extend(name),
+                }
+            }
+        }
+        Some(_) => p.add(key, format!("expected an array of tables ([[{key}]])")),
+    }
+    (ok, failed)
+}
+
+fn duration(text: &str, path: &str, p: &mut Problems) -> i64 {
+    parse_millis(text).unwrap_or_else(|e| {
+        p.add(path, e.to_string());
+        1
+    })
+}
+
+pub(crate) fn load(text: &str, file: &Path) -> Result<Config> {
+    let invalid = |problems: Vec<Problem>| Error::Invalid {
+        file: file.to_path_buf(),
+        problems,
+    };
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+        invalid(vec![Problem {
+            path: String::new(),
+            expected: format!("invalid TOML: {}", e.message()),
+        }])
+    })?;
+    let mut p = Problems::default();
+    let kafka: crate::KafkaConfig = section(&mut table, "kafka", &mut p);
+    let lake: crate::LakeConfig = section(&mut table, "lake", &mut p);
+    let store: crate::StoreConfig = section(&mut table, "store", &mut p);
+    let speed: crate::SpeedConfig = section(&mut table, "speed", &mut p);
+    let batch: crate::BatchConfig = section(&mut table, "batch", &mut p);
+    let serving: crate::ServingConfig = section(&mut table, "serving", &mut p);
+    let (raw_sources, mut broken): (Vec<(String, SourceConfig)>, _) =
+        array(&mut table, "sources", &mut p);
+    let (raw_views, broken_views): (Vec<(String, ViewConfig)>, _) =
+        array(&mut table, "views", &mut p);
+    let (jobs, _): (Vec<(String, JobConfig)>, _) = array(&mut table, "jobs", &mut p);
+    for key in table.keys() {
+        p.add(
+            key.as_str(),
+            "unknown section (expected kafka, lake, store, speed, batch, serving, sources, views, jobs)",
+        );
+    }
+
+    if kafka.partitions < 1 {
+        p.add("kafka.partitions", "expected at least 1");
+    }
+    if lake.flush_records == 0 {
+        p.add("lake.flush_records", "expected at least 1");
+    }
+    if speed.batch_max == 0 {
+        p.add("speed.batch_max", "expected at least 1");
+    }
+    let lake_flush_ms = duration(&lake.flush_interval, "lake.flush_interval", &mut p);
+    let speed_batch_ms = duration(&speed.batch_interval, "speed.batch_interval", &mut p);
+    let lateness_ms = duration(&batch.lateness, "batch.lateness", &mut p);
+    if std::net::SocketAddr::from_str(&serving.bind).is_err() {
+        p.add(
+            "serving.bind",
+            format!(
+                "expected an address such as 127.0.0.1:8080, found {:?}",
+                serving.bind
+            ),
+        );
+    }
+
+    let mut sources = Vec::new();
+    let mut names = BTreeSet::new();
+    let declared = raw_sources.len() + broken.len();
+    for (path, s) in raw_sources {
+        if !names.insert(s.name.clone()) {
+            p.add(
+                format!("{path}.name"),
+                format!("source `{}` is declared twice", s.name),
+            );
+        }
+        let name = s.name.clone();
+        match resolve_source(&path, s, &mut p) {
+            Some(src) => sources.push(src),
+            None => {
+                broken.insert(name);
+            }
+        }
+    }
+    if declared == 0 {
+        p.add("sources", "expected at least one [[sources]] entry");
+    }
+
+    let mut views = Vec::new();
+    let mut names = BTreeSet::new();
+    for (path, v) in raw_views {
+        if !names.insert(v.name.clone()) {
+            p.add(
+                format!("{path}.name"),
+                format!("view `{}` is declared twice", v.name),
+            );
+        }
+        if broken.contains(&v.source) {
+            continue; // the source's own problems are reported
+        }
+        if let Some(view) = resolve_view(&path, v, &sources, &mut p) {
+            views.push(view);
+        }
+    }
+
+    for (path, j) in &jobs {
+        let all = j.all_views();
+        if all.is_empty() {
+            p.add(
+                path.as_str(),
+                "expected `view` or `views` naming at least one view",
+            );
+        }
+        for v in all {
+            if !names.contains(&v) && !broken_views.contains(&v) {
+                p.add(format!("{path}.views"), format!("unknown view `{v}`"));
+            }
+        }
+        if let Err(e) = cron::Schedule::from_str(&j.schedule) {
+            p.add(
+                format!("{path}.schedule"),
+                format!("expected a cron expression with seconds such as \"0 * * * * *\": {e}"),
+            );
+        }
+    }
+
+    if !p.0.is_empty() {
+        return Err(invalid(p.0));
+    }
+    Ok(Config {
+        file: file.to_path_buf(),
+        kafka,
+        lake,
+        store,
+        speed,
+        batch,
+        serving,
+        sources,
+        views,
+        jobs: jobs.into_iter().map(|(_, j)| j).collect(),
+        lake_flush_ms,
+        speed_batch_ms,
+        lateness_ms,
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn resolve_source(path: &str, s: SourceConfig, p: &mut Problems) -> Option<Source> {
+    let before = p.0.len();
+    if !valid_name(&s.name) {
+        p.add(
+            format!("{path}.name"),
+            "expected letters, digits, `_` or `-`",
+        );
+    }
+    let mut fields = BTreeMap::new();
+    for (name, text) in &s.fields {
+        match FieldType::parse(text) {
+            Ok(t) => {
+                fields.insert(name.clone(), t);
+            }
+            Err(e) => p.add(format!("{path}.fields.{name}"), e.to_string()),
+        }
+    }
+    let lookup = |f: &str| field_type(&fields, None, f);
+    match lookup(&s.event_time) {
+        Ok(FieldType::Int) => {}
+        Ok(t) => p.add(
+            format!("{path}.event_time"),
+            format!(
+                "expected an int field (epoch ms), `{}` is {t}",
+                s.event_time
+            ),
+        ),
+        Err(e) => p.add(format!("{path}.event_time"), e),
+    }
+    let event_id = s.event_id.to_vec();
+    if event_id.is_empty() {
+        p.add(format!("{path}.event_id"), "expected at least one field");
+    }
+    for f in &event_id {
+        match lookup(f) {
+            Ok(t) if t.is_key() => {}
+            Ok(t) => p.add(
+                format!("{path}.event_id"),
+                format!("expected string, int or bool fields, `{f}` is {t}"),
+            ),
+            Err(e) => p.add(format!("{path}.event_id"), e),
+        }
+    }
+    for f in &s.required {
+        if let Err(e) = lookup(f) {
+            p.add(format!("{path}.required"), e);
+        }
+    }
+    let check = s.check.as_ref().and_then(|text| {
+        check_filter(text, &format!("{path}.check"), &|f| lookup(f), p).map(|f| (f, text.clone()))
+    });
+    (p.0.len() == before).then(|| Source {
+        name: s.name,
+        topic: s.topic,
+        event_id,
+        event_time: s.event_time,
+        fields,
+        required: s.required,
+        check,
+    })
+}
+
+/// The type at a dotted path; inside `explode`, the element type of that array.
+fn field_type(
+    fields: &BTreeMap<String, FieldType>,
+    explode: Option<&str>,
+    path: &str,
+) -> Result<FieldType, String> {
+    let mut segs = path.split('.');
+    let first = segs.next().unwrap_or_default();
+    let mut t = fields.get(first).cloned().ok_or_else(|| {
+        format!(
+            "unknown field `{first}` (declared: {})",
+            fields.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    if Some(first) == explode {
+        t = match t {
+            FieldType::Array(inner) => *inner,
+            other => return Err(format!("`{first}` is {other}, not an array")),
+        };
+    }
+    for seg in segs {
+        t = match &t {
+            FieldType::Struct(fs) => fs
+                .iter()
+                .find(|(n, _)| n == seg)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| format!("`{path}`: no field `{seg}` in {t}"))?,
+            FieldType::Array(_) => {
+                return Err(format!(
+                    "`{path}` goes inside an array: set `explode` to read its elements"
+                ));
+            }
+            other => return Err(format!("`{path}`: {other} has no field `{seg}`")),
+        };
+    }
+    Ok(t)
+}
+
+fn check_filter(
+    text: &str,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Result<FieldType, String>,
+    p: &mut Problems,
+) -> Option<Filter> {
+    let f = match Filter::parse(text) {
+        Ok(f) => f,
+        Err(e) => {
+            p.add(path, e.to_string());
+            return None;
+        }
+    };
+    let before = p.0.len();
+    for (field, lit) in f.paths() {
+        match lookup(field) {
+            Ok(t) => {
+                let ok = match (&t, lit) {
+                    (FieldType::String, Literal::Str(_)) | (FieldType::Bool, Literal::Bool(_)) => {
+                        true
+                    }
+                    (FieldType::Int, Literal::Number(n)) => n.parse::<i64>().is_ok(),
+                    (FieldType::Float, Literal::Number(_)) => true,
+                    (FieldType::Decimal(s), Literal::Number(n)) => {
+                        crate::types::parse_decimal(n, *s).is_some()
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    p.add(
+                        path,
+                        format!(
+                            "`{field}` is {t}; the literal compared with it must be of that type"
+                        ),
+                    );
+                }
+            }
+            Err(e) => p.add(path, e),
+        }
+    }
+    (p.0.len() == before).then_some(f)
+}
+
+fn resolve_view(
+    path: &str,
+    v: ViewConfig,
+    sources: &[Source],
+    p: &mut Problems,
+) -> Option<ViewSpec> {
+    let before = p.0.len();
+    if !valid_name(&v.name) {
+        p.add(
+            format!("{path}.name"),
+            "expected letters, digits, `_` or `-`",
+        );
+    }
+    let bucket_ms = duration(&v.bucket, &format!("{path}.bucket"), p);
+    let Some(src) = sources.iter().find(|s| s.name == v.source) else {
+        p.add(
+            format!("{path}.source"),
+            format!(
+                "unknown source `{}` (declared: {})",
+                v.source,
+                sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        return None;
+    };
+    let explode = v.explode.as_deref();
+    if let Some(x) = explode {
+        match src.fields.get(x) {
+            Some(FieldType::Array(_)) => {}
+            Some(t) => p.add(
+                format!("{path}.explode"),
+                format!("expected an array field, `{x}` is {t}"),
+            ),
+            None => p.add(format!("{path}.explode"), format!("unknown field `{x}`")),
+        }
+    }
+    let lookup = |f: &str| field_type(&src.fields, explode, f);
+    let time_field = v.time.clone().unwrap_or_else(|| src.event_time.clone());
+    match lookup(&time_field) {
+        Ok(FieldType::Int) => {}
+        Ok(t) => p.add(
+            format!("{path}.time"),
+            format!("expected an int field (epoch ms), `{time_field}` is {t}"),
+        ),
+        Err(e) => p.add(format!("{path}.time"), e),
+    }
+    let filter = v
+        .filter
+        .as_ref()
+        .and_then(|t| check_filter(t, &format!("{path}.filter"), &lookup, p));
+    let mut out_names = BTreeSet::from(["bucket".to_string()]);
+    for (i, d) in v.dimensions.iter().enumerate() {
+        let dp = format!("{path}.dimensions[{i}]");
+        match lookup(d) {
+            Ok(t) if t.is_key() => {}
+            Ok(t) => p.add(
+                dp.as_str(),
+                format!("expected a string, int or bool field, `{d}` is {t}"),
+            ),
+            Err(e) => p.add(dp.as_str(), e),
+        }
+        if !out_names.insert(d.clone()) {
+            p.add(dp, format!("`{d}` is used twice"));
+        }
+    }
+    if v.measures.is_empty() {
+        p.add(format!("{path}.measures"), "expected at least one measure");
+    }
+    let mut measures = Vec::new();
+    for (i, m) in v.measures.iter().enumerate() {
+        let mp = format!("{path}.measures[{i}]");
+        if !out_names.insert(m.name.clone()) || !valid_name(&m.name) {
+            p.add(
+                format!("{mp}.name"),
+                format!(
+                    "expected a unique name of letters, digits or `_`, found `{}`",
+                    m.name
+                ),
+            );
+        }
+        if let Some(kind) = resolve_measure(&mp, m, &lookup, p) {
+            measures.push(MeasureSpec {
+                name: m.name.clone(),
+                kind,
+                field: m.field.clone(),
+                by: m.by.clone(),
+            });
+        }
+    }
+    (p.0.len() == before).then(|| ViewSpec {
+        name: v.name,
+        description: v.description,
+        source: v.source,
+        filter,
+        filter_text: v.filter,
+        time_field,
+        bucket_ms,
+        explode: v.explode,
+        dimensions: v.dimensions,
+        measures,
+    })
+}
+
+fn resolve_measure(
+    path: &str,
+    m: &MeasureConfig,
+    lookup: &dyn Fn(&str) -> Result<FieldType, String>,
+    p: &mut Problems,
+) -> Option<MeasureKind> {
+    let numeric = |f: &Option<String>, key: &str, p: &mut Problems| -> Option<NumType> {
+        let Some(f) = f else {
+            p.add(
+                format!("{path}.{key}"),
+                format!("`{}` needs a numeric `{key}`", m.kind),
+            );
+            return None;
+        };
+        match lookup(f) {
+            Ok(t) => t.num_type().or_else(|| {
+                p.add(
+                    format!("{path}.{key}"),
+                    format!("expected an int, float or decimal field, `{f}` is {t}"),
+                );
+                None
+            }),
+            Err(e) => {
+                p.add(format!("{path}.{key}"), e);
+                None
+            }
+        }
+    };
+    let key = |p: &mut Problems| -> Option<()> {
+        let Some(f) = &m.field else {
+            p.add(
+                format!("{path}.field"),
+                format!("`{}` needs a `field`", m.kind),
+            );
+            return None;
+        };
+        match lookup(f) {
+            Ok(t) if t.is_key() => Some(()),
+            Ok(t) => {
+                p.add(
+                    format!("{path}.field"),
+                    format!("expected a string, int or bool field, `{f}` is {t}"),
+                );
+                None
+            }
+            Err(e) => {
+                p.add(format!("{path}.field"), e);
+                None
+            }
+        }
+    };
+    if m.kind != "top_k" {
+        if m.by.is_some() {
+            p.add(format!("{path}.by"), "only top_k takes `by`");
+        }
+        if m.k.is_some() {
+            p.add(format!("{path}.k"), "only top_k takes `k`");
+        }
+    }
+    match m.kind.as_str() {
+        "count" => {
+            if m.field.is_some() {
+                p.add(format!("{path}.field"), "count takes no field");
+                return None;
+            }
+            Some(MeasureKind::Count)
+        }
+        "sum" => numeric(&m.field, "field", p).map(MeasureKind::Sum),
+        "min" => numeric(&m.field, "field", p).map(MeasureKind::Min),
+        "max" => numeric(&m.field, "field", p).map(MeasureKind::Max),
+        "avg" => numeric(&m.field, "field", p).map(MeasureKind::Avg),
+        "distinct_count" => key(p).map(|()| MeasureKind::DistinctCount),
+        "top_k" => {
+            let k = m.k.unwrap_or(10);
+            if k == 0 {
+                p.add(format!("{path}.k"), "expected at least 1");
+            }
+            let weight = match &m.by {
+                None => Some(NumType::Int),
+                by => numeric(by, "by", p),
+            };
+            let key = key(p);
+            match (key, weight) {
+                (Some(()), Some(weight)) if k > 0 => Some(MeasureKind::TopK { k, weight }),
+                _ => None,
+            }
+        }
+        other => {
+            p.add(
+                format!("{path}.kind"),
+                format!(
+                    "expected count, sum, min, max, avg, distinct_count or top_k, found `{other}`"
+                ),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [[sources]]
+        name = "orders"
+        topic = "order-events"
+        event_id = ["orderId", "orderStatus"]
+        event_time = "createTime"
+        check = "totalAmount > 0"
+        fields = { orderId = "string", orderStatus = "string", createTime = "int", payTime = "int", totalAmount = "decimal(2)", items = "array<struct<productId: string, quantity: int>>" }
+
+        [[views]]
+        name = "gmv_per_minute"
+        source = "orders"
+        filter = "orderStatus == 'paid'"
+        time = "payTime"
+        bucket = "1m"
+        measures = [{ name = "gmv", kind = "sum", field = "totalAmount" }, { name = "orders", kind = "count" }]
+
+        [[views]]
+        name = "hot_products_hourly"
+        source = "orders"
+        explode = "items"
+        bucket = "1h"
+        measures = [{ name = "top", kind = "top_k", field = "items.productId", by = "items.quantity", k = 10 }]
+
+        [[jobs]]
+        name = "seal"
+        views = ["gmv_per_minute"]
+        schedule = "0 * * * * *"
+    "#;
+
+    fn problems(text: &str) -> Vec<String> {
+        match load(text, Path::new("t.toml")) {
+            Ok(_) => Vec::new(),
+            Err(Error::Invalid { problems, .. }) => {
+                problems.iter().map(|p| p.to_string()).collect()
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn loads_a_good_config() {
+        let cfg = load(GOOD, Path::new("t.toml")).unwrap();
+        assert_eq!(cfg.views.len(), 2);
+        assert_eq!(cfg.views[0].time_field, "payTime");
+        assert_eq!(cfg.views[1].bucket_ms, 3_600_000);
+        assert_eq!(
+            cfg.views[1].measures[0].kind,
+            MeasureKind::TopK {
+                k: 10,
+                weight: NumType::Int
+            }
+        );
+        assert!(cfg.kafka.bootstrap_servers.is_none());
+        assert_eq!(cfg.lake.url, "duet-data/lake");
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let bad = GOOD
+            .replace("bucket = \"1m\"", "bucket = \"1 minute\"")
+            .replace("kind = \"count\"", "kind = \"counts\"")
+            .replace("by = \"items.quantity\"", "by = \"items.productId\"")
+            .replace("orderStatus == 'paid'", "orderStatus == 5")
+            .replace("views = [\"gmv_per_minute\"]", "views = [\"nope\"]")
+            .replace("0 * * * * *", "every minute")
+            + "\n[serving]\nbind = \"nowhere\"\nport = 1\n";
+        let p = problems(&bad);
+        let expect = [
+            "serving.port: unknown field `port`",
+            "views[0].bucket: duration `1 minute`",
+            "views[0].filter: `orderStatus` is string",
+            "views[0].measures[1].kind: expected count, sum",
+            "views[1].measures[0].by: expected an int, float or decimal field, `items.productId` is string",
+            "jobs[0].views: unknown view `nope`",
+            "jobs[0].schedule: expected a cron expression",
+        ];
+        for e in expect {
+            assert!(
+                p.iter().any(|x| x.starts_with(e)),
+                "missing {e:?} in {p:#?}"
+            );
+        }
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn reports_type_errors_inside_array_elements() {
+        let bad = GOOD.replace("topic = \"order-events\"", "topic = 5");
+        let p = problems(&bad);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(
+            p[0].starts_with("sources[0].topic: invalid type: integer `5`"),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_fields_and_paths() {
+        let bad = GOOD
+            .replace("totalAmount = \"decimal(2)\"", "totalAmount = \"money\"")
+            .replace("field = \"items.productId\"", "field = \"items.nope\"");
+        let p = problems(&bad);
+        assert!(
+            p[0].starts_with("sources[0].fields.totalAmount: field type `money`"),
+            "{p:#?}"
+        );
+        let bad = GOOD.replace("explode = \"items\"", "");
+        let p = problems(&bad);
+        assert!(p.iter().any(|x| x.contains("set `explode`")), "{p:#?}");
+    }
+
+    #[test]
+    fn the_error_names_the_file() {
+        let e = load("[kafka]\npartitions = 0\n", Path::new("conf/x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("conf/x.toml has 2 problems:"), "{e}");
+        assert!(
+            e.contains("conf/x.toml: kafka.partitions: expected at least 1"),
+            "{e}"
+        );
+        let e = load("[kafka\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid TOML"), "{e}");
+    }
+}
