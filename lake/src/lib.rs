@@ -1,1 +1,129 @@
-//! duet-lake
+//! The lake: Delta tables over object_store holding the master dataset (`raw/<source>`),
+//! the batch views (`views/<view>`) and the seal ledger (`ledger/seals`).
+//!
+//! Every write is one Delta transaction, so readers (Duet's serving layer, Polars, Spark,
+//! delta-rs, DuckDB) never see half of one.
+
+mod arrow_util;
+pub mod error;
+pub mod ledger;
+pub mod raw;
+pub mod views;
+
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use url::Url;
+
+pub use error::{Error, Result};
+pub use ledger::{Seal, SealLedger};
+pub use raw::{RawRecord, RawWriter};
+pub use views::{ViewRow, ViewTable};
+
+/// A lake: a root URL under which Duet keeps its tables.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    root: Url,
+}
+
+impl Lake {
+    /// Opens the lake at `location`: an object_store URL (`file:///…`, `s3://…`) or a local
+    /// folder, created if missing.
+    pub fn open(location: &str) -> Result<Lake> {
+        let err = |message: String| Error::Location {
+            url: location.to_string(),
+            message,
+        };
+        let root = if location.contains("://") {
+            Url::parse(location).map_err(|e| err(e.to_string()))?
+        } else {
+            std::fs::create_dir_all(location).map_err(|e| err(e.to_string()))?;
+            let abs = std::fs::canonicalize(location).map_err(|e| err(e.to_string()))?;
+            Url::from_directory_path(&abs).map_err(|()| err("not an absolute path".into()))?
+        };
+        let root = if root.path().ends_with('/') {
+            root
+        } else {
+            Url::parse(&format!("{root}/")).map_err(|e| err(e.to_string()))?
+        };
+        Ok(Lake { root })
+    }
+
+    /// The root URL.
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// URL of a table below the root (`raw/orders`).
+    pub fn table_url(&self, rel: &str) -> Url {
+        // joining a relative path onto a directory URL cannot fail
+        self.root
+            .join(&format!("{rel}/"))
+            .unwrap_or_else(|_| self.root.clone())
+    }
+
+    /// The master-data table of a source.
+    pub fn raw_table_url(&self, source: &str) -> Url {
+        self.table_url(&format!("raw/{source}"))
+    }
+
+    /// The batch table of a view.
+    pub fn view_table_url(&self, view: &str) -> Url {
+        self.table_url(&format!("views/{view}"))
+    }
+}
+
+/// Loads the table at `url`, or `None` if no table exists there yet.
+pub(crate) async fn try_load(url: &Url) -> Result<Option<DeltaTable>> {
+    let mut table = DeltaTableBuilder::from_url(url.clone())
+        .and_then(|b| b.build())
+        .map_err(|source| Error::Delta {
+            table: url.to_string(),
+            source,
+        })?;
+    match table.load().await {
+        Ok(()) => Ok(Some(table)),
+        Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+        Err(source) => Err(Error::Delta {
+            table: url.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Loads the table at `url`, creating it with `schema` and `partitions` if missing.
+pub(crate) async fn load_or_create(
+    url: &Url,
+    schema: &deltalake::arrow::datatypes::Schema,
+    partitions: &[&str],
+) -> Result<DeltaTable> {
+    if let Some(t) = try_load(url).await? {
+        return Ok(t);
+    }
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+    let delta_err = |source| Error::Delta {
+        table: url.to_string(),
+        source,
+    };
+    let kernel: deltalake::kernel::StructType =
+        schema.try_into_kernel().map_err(|e| delta_err(e.into()))?;
+    let table = DeltaTableBuilder::from_url(url.clone())
+        .and_then(|b| b.build())
+        .map_err(delta_err)?;
+    table
+        .create()
+        .with_columns(kernel.fields().cloned())
+        .with_partition_columns(partitions.iter().map(|p| p.to_string()))
+        .with_save_mode(deltalake::protocol::SaveMode::Ignore)
+        .await
+        .map_err(delta_err)
+}
+
+/// Local file path of a table file URI (`file:///…`), as Polars reads it.
+pub fn local_path(uri: &str) -> Option<String> {
+    let url = Url::parse(uri).ok()?;
+    if url.scheme() != "file" {
+        return None;
+    }
+    url.to_file_path()
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}

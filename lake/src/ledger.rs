@@ -1,0 +1,131 @@
+//! `ledger/seals`: which bucket ranges of which view the batch layer has sealed, and with
+//! which version of the view's table. Appended after the view's own commit, so a crash in
+//! between leaves the range open (served from speed) and the next run seals it again.
+
+use std::sync::Arc;
+
+use deltalake::arrow::array::{Array, AsArray};
+use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimestampMicrosecondType};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use serde_json::json;
+use url::Url;
+
+use crate::arrow_util::{active_files, json_rows_to_batch, read_files, timestamp_type};
+use crate::error::{Error, Result};
+use crate::{Lake, load_or_create, try_load};
+
+/// One sealed range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seal {
+    /// View name.
+    pub view: String,
+    /// First bucket start (inclusive), epoch ms.
+    pub from: i64,
+    /// End (exclusive), epoch ms.
+    pub to: i64,
+    /// Version of `views/<view>` holding the recompute.
+    pub version: i64,
+    /// When it was sealed, epoch ms.
+    pub sealed_at: i64,
+}
+
+/// The seal ledger of a lake.
+#[derive(Debug, Clone)]
+pub struct SealLedger {
+    url: Url,
+}
+
+fn schema() -> Schema {
+    Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("from", timestamp_type(), false),
+        Field::new("to", timestamp_type(), false),
+        Field::new("version", DataType::Int64, false),
+        Field::new("sealed_at", timestamp_type(), false),
+    ])
+}
+
+impl SealLedger {
+    /// The ledger of `lake`.
+    pub fn new(lake: &Lake) -> SealLedger {
+        SealLedger {
+            url: lake.table_url("ledger/seals"),
+        }
+    }
+
+    /// Appends a seal (one Delta commit).
+    pub async fn record(&self, seal: &Seal) -> Result<()> {
+        let name = self.url.to_string();
+        let delta = |source| Error::Delta {
+            table: name.clone(),
+            source,
+        };
+        let mut table = load_or_create(&self.url, &schema(), &[]).await?;
+        let mut writer = RecordBatchWriter::for_table(&table).map_err(delta)?;
+        let row = json!({
+            "view": seal.view, "from": seal.from * 1000, "to": seal.to * 1000,
+            "version": seal.version, "sealed_at": seal.sealed_at * 1000,
+        });
+        let batch = json_rows_to_batch(&name, Arc::clone(&writer.arrow_schema()), &[row])?;
+        writer.write(batch).await.map_err(delta)?;
+        writer.flush_and_commit(&mut table).await.map_err(delta)?;
+        Ok(())
+    }
+
+    /// Every seal, optionally of one view, oldest first.
+    pub async fn seals(&self, view: Option<&str>) -> Result<Vec<Seal>> {
+        let Some(table) = try_load(&self.url).await? else {
+            return Ok(Vec::new());
+        };
+        let paths: Vec<_> = active_files(&table)?
+            .into_iter()
+            .map(|(p, _, _)| p)
+            .collect();
+        let bad = |m: &str| Error::State {
+            view: "ledger".into(),
+            message: m.into(),
+        };
+        let mut out = Vec::new();
+        for b in read_files(&table, &paths).await? {
+            let ts = |n: &str| {
+                b.column_by_name(n)
+                    .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>().cloned())
+                    .ok_or_else(|| bad(n))
+            };
+            let views = b
+                .column_by_name("view")
+                .and_then(|c| c.as_string_opt::<i32>().cloned())
+                .ok_or_else(|| bad("view"))?;
+            let versions = b
+                .column_by_name("version")
+                .and_then(|c| c.as_primitive_opt::<Int64Type>().cloned())
+                .ok_or_else(|| bad("version"))?;
+            let (from, to, at) = (ts("from")?, ts("to")?, ts("sealed_at")?);
+            for i in 0..b.num_rows() {
+                if views.is_null(i) || view.is_some_and(|v| v != views.value(i)) {
+                    continue;
+                }
+                out.push(Seal {
+                    view: views.value(i).to_string(),
+                    from: from.value(i) / 1000,
+                    to: to.value(i) / 1000,
+                    version: versions.value(i),
+                    sealed_at: at.value(i) / 1000,
+                });
+            }
+        }
+        out.sort_by_key(|s| (s.sealed_at, s.version));
+        Ok(out)
+    }
+}
+
+/// The latest seal covering the whole of `[from, to)`, if any.
+pub fn covering(seals: &[Seal], from: i64, to: i64) -> Option<&Seal> {
+    seals.iter().rev().find(|s| s.from <= from && to <= s.to)
+}
+
+/// The end of the contiguous sealed prefix starting at the earliest seal: where a scheduled
+/// job resumes.
+pub fn sealed_until(seals: &[Seal]) -> Option<i64> {
+    seals.iter().map(|s| s.to).max()
+}

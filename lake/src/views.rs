@@ -1,0 +1,267 @@
+//! `views/<view>`: the batch layer's output, partitioned by bucket date (UTC). A recompute of
+//! a bucket range replaces exactly those buckets in one Delta commit (remove the touched
+//! partitions' files, add them rewritten), so readers see all of it or none of it.
+//!
+//! Columns: `bucket` (timestamp), `bucket_date` (partition), one string column per dimension,
+//! one readable column per measure (for any Delta reader), and `_state`: the exact partial
+//! states (JSON), which serving renders with the same algebra as the speed layer's states.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use deltalake::arrow::array::{Array, AsArray};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
+use deltalake::kernel::Action;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use duet_config::{DimKey, MeasureKind, State, ViewSpec};
+use serde_json::{Map, Value as J};
+use url::Url;
+
+use crate::arrow_util::{active_files, json_rows_to_batch, read_files, timestamp_type};
+use crate::error::{Error, Result};
+use crate::{Lake, load_or_create, try_load};
+
+/// One row of a view: a bucket, its dimension values and one state per measure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewRow {
+    /// Bucket start, epoch ms.
+    pub bucket: i64,
+    /// Dimension values.
+    pub dims: DimKey,
+    /// One state per measure.
+    pub states: Vec<State>,
+}
+
+/// Column name of a dimension path (`deviceInfo.platform` → `deviceInfo_platform`).
+pub fn dim_column(path: &str) -> String {
+    path.replace('.', "_")
+}
+
+fn measure_type(kind: &MeasureKind) -> DataType {
+    use duet_config::NumType;
+    match kind {
+        MeasureKind::Count | MeasureKind::DistinctCount => DataType::Int64,
+        MeasureKind::Sum(NumType::Int)
+        | MeasureKind::Min(NumType::Int)
+        | MeasureKind::Max(NumType::Int) => DataType::Int64,
+        MeasureKind::TopK { .. } => DataType::Utf8,
+        _ => DataType::Float64,
+    }
+}
+
+/// The arrow schema of `views/<view>`.
+pub fn view_schema(spec: &ViewSpec) -> Schema {
+    let mut fields = vec![Field::new("bucket", timestamp_type(), false)];
+    for d in &spec.dimensions {
+        fields.push(Field::new(dim_column(d), DataType::Utf8, true));
+    }
+    for m in &spec.measures {
+        fields.push(Field::new(&m.name, measure_type(&m.kind), true));
+    }
+    fields.push(Field::new("_state", DataType::Utf8, false));
+    fields.push(Field::new("bucket_date", DataType::Utf8, false));
+    Schema::new(fields)
+}
+
+fn date_of(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// Every UTC date touched by `[from, to)`.
+fn dates_in(from: i64, to: i64) -> BTreeSet<String> {
+    let day = 86_400_000;
+    let mut out = BTreeSet::new();
+    let mut t = from - from.rem_euclid(day);
+    while t < to {
+        out.insert(date_of(t));
+        t += day;
+    }
+    out
+}
+
+/// The batch table of one view.
+#[derive(Debug, Clone)]
+pub struct ViewTable {
+    spec: ViewSpec,
+    url: Url,
+}
+
+impl ViewTable {
+    /// The table of `spec` in `lake`.
+    pub fn new(lake: &Lake, spec: &ViewSpec) -> ViewTable {
+        ViewTable {
+            spec: spec.clone(),
+            url: lake.view_table_url(&spec.name),
+        }
+    }
+
+    /// The table URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    fn to_json(&self, r: &ViewRow) -> Result<J> {
+        let mut m = Map::new();
+        m.insert("bucket".into(), J::from(r.bucket * 1000));
+        m.insert("bucket_date".into(), J::from(date_of(r.bucket)));
+        for (d, v) in self.spec.dimensions.iter().zip(&r.dims) {
+            m.insert(dim_column(d), v.clone().map_or(J::Null, J::String));
+        }
+        for (name, v) in self.spec.render(&r.states) {
+            let v = if v.is_array() {
+                J::String(v.to_string())
+            } else {
+                v
+            };
+            m.insert(name, v);
+        }
+        let state = serde_json::to_string(&r.states).map_err(|e| Error::State {
+            view: self.spec.name.clone(),
+            message: e.to_string(),
+        })?;
+        m.insert("_state".into(), J::String(state));
+        Ok(J::Object(m))
+    }
+
+    /// Replaces the buckets in `[from, to)` with `rows` (all of which must lie in the range)
+    /// in one Delta commit. Returns the new table version.
+    pub async fn replace_range(&self, from: i64, to: i64, rows: &[ViewRow]) -> Result<i64> {
+        let name = self.url.to_string();
+        let delta = |source| Error::Delta {
+            table: name.clone(),
+            source,
+        };
+        let mut table =
+            load_or_create(&self.url, &view_schema(&self.spec), &["bucket_date"]).await?;
+        let dates = dates_in(from, to);
+        let touched: Vec<_> = active_files(&table)?
+            .into_iter()
+            .filter(|(_, parts, _)| {
+                parts
+                    .get("bucket_date")
+                    .and_then(|d| d.as_ref())
+                    .is_some_and(|d| dates.contains(d))
+            })
+            .collect();
+        let paths: Vec<_> = touched.iter().map(|(p, _, _)| p.clone()).collect();
+        let mut kept = Vec::new();
+        for r in self.decode(read_files(&table, &paths).await?)? {
+            if r.bucket < from || r.bucket >= to {
+                kept.push(r);
+            }
+        }
+        let mut json = Vec::with_capacity(kept.len() + rows.len());
+        for r in kept.iter().chain(rows) {
+            json.push(self.to_json(r)?);
+        }
+        let mut actions: Vec<Action> = touched
+            .into_iter()
+            .map(|(_, _, rm)| Action::Remove(rm))
+            .collect();
+        if !json.is_empty() {
+            let mut writer = RecordBatchWriter::for_table(&table).map_err(delta)?;
+            let batch = json_rows_to_batch(&name, writer.arrow_schema(), &json)?;
+            writer.write(batch).await.map_err(delta)?;
+            actions.extend(
+                writer
+                    .flush()
+                    .await
+                    .map_err(delta)?
+                    .into_iter()
+                    .map(Action::Add),
+            );
+        }
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: Some(vec!["bucket_date".into()]),
+            predicate: Some(format!("bucket >= {from}ms AND bucket < {to}ms")),
+        };
+        let snapshot = table.snapshot().map_err(delta)?;
+        let done = CommitBuilder::default()
+            .with_actions(actions)
+            .build(Some(snapshot), table.log_store(), operation)
+            .await
+            .map_err(|e| delta(e.into()))?;
+        let version = done.version();
+        table.load_version(version).await.map_err(delta)?;
+        Ok(version as i64)
+    }
+
+    /// The rows with a bucket in `[from, to)` at the latest version, and that version
+    /// (`None` when the view has never been computed).
+    pub async fn read_range(&self, from: i64, to: i64) -> Result<(Option<i64>, Vec<ViewRow>)> {
+        let Some(table) = try_load(&self.url).await? else {
+            return Ok((None, Vec::new()));
+        };
+        let dates = dates_in(from, to);
+        let paths: Vec<_> = active_files(&table)?
+            .into_iter()
+            .filter(|(_, parts, _)| {
+                parts
+                    .get("bucket_date")
+                    .and_then(|d| d.as_ref())
+                    .is_some_and(|d| dates.contains(d))
+            })
+            .map(|(p, _, _)| p)
+            .collect();
+        let mut rows: Vec<ViewRow> = self
+            .decode(read_files(&table, &paths).await?)?
+            .into_iter()
+            .filter(|r| r.bucket >= from && r.bucket < to)
+            .collect();
+        rows.sort_by(|a, b| (a.bucket, &a.dims).cmp(&(b.bucket, &b.dims)));
+        Ok((table.version().map(|v| v as i64), rows))
+    }
+
+    fn decode(
+        &self,
+        batches: Vec<deltalake::arrow::record_batch::RecordBatch>,
+    ) -> Result<Vec<ViewRow>> {
+        let bad = |message: String| Error::State {
+            view: self.spec.name.clone(),
+            message,
+        };
+        let mut out = Vec::new();
+        for b in batches {
+            let col = |name: &str| {
+                b.column_by_name(name)
+                    .ok_or_else(|| bad(format!("column `{name}` is missing")))
+            };
+            let bucket = col("bucket")?
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .ok_or_else(|| bad("`bucket` is not a timestamp".into()))?
+                .clone();
+            let state = col("_state")?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| bad("`_state` is not text".into()))?
+                .clone();
+            let mut dims = Vec::new();
+            for d in &self.spec.dimensions {
+                let c = col(&dim_column(d))?;
+                dims.push(
+                    c.as_string_opt::<i32>()
+                        .ok_or_else(|| bad(format!("`{d}` is not text")))?
+                        .clone(),
+                );
+            }
+            for i in 0..b.num_rows() {
+                let states: Vec<State> =
+                    serde_json::from_str(state.value(i)).map_err(|e| bad(e.to_string()))?;
+                out.push(ViewRow {
+                    bucket: bucket.value(i) / 1000,
+                    dims: dims
+                        .iter()
+                        .map(|c| (!c.is_null(i)).then(|| c.value(i).to_string()))
+                        .collect(),
+                    states,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
