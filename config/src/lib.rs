@@ -41,7 +41,7 @@ pub use model::{
     BatchConfig, JobConfig, KafkaConfig, LakeConfig, ServingConfig, SpeedConfig, StoreConfig,
 };
 pub use types::{FieldType, Num, NumType, Value};
-pub use view::{Contribution, DimKey, Event, MeasureSpec, Source, ViewSpec};
+pub use view::{Contribution, DimKey, Event, MeasureSpec, Row, Source, ViewSpec};
 
 /// A loaded, validated deployment.
 #[derive(Debug, Clone, PartialEq)]

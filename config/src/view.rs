@@ -94,6 +94,18 @@ pub struct ViewSpec {
 /// Dimension values of one row: the canonical text of each, `None` for null.
 pub type DimKey = Vec<Option<String>>;
 
+/// One row of a view as stored by either layer: a bucket, its dimension values and one
+/// partial state per measure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Bucket start, epoch ms.
+    pub bucket: i64,
+    /// Dimension values.
+    pub dims: DimKey,
+    /// One state per measure.
+    pub states: Vec<State>,
+}
+
 /// What one row of an event adds to a view.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contribution {

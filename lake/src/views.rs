@@ -23,16 +23,8 @@ use crate::arrow_util::{active_files, json_rows_to_batch, read_files, timestamp_
 use crate::error::{Error, Result};
 use crate::{Lake, load_or_create, try_load};
 
-/// One row of a view: a bucket, its dimension values and one state per measure.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ViewRow {
-    /// Bucket start, epoch ms.
-    pub bucket: i64,
-    /// Dimension values.
-    pub dims: DimKey,
-    /// One state per measure.
-    pub states: Vec<State>,
-}
+/// One row of a view (the type both layers share).
+pub type ViewRow = duet_config::Row;
 
 /// Column name of a dimension path (`deviceInfo.platform` → `deviceInfo_platform`).
 pub fn dim_column(path: &str) -> String {

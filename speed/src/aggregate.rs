@@ -1,0 +1,148 @@
+//! Turning consumed messages into one atomic [`SpeedBatch`]: decode (bad → quarantine),
+//! drop duplicate event ids (within the batch and against the store), and fold each event's
+//! contributions into per-bucket partial states with the shared measure algebra.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use duet_config::{Config, Event, Source, ViewSpec};
+
+use crate::error::{Error, Result};
+use crate::kafka::Msg;
+use crate::store::{Quarantined, SpeedBatch, ViewStore};
+
+/// Counts of what a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Events applied.
+    pub applied: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Events quarantined.
+    pub quarantined: u64,
+}
+
+/// The speed layer's compiled form of a config.
+pub struct Aggregator {
+    by_topic: HashMap<String, Vec<Source>>,
+    by_source: HashMap<String, Vec<ViewSpec>>,
+    group: String,
+}
+
+impl Aggregator {
+    /// Compiles the sources and views of `cfg` for consumer group `group`.
+    pub fn new(cfg: &Config, group: &str) -> Aggregator {
+        let mut by_topic: HashMap<String, Vec<Source>> = HashMap::new();
+        for s in &cfg.sources {
+            by_topic.entry(s.topic.clone()).or_default().push(s.clone());
+        }
+        let mut by_source: HashMap<String, Vec<ViewSpec>> = HashMap::new();
+        for v in &cfg.views {
+            by_source
+                .entry(v.source.clone())
+                .or_default()
+                .push(v.clone());
+        }
+        Aggregator {
+            by_topic,
+            by_source,
+            group: group.to_string(),
+        }
+    }
+
+    /// The topics to consume.
+    pub fn topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.by_topic.keys().cloned().collect();
+        t.sort();
+        t
+    }
+
+    /// Builds the batch for `msgs`, consulting `store` for ids seen in earlier batches.
+    pub async fn build(
+        &self,
+        msgs: &[Msg],
+        store: &dyn ViewStore,
+        now_ms: i64,
+    ) -> Result<(SpeedBatch, BatchStats)> {
+        let mut batch = SpeedBatch::default();
+        let mut stats = BatchStats::default();
+        let mut fresh: Vec<(&Source, Event)> = Vec::new();
+        let mut in_batch: HashSet<(&str, String)> = HashSet::new();
+        for m in msgs {
+            batch.offsets.insert(
+                (self.group.clone(), m.topic.clone(), m.partition),
+                m.offset + 1,
+            );
+            for source in self.by_topic.get(&m.topic).into_iter().flatten() {
+                match source.decode(&m.payload) {
+                    Err(e) => {
+                        tracing::warn!(source = %source.name, topic = %m.topic, partition = m.partition,
+                            offset = m.offset, error = %e, "Quarantined event.");
+                        stats.quarantined += 1;
+                        batch.quarantine.push(Quarantined {
+                            source: source.name.clone(),
+                            topic: m.topic.clone(),
+                            partition: m.partition,
+                            offset: m.offset,
+                            reason: e.to_string(),
+                            payload: m.payload.clone(),
+                            at_ms: now_ms,
+                        });
+                    }
+                    Ok(ev) => {
+                        if in_batch.insert((source.name.as_str(), ev.id.clone())) {
+                            fresh.push((source, ev));
+                        } else {
+                            stats.duplicates += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // ids seen by earlier batches
+        let mut by_source: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, (s, _)) in fresh.iter().enumerate() {
+            by_source.entry(s.name.as_str()).or_default().push(i);
+        }
+        let mut dup = vec![false; fresh.len()];
+        for (source, idx) in by_source {
+            let ids: Vec<&str> = idx.iter().map(|i| fresh[*i].1.id.as_str()).collect();
+            for (i, seen) in idx.iter().zip(store.seen(source, &ids).await?) {
+                dup[*i] = seen;
+            }
+        }
+        for ((source, ev), dup) in fresh.into_iter().zip(dup) {
+            if dup {
+                stats.duplicates += 1;
+                continue;
+            }
+            stats.applied += 1;
+            batch
+                .seen
+                .push((source.name.clone(), ev.id.clone(), ev.time_ms));
+            let w = batch
+                .watermarks
+                .entry(source.name.clone())
+                .or_insert(ev.time_ms);
+            *w = (*w).max(ev.time_ms);
+            for view in self.by_source.get(&source.name).into_iter().flatten() {
+                for c in view.contributions(&ev) {
+                    let key = (view.name.clone(), c.bucket, c.dims);
+                    match batch.deltas.get_mut(&key) {
+                        Some(acc) => {
+                            duet_config::measure::merge_row(acc, c.states).map_err(|source| {
+                                Error::Merge {
+                                    view: view.name.clone(),
+                                    source,
+                                }
+                            })?
+                        }
+                        None => {
+                            batch.deltas.insert(key, c.states);
+                        }
+                    }
+                }
+            }
+        }
+        Ok((batch, stats))
+    }
+}

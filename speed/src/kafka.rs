@@ -1,0 +1,158 @@
+//! Kafka plumbing shared by Duet's consumers: client settings from config, partition
+//! discovery, manual assignment from offsets that Duet stores itself, and batched polling.
+//!
+//! Offsets live with the state they produced (view store, Delta `txn`), not in Kafka: each
+//! consumer is assigned every partition of its topics and starts where its own state says.
+//! Offsets are also committed to the group (asynchronously) so lag tools see progress.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use duet_config::KafkaConfig;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::error::{Error, Result};
+
+/// One consumed message, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Value bytes (empty for a null value).
+    pub payload: Vec<u8>,
+}
+
+/// librdkafka settings for a client of `bootstrap` in `group`, with the config's pass-through
+/// settings applied last.
+pub fn client_config(kafka: &KafkaConfig, bootstrap: &str, group: Option<&str>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    if let Some(g) = group {
+        c.set("group.id", g)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+    }
+    for (k, v) in &kafka.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A consumer assigned to all partitions of some topics.
+pub struct AssignedConsumer {
+    consumer: StreamConsumer,
+    group: String,
+}
+
+impl AssignedConsumer {
+    /// Creates the consumer, waits (up to `wait`) for the topics to exist, and assigns every
+    /// partition at `start(topic, partition)` (or the earliest offset).
+    pub async fn new(
+        kafka: &KafkaConfig,
+        bootstrap: &str,
+        group: &str,
+        topics: &[String],
+        start: impl Fn(&str, i32) -> Option<i64>,
+        wait: Duration,
+    ) -> Result<AssignedConsumer> {
+        let consumer: StreamConsumer = client_config(kafka, bootstrap, Some(group))
+            .create()
+            .map_err(|source| Error::Kafka {
+                context: format!("create consumer for {bootstrap}"),
+                source,
+            })?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in topics {
+            for p in partitions(&consumer, bootstrap, topic, wait).await? {
+                let offset = start(topic, p).map_or(Offset::Beginning, Offset::Offset);
+                tpl.add_partition_offset(topic, p, offset)
+                    .map_err(|source| Error::Kafka {
+                        context: format!("assign {topic}/{p}"),
+                        source,
+                    })?;
+            }
+        }
+        consumer.assign(&tpl).map_err(|source| Error::Kafka {
+            context: "assign partitions".into(),
+            source,
+        })?;
+        Ok(AssignedConsumer {
+            consumer,
+            group: group.to_string(),
+        })
+    }
+
+    /// Receives up to `max` messages, waiting at most `wait` after the first call.
+    pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Msg>> {
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(group = %self.group, error = %e, "Kafka receive error.");
+                }
+                Ok(Ok(m)) => out.push(Msg {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tells the group how far we got (monitoring only; Duet's own state is the truth).
+    pub fn commit_progress(&self, next: &HashMap<(String, i32), i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in next {
+            if tpl.add_partition_offset(t, *p, Offset::Offset(*o)).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(group = %self.group, error = %e, "Offset commit to the group failed.");
+        }
+    }
+}
+
+/// The partition ids of `topic`, waiting up to `wait` for it to appear.
+pub async fn partitions(
+    consumer: &StreamConsumer,
+    bootstrap: &str,
+    topic: &str,
+    wait: Duration,
+) -> Result<Vec<i32>> {
+    let start = Instant::now();
+    loop {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
+        if let Ok(md) = md {
+            if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
+                if t.error().is_none() && !t.partitions().is_empty() {
+                    return Ok(t.partitions().iter().map(|p| p.id()).collect());
+                }
+            }
+        }
+        if start.elapsed() >= wait {
+            return Err(Error::TopicMissing {
+                topic: topic.into(),
+                bootstrap: bootstrap.into(),
+                waited_ms: wait.as_millis() as u64,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
