@@ -707,3 +707,23 @@ mod tests {
         assert!(e.contains("invalid TOML"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod reference {
+    use crate::Config;
+
+    #[test]
+    fn the_reference_config_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ecommerce.toml");
+        let cfg = Config::load(path.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.sources.len(), 2);
+        for v in [
+            "orders_per_minute",
+            "gmv_per_minute",
+            "active_users_hourly",
+            "hot_products_hourly",
+        ] {
+            assert!(cfg.view(v).is_some(), "{v}");
+        }
+    }
+}

@@ -1,1 +1,9 @@
-//! duet-jobs
+//! Process wiring for the `duet` binary: the embedded Kafka, the event generator, the lake
+//! sink, the scheduler, and starting every layer together.
+
+pub mod app;
+pub mod embedded;
+pub mod generator;
+pub mod lake_sink;
+pub mod producer;
+pub mod scheduler;

@@ -1,1 +1,256 @@
-fn main() {}
+//! `duet`: the Duet command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use duet_config::Config;
+use duet_lake::Lake;
+
+const REFERENCE: &str = include_str!("../../config/examples/ecommerce.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "duet",
+    version,
+    about = "Duet: one view declared once, kept by a speed and a batch layer, served merged."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the reference e-commerce deployment on embedded defaults, with generated events.
+    ///
+    /// Example: duet demo --rate 200 --data ./duet-data --http 127.0.0.1:8080
+    Demo {
+        /// Events per second produced by the generator.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Folder for the lake and the view store.
+        #[arg(long, default_value = "duet-data")]
+        data: PathBuf,
+        /// Address of the HTTP API.
+        #[arg(long)]
+        http: Option<String>,
+        /// Use this config instead of the built-in reference (its Kafka is replaced by the embedded one).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a deployment from a config file (Kafka from [kafka], embedded if absent).
+    ///
+    /// Example: duet run --config config/examples/ecommerce.toml
+    Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also generate seed-shaped events at this rate per second.
+        #[arg(long)]
+        generate: Option<u32>,
+    },
+    /// Config file commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Batch jobs: list them, or recompute and seal a view's buckets by hand.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file; print every problem and exit 2 if there are any.
+    ///
+    /// Example: duet config check config/examples/ecommerce.toml
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// List the scheduled jobs and the views they seal.
+    List {
+        /// The config file.
+        #[arg(long, short, default_value = "duet.toml")]
+        config: PathBuf,
+    },
+    /// Recompute a view's buckets from the lake and seal them.
+    ///
+    /// Without --from/--to it seals what is due (like the scheduler).
+    /// Example: duet jobs run gmv_per_minute --from 2026-11-25T10:00:00Z --to 2026-11-25T11:00:00Z -c duet.toml
+    Run {
+        /// The view.
+        view: String,
+        /// First bucket (RFC 3339 or epoch ms).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range, exclusive (RFC 3339 or epoch ms).
+        #[arg(long)]
+        to: Option<String>,
+        /// The config file.
+        #[arg(long, short, default_value = "duet.toml")]
+        config: PathBuf,
+    },
+}
+
+fn parse_time(v: &str) -> Result<i64> {
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    Ok(chrono::DateTime::parse_from_rfc3339(v)
+        .with_context(|| format!("expected epoch milliseconds or RFC 3339, found {v:?}"))?
+        .timestamp_millis())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DUET_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,buoyant_kernel=warn,deltalake=warn,deltalake_core=warn",
+        )
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match Config::load(&file) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} sources, {} views, {} jobs)",
+                    file.display(),
+                    cfg.sources.len(),
+                    cfg.views.len(),
+                    cfg.jobs.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                println!("{e}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Demo {
+            rate,
+            data,
+            http,
+            config,
+        } => {
+            let mut cfg = match config {
+                Some(f) => Config::load(&f)?,
+                None => {
+                    Config::from_toml_str(REFERENCE, "config/examples/ecommerce.toml".as_ref())?
+                }
+            };
+            cfg.kafka.bootstrap_servers = None;
+            cfg.lake.url = data.join("lake").to_string_lossy().into_owned();
+            cfg.store.path = data.join("store.redb").to_string_lossy().into_owned();
+            if let Some(h) = http {
+                cfg.serving.bind = h;
+            }
+            serve(cfg, Some(rate)).await
+        }
+        Command::Run { config, generate } => serve(Config::load(&config)?, generate).await,
+        Command::Jobs {
+            command: JobsCommand::List { config },
+        } => {
+            let cfg = Config::load(&config)?;
+            for j in &cfg.jobs {
+                println!("{}\t{}\t{}", j.name, j.schedule, j.all_views().join(","));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs {
+            command:
+                JobsCommand::Run {
+                    view,
+                    from,
+                    to,
+                    config,
+                },
+        } => {
+            let cfg = Config::load(&config)?;
+            let spec = cfg.view(&view).with_context(|| {
+                format!(
+                    "unknown view `{view}` (views: {})",
+                    cfg.views
+                        .iter()
+                        .map(|v| v.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            let lake = Lake::open(&cfg.lake.url)?;
+            let now = duet_speed::chrono_now_ms();
+            let range = match (from, to) {
+                (Some(f), Some(t)) => Some((parse_time(&f)?, parse_time(&t)?)),
+                (None, None) => duet_batch::due_range(&lake, &cfg, spec, now).await?,
+                _ => anyhow::bail!("give both --from and --to, or neither"),
+            };
+            let Some((from, to)) = range else {
+                println!("{view}: nothing due");
+                return Ok(ExitCode::SUCCESS);
+            };
+            let r = duet_batch::recompute(&lake, &cfg, spec, from, to, now).await?;
+            println!(
+                "{}: sealed [{}, {}) with {} rows as version {} of views/{}",
+                r.view,
+                chrono::DateTime::from_timestamp_millis(r.from)
+                    .unwrap_or_default()
+                    .to_rfc3339(),
+                chrono::DateTime::from_timestamp_millis(r.to)
+                    .unwrap_or_default()
+                    .to_rfc3339(),
+                r.rows,
+                r.version,
+                r.view
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+async fn serve(cfg: Config, generate: Option<u32>) -> Result<ExitCode> {
+    let running = duet_jobs::app::start(cfg, generate).await?;
+    println!("Duet is running.");
+    println!("  HTTP API:        http://{}/v1/views", running.http);
+    println!(
+        "  Kafka bootstrap: {}{}",
+        running.bootstrap,
+        if running.embedded {
+            " (embedded mock cluster)"
+        } else {
+            ""
+        }
+    );
+    println!("  Stop with Ctrl-C.");
+    running.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -71,22 +71,33 @@ impl Lake {
     }
 }
 
-/// Loads the table at `url`, or `None` if no table exists there yet.
+/// Loads the table at `url`, or `None` if no table exists there yet (no `_delta_log`).
 pub(crate) async fn try_load(url: &Url) -> Result<Option<DeltaTable>> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore as _;
     let mut table = DeltaTableBuilder::from_url(url.clone())
         .and_then(|b| b.build())
         .map_err(|source| Error::Delta {
             table: url.to_string(),
             source,
         })?;
-    match table.load().await {
-        Ok(()) => Ok(Some(table)),
-        Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
-        Err(source) => Err(Error::Delta {
-            table: url.to_string(),
-            source,
-        }),
+    let log = object_store::path::Path::from("_delta_log/");
+    let first = table.object_store().list(Some(&log)).try_next().await;
+    match first {
+        Ok(Some(_)) => {}
+        Ok(None) | Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(source) => {
+            return Err(Error::ObjectStore {
+                path: format!("{url}_delta_log"),
+                source,
+            });
+        }
     }
+    table.load().await.map_err(|source| Error::Delta {
+        table: url.to_string(),
+        source,
+    })?;
+    Ok(Some(table))
 }
 
 /// Loads the table at `url`, creating it with `schema` and `partitions` if missing.
@@ -117,8 +128,11 @@ pub(crate) async fn load_or_create(
         .map_err(delta_err)
 }
 
-/// Local file path of a table file URI (`file:///…`), as Polars reads it.
+/// Local file path of a table file URI (`file:///…` or an absolute path), as Polars reads it.
 pub fn local_path(uri: &str) -> Option<String> {
+    if uri.starts_with('/') {
+        return Some(uri.to_string());
+    }
     let url = Url::parse(uri).ok()?;
     if url.scheme() != "file" {
         return None;

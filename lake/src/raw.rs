@@ -200,6 +200,8 @@ pub struct RawSnapshot {
     pub files: Vec<String>,
     /// Highest event time written (epoch ms).
     pub watermark: Option<i64>,
+    /// Midnight (UTC, epoch ms) of the earliest event date in the table.
+    pub first_date_ms: Option<i64>,
 }
 
 /// The files of `raw/<source>` whose event date lies in `[from_ms, to_ms)` widened by a day
@@ -216,7 +218,13 @@ pub async fn raw_snapshot(
     let day = 86_400_000;
     let dates = range.map(|(f, t)| (partition_values(f - day).0, partition_values(t + day).0));
     let mut files = Vec::new();
+    let mut first: Option<String> = None;
     for (path, parts, _) in active_files(&table)? {
+        if let Some(Some(d)) = parts.get("event_date") {
+            if first.as_ref().is_none_or(|f| d < f) {
+                first = Some(d.clone());
+            }
+        }
         if let (Some((lo, hi)), Some(Some(d))) = (&dates, parts.get("event_date")) {
             if d < lo || d > hi {
                 continue;
@@ -233,6 +241,12 @@ pub async fn raw_snapshot(
         version: table.version().map(|v| v as i64),
         files,
         watermark: txn_version(&table, &watermark_app(source)).await?,
+        first_date_ms: first.and_then(|d| {
+            chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d")
+                .ok()?
+                .and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc().timestamp_millis())
+        }),
     })
 }
 

@@ -15,7 +15,7 @@ use deltalake::kernel::Action;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use duet_config::{DimKey, MeasureKind, State, ViewSpec};
+use duet_config::{MeasureKind, State, ViewSpec};
 use serde_json::{Map, Value as J};
 use url::Url;
 

@@ -1,1 +1,31 @@
-//! duet-serving
+//! The serving layer: one query API over both layers. Per bucket, sealed buckets come from
+//! the batch table and open ones from the speed store, never both; every row says which.
+//! Read-only: serving never writes state.
+
+pub mod error;
+pub mod http;
+pub mod query;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use error::{Error, Result};
+pub use http::{AppState, router};
+
+/// Serves the API on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await
+        .map_err(|source| Error::Serve { addr, source })
+}

@@ -129,9 +129,26 @@ impl AssignedConsumer {
     }
 }
 
+/// The partition ids of `topic` on `bootstrap`, waiting up to `wait` for it to appear.
+pub async fn topic_partitions(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+    wait: Duration,
+) -> Result<Vec<i32>> {
+    let consumer: StreamConsumer =
+        client_config(kafka, bootstrap, None)
+            .create()
+            .map_err(|source| Error::Kafka {
+                context: format!("create metadata client for {bootstrap}"),
+                source,
+            })?;
+    partitions(&consumer, bootstrap, topic, wait).await
+}
+
 /// The partition ids of `topic`, waiting up to `wait` for it to appear.
 pub async fn partitions(
-    consumer: &StreamConsumer,
+    consumer: &impl Consumer,
     bootstrap: &str,
     topic: &str,
     wait: Duration,

@@ -1,1 +1,1 @@
-//! End-to-end tests for Duet.
+//! End-to-end tests for Duet live in `it/` (one integration binary); this library is empty.

@@ -1,0 +1,79 @@
+//! The in-process scheduler: each `[[jobs]]` entry's cron expression (UTC) triggers a seal of
+//! its views' due buckets (see [`duet_batch::due_range`]).
+
+use std::str::FromStr;
+
+use anyhow::Result;
+use chrono::Utc;
+use cron::Schedule;
+use duet_config::Config;
+use duet_lake::Lake;
+use tokio::sync::watch;
+
+/// Seals what is due for every view of `views`, logging (not failing on) per-view errors.
+pub async fn seal_due(
+    cfg: &Config,
+    lake: &Lake,
+    views: &[String],
+    now_ms: i64,
+) -> Vec<duet_batch::Recompute> {
+    let mut out = Vec::new();
+    for name in views {
+        let Some(view) = cfg.view(name) else { continue };
+        let result = async {
+            match duet_batch::due_range(lake, cfg, view, now_ms).await? {
+                Some((from, to)) => duet_batch::recompute(lake, cfg, view, from, to, now_ms)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        }
+        .await;
+        match result {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(e) => tracing::error!(view = %name, error = %e, "Scheduled seal failed."),
+        }
+    }
+    out
+}
+
+/// Runs the jobs' schedules until `shutdown` turns true.
+pub async fn run(cfg: &Config, lake: &Lake, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    let jobs: Vec<(Schedule, Vec<String>, String)> = cfg
+        .jobs
+        .iter()
+        .filter_map(|j| {
+            Schedule::from_str(&j.schedule)
+                .ok()
+                .map(|s| (s, j.all_views(), j.name.clone()))
+        })
+        .collect();
+    if jobs.is_empty() {
+        let _ = shutdown.wait_for(|s| *s).await;
+        return Ok(());
+    }
+    loop {
+        let now = Utc::now();
+        let Some((at, idx)) = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (s, _, _))| s.after(&now).next().map(|t| (t, i)))
+            .min()
+        else {
+            break;
+        };
+        let wait = (at - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+        for (i, (s, views, name)) in jobs.iter().enumerate() {
+            if i == idx || s.after(&now).next() == Some(at) {
+                let done = seal_due(cfg, lake, views, at.timestamp_millis()).await;
+                tracing::info!(job = %name, sealed = done.len(), "Job ran.");
+            }
+        }
+    }
+    Ok(())
+}

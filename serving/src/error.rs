@@ -1,0 +1,67 @@
+//! Errors of the serving layer, and their one mapping to HTTP.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Errors of the `duet-serving` crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No such view.
+    #[error("unknown view `{0}`")]
+    UnknownView(String),
+    /// A query parameter is malformed.
+    #[error("query parameter `{name}`: {message}")]
+    BadParam {
+        /// Parameter.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such route.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// Reading the lake failed.
+    #[error(transparent)]
+    Lake(#[from] duet_lake::Error),
+    /// Reading the speed store failed.
+    #[error(transparent)]
+    Store(#[from] duet_speed::Error),
+    /// The server could not bind or serve.
+    #[error("http server on {addr}: {source}")]
+    Serve {
+        /// Address.
+        addr: String,
+        /// I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Error::UnknownView(_) => (StatusCode::NOT_FOUND, "unknown_view"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::BadParam { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::Lake(_) | Error::Store(_) | Error::Serve { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, "Request failed.");
+            "internal error; see the server log".to_string()
+        } else {
+            self.to_string()
+        };
+        (
+            status,
+            axum::Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,215 @@
+//! The HTTP API (axum): `/health`, `/v1/views`, `/v1/views/{view}`, `/v1/quarantine`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::Uri;
+use axum::routing::get;
+use chrono::{DateTime, SecondsFormat, Utc};
+use duet_config::{Config, duration::format_millis};
+use duet_lake::Lake;
+use duet_speed::ViewStore;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::query::{Provenance, merged};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The deployment.
+    pub cfg: Arc<Config>,
+    /// The lake (batch tables, seal ledger).
+    pub lake: Lake,
+    /// The speed store (read side).
+    pub store: Arc<dyn ViewStore>,
+}
+
+/// Most buckets one query may span.
+pub const MAX_BUCKETS: i64 = 100_000;
+
+/// The API's router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/views", get(list_views))
+        .route("/v1/views/{view}", get(query_view))
+        .route("/v1/quarantine", get(quarantine))
+        .fallback(|uri: Uri| async move { Error::NotFound(uri.to_string()) })
+        .with_state(state)
+}
+
+fn iso(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Parses a time parameter: epoch milliseconds or RFC 3339.
+fn parse_time(name: &'static str, v: &str) -> Result<i64> {
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    DateTime::parse_from_rfc3339(v).map(|t| t.timestamp_millis()).map_err(|_| Error::BadParam {
+        name,
+        message: format!("expected epoch milliseconds or an RFC 3339 time such as 2026-11-25T10:00:00Z, found {v:?}"),
+    })
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn list_views(State(s): State<AppState>) -> Json<Value> {
+    let views: Vec<Value> = s
+        .cfg
+        .views
+        .iter()
+        .map(|v| {
+            json!({
+                "name": v.name,
+                "description": v.description,
+                "source": v.source,
+                "filter": v.filter_text,
+                "time": v.time_field,
+                "bucket": format_millis(v.bucket_ms),
+                "bucket_ms": v.bucket_ms,
+                "explode": v.explode,
+                "dimensions": v.dimensions,
+                "measures": v.measures.iter().map(|m| json!({
+                    "name": m.name, "kind": measure_kind(&m.kind), "field": m.field, "by": m.by,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({"views": views}))
+}
+
+fn measure_kind(k: &duet_config::MeasureKind) -> &'static str {
+    use duet_config::MeasureKind as K;
+    match k {
+        K::Count => "count",
+        K::Sum(_) => "sum",
+        K::Min(_) => "min",
+        K::Max(_) => "max",
+        K::Avg(_) => "avg",
+        K::DistinctCount => "distinct_count",
+        K::TopK { .. } => "top_k",
+    }
+}
+
+async fn query_view(
+    State(s): State<AppState>,
+    Path(view): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
+    let spec = s
+        .cfg
+        .view(&view)
+        .ok_or_else(|| Error::UnknownView(view.clone()))?;
+    for k in q.keys() {
+        if k != "from" && k != "to" {
+            return Err(Error::BadParam {
+                name: "query",
+                message: format!("unknown parameter `{k}` (expected from, to)"),
+            });
+        }
+    }
+    let now = duet_speed::chrono_now_ms();
+    let to = q
+        .get("to")
+        .map(|v| parse_time("to", v))
+        .transpose()?
+        .unwrap_or(now + spec.bucket_ms);
+    let from = q
+        .get("from")
+        .map(|v| parse_time("from", v))
+        .transpose()?
+        .unwrap_or(to - 60 * spec.bucket_ms);
+    if from >= to {
+        return Err(Error::BadParam {
+            name: "from",
+            message: format!("`from` ({}) must be before `to` ({})", iso(from), iso(to)),
+        });
+    }
+    let (from, to) = (
+        spec.bucket_of(from),
+        spec.bucket_of(to - 1) + spec.bucket_ms,
+    );
+    if (to - from) / spec.bucket_ms > MAX_BUCKETS {
+        return Err(Error::BadParam {
+            name: "to",
+            message: format!("the range spans more than {MAX_BUCKETS} buckets"),
+        });
+    }
+    let m = merged(&s.lake, s.store.as_ref(), spec, from, to).await?;
+    let rows: Vec<Value> = m
+        .rows
+        .iter()
+        .map(|r| {
+            let dims: serde_json::Map<String, Value> = spec
+                .dimensions
+                .iter()
+                .zip(&r.row.dims)
+                .map(|(d, v)| (d.clone(), v.clone().map_or(Value::Null, Value::String)))
+                .collect();
+            let mut o = json!({
+                "bucket": iso(r.row.bucket),
+                "bucket_ms": r.row.bucket,
+                "dims": dims,
+                "values": spec.render(&r.row.states),
+                "source": r.source,
+            });
+            if r.source == Provenance::Batch {
+                o["batch_version"] = json!(m.batch_version);
+            }
+            o
+        })
+        .collect();
+    Ok(Json(json!({
+        "view": spec.name,
+        "from": iso(from),
+        "to": iso(to),
+        "bucket": format_millis(spec.bucket_ms),
+        "rows": rows,
+        "provenance": {
+            "batch_version": m.batch_version,
+            "sealed": m.sealed.iter().map(|(f, t)| json!({"from": iso(*f), "to": iso(*t)})).collect::<Vec<_>>(),
+            "speed_watermark": m.speed_watermark.map(iso),
+            "freshness_ms": m.speed_watermark.map(|w| (now - w).max(0)),
+        },
+    })))
+}
+
+async fn quarantine(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| Error::BadParam {
+                name: "limit",
+                message: format!("expected an integer from 1 to 10000, found {v:?}"),
+            })?,
+    };
+    let items: Vec<Value> = s
+        .store
+        .quarantine(limit)
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "source": r.source, "topic": r.topic, "partition": r.partition, "offset": r.offset,
+                "reason": r.reason, "payload": String::from_utf8_lossy(&r.payload), "at": iso(r.at_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"quarantine": items})))
+}

@@ -1,0 +1,5 @@
+//! Duet's end-to-end tests: real parts on 127.0.0.1, asserted on what a user sees.
+
+mod agreement;
+mod e2e;
+mod support;

@@ -1,0 +1,185 @@
+//! Shared helpers: configs in a temp folder, and a ground truth computed independently of
+//! Duet's algebra, straight from the JSON events.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use duet_config::Config;
+use serde_json::{Value, json};
+
+/// The reference config, with its lake and store in `dir` and short flush intervals.
+pub fn reference_config(dir: &std::path::Path) -> Config {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/examples/ecommerce.toml"
+    );
+    let mut cfg = Config::load(path.as_ref()).expect("reference config");
+    cfg.lake.url = dir.join("lake").to_string_lossy().into_owned();
+    cfg.store.path = dir.join("store.redb").to_string_lossy().into_owned();
+    cfg.kafka.partitions = 3;
+    cfg.lake.flush_records = 200;
+    cfg.lake_flush_ms = 300;
+    cfg.speed.batch_max = 100;
+    cfg.speed_batch_ms = 100;
+    cfg
+}
+
+fn minute(t: i64) -> i64 {
+    t - t.rem_euclid(60_000)
+}
+
+fn hour(t: i64) -> i64 {
+    t - t.rem_euclid(3_600_000)
+}
+
+fn cents(v: &Value) -> Option<i64> {
+    // amounts in the test streams have at most two decimals
+    v.as_f64().map(|f| (f * 100.0).round() as i64)
+}
+
+fn money(c: i64) -> Value {
+    json!(c as f64 / 100.0)
+}
+
+/// Expected rows per view: (view, bucket, dims) → values, computed with plain JSON logic
+/// from messages `(topic, bytes)` in delivery order. Invalid events (bad JSON, missing
+/// user, non-positive amount) are skipped; duplicates keep the first delivery.
+pub fn ground_truth(
+    messages: &[(String, Vec<u8>)],
+) -> BTreeMap<String, BTreeMap<(i64, Vec<Option<String>>), Value>> {
+    let mut seen = HashSet::new();
+    let mut behavior = Vec::new();
+    let mut orders = Vec::new();
+    for (topic, bytes) in messages {
+        let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+            continue;
+        };
+        if !v.is_object() || v.get("userId").and_then(Value::as_str).is_none() {
+            continue;
+        }
+        match topic.as_str() {
+            "user-behavior" => {
+                if v["eventType"].is_null() || v["timestamp"].as_i64().is_none_or(|t| t <= 0) {
+                    continue;
+                }
+                if seen.insert(("b", v["eventId"].as_str().unwrap_or_default().to_string())) {
+                    behavior.push(v);
+                }
+            }
+            "orders" => {
+                if cents(&v["totalAmount"]).is_none_or(|c| c <= 0)
+                    || v["createTime"].as_i64().is_none_or(|t| t <= 0)
+                {
+                    continue;
+                }
+                let id = format!(
+                    "{}|{}",
+                    v["orderId"].as_str().unwrap_or_default(),
+                    v["orderStatus"].as_str().unwrap_or_default()
+                );
+                if seen.insert(("o", id)) {
+                    orders.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out: BTreeMap<String, BTreeMap<(i64, Vec<Option<String>>), Value>> = BTreeMap::new();
+
+    // orders_per_minute: count and amount of created orders per minute of creation
+    let mut opm: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    // gmv_per_minute: paid orders per minute of payment
+    let mut gmv: BTreeMap<i64, (i64, i64, i64)> = BTreeMap::new();
+    // hot_products_hourly: quantity per product per hour of payment
+    let mut hot: BTreeMap<i64, BTreeMap<String, i64>> = BTreeMap::new();
+    for o in &orders {
+        let c = cents(&o["totalAmount"]).unwrap_or_default();
+        match o["orderStatus"].as_str() {
+            Some("created") => {
+                let e = opm
+                    .entry(minute(o["createTime"].as_i64().unwrap_or_default()))
+                    .or_default();
+                e.0 += 1;
+                e.1 += c;
+            }
+            Some("paid") => {
+                let Some(pay) = o["payTime"].as_i64() else {
+                    continue;
+                };
+                let e = gmv.entry(minute(pay)).or_default();
+                e.0 += c;
+                e.1 += 1;
+                e.2 = e.2.max(c);
+                let h = hot.entry(hour(pay)).or_default();
+                for item in o["items"].as_array().into_iter().flatten() {
+                    *h.entry(item["productId"].as_str().unwrap_or_default().to_string())
+                        .or_default() += item["quantity"].as_i64().unwrap_or_default();
+                }
+            }
+            _ => {}
+        }
+    }
+    out.insert(
+        "orders_per_minute".into(),
+        opm.into_iter()
+            .map(|(b, (n, c))| ((b, vec![]), json!({"orders": n, "amount": money(c)})))
+            .collect(),
+    );
+    out.insert(
+        "gmv_per_minute".into(),
+        gmv.into_iter()
+            .map(|(b, (sum, n, max))| {
+                let avg = json!((sum as f64 / 100.0) / n as f64);
+                ((b, vec![]), json!({"gmv": money(sum), "paid_orders": n, "avg_order": avg, "max_order": money(max)}))
+            })
+            .collect(),
+    );
+    out.insert(
+        "hot_products_hourly".into(),
+        hot.into_iter()
+            .map(|(b, m)| {
+                let units: i64 = m.values().sum();
+                let mut v: Vec<(String, i64)> = m.into_iter().collect();
+                v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                v.truncate(10);
+                let top: Vec<Value> = v
+                    .into_iter()
+                    .map(|(k, q)| json!({"key": k, "value": q}))
+                    .collect();
+                ((b, vec![]), json!({"top_products": top, "units": units}))
+            })
+            .collect(),
+    );
+
+    // active_users_hourly and behavior_per_minute
+    let mut users: BTreeMap<i64, (BTreeSet<String>, i64)> = BTreeMap::new();
+    let mut bpm: BTreeMap<(i64, Vec<Option<String>>), (i64, BTreeSet<String>)> = BTreeMap::new();
+    for b in &behavior {
+        let t = b["timestamp"].as_i64().unwrap_or_default();
+        let u = users.entry(hour(t)).or_default();
+        u.0.insert(b["userId"].as_str().unwrap_or_default().to_string());
+        u.1 += 1;
+        let dims = vec![
+            b["eventType"].as_str().map(String::from),
+            b["deviceInfo"]["platform"].as_str().map(String::from),
+        ];
+        let e = bpm.entry((minute(t), dims)).or_default();
+        e.0 += 1;
+        if let Some(s) = b["sessionId"].as_str() {
+            e.1.insert(s.to_string());
+        }
+    }
+    out.insert(
+        "active_users_hourly".into(),
+        users
+            .into_iter()
+            .map(|(b, (u, n))| ((b, vec![]), json!({"users": u.len(), "events": n})))
+            .collect(),
+    );
+    out.insert(
+        "behavior_per_minute".into(),
+        bpm.into_iter()
+            .map(|(k, (n, s))| (k, json!({"events": n, "sessions": s.len()})))
+            .collect(),
+    );
+    out
+}
