@@ -32,10 +32,10 @@ fn decimal_scale(source: &Source, explode: Option<&str>, path: &str) -> Option<u
     let mut segs = path.split('.');
     let first = segs.next()?;
     let mut t = source.fields.get(first)?;
-    if Some(first) == explode {
-        if let FieldType::Array(inner) = t {
-            t = inner;
-        }
+    if Some(first) == explode
+        && let FieldType::Array(inner) = t
+    {
+        t = inner;
     }
     for s in segs {
         let FieldType::Struct(fs) = t else {

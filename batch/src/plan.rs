@@ -258,7 +258,7 @@ pub fn collect_rows(
             let state = match &m.kind {
                 MeasureKind::Count => State::Count(
                     text.map_or(Ok(Num::Int(0)), |v| num(NumType::Int, &m.name, v))?
-                        .as_i64(),
+                        .to_i64(),
                 ),
                 MeasureKind::Sum(t) => State::Sum(match text {
                     Some(v) => num(*t, &m.name, v)?,
@@ -272,12 +272,12 @@ pub fn collect_rows(
                         .and_then(|c| c.get(r))
                         .map_or(Ok(Num::Int(0)), |v| num(NumType::Int, &m.name, v))?;
                     let sum = match text {
-                        Some(v) if count.as_i64() > 0 => num(*t, &m.name, v)?,
+                        Some(v) if count.to_i64() > 0 => num(*t, &m.name, v)?,
                         _ => Num::zero(*t),
                     };
                     State::Avg {
                         sum,
-                        count: count.as_i64(),
+                        count: count.to_i64(),
                     }
                 }
                 MeasureKind::DistinctCount => {
@@ -328,12 +328,12 @@ pub fn collect_rows(
         .collect())
 }
 
-trait AsI64 {
-    fn as_i64(self) -> i64;
+trait ToI64 {
+    fn to_i64(self) -> i64;
 }
 
-impl AsI64 for Num {
-    fn as_i64(self) -> i64 {
+impl ToI64 for Num {
+    fn to_i64(self) -> i64 {
         match self {
             Num::Int(i) => i,
             Num::Float(f) => f as i64,

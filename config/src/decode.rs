@@ -161,10 +161,10 @@ impl Source {
             .map(|f| event.get(f).key_text().unwrap_or_default())
             .collect::<Vec<_>>()
             .join("|");
-        if let Some((check, text)) = &self.check {
-            if check.eval(&|p: &str| event.get(p)) != Some(true) {
-                return Err(DecodeError::Check(text.clone()));
-            }
+        if let Some((check, text)) = &self.check
+            && check.eval(&|p: &str| event.get(p)) != Some(true)
+        {
+            return Err(DecodeError::Check(text.clone()));
         }
         Ok(Event {
             id,

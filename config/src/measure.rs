@@ -129,7 +129,7 @@ impl State {
         let left = self.kind_name();
         match (self, other) {
             (State::Count(a), State::Count(b)) => *a += b,
-            (State::Sum(a), State::Sum(b)) => *a = a.add(b),
+            (State::Sum(a), State::Sum(b)) => *a = *a + b,
             (State::Min(a), State::Min(b)) => {
                 *a = pick(*a, b, |x, y| x.cmp_total(y).is_le());
             }
@@ -137,13 +137,13 @@ impl State {
                 *a = pick(*a, b, |x, y| x.cmp_total(y).is_ge());
             }
             (State::Avg { sum, count }, State::Avg { sum: s2, count: c2 }) => {
-                *sum = sum.add(s2);
+                *sum = *sum + s2;
                 *count += c2;
             }
             (State::Distinct(a), State::Distinct(b)) => a.merge(b),
             (State::TopK(a), State::TopK(b)) => {
                 for (k, w) in b {
-                    a.entry(k).and_modify(|x| *x = x.add(w)).or_insert(w);
+                    a.entry(k).and_modify(|x| *x = *x + w).or_insert(w);
                 }
             }
             (_, other) => {
@@ -161,9 +161,9 @@ impl State {
     pub fn retract(&mut self, other: &State) -> bool {
         match (self, other) {
             (State::Count(a), State::Count(b)) => *a -= b,
-            (State::Sum(a), State::Sum(b)) => *a = a.sub(*b),
+            (State::Sum(a), State::Sum(b)) => *a = *a - *b,
             (State::Avg { sum, count }, State::Avg { sum: s2, count: c2 }) => {
-                *sum = sum.sub(*s2);
+                *sum = *sum - *s2;
                 *count -= c2;
             }
             _ => return false,

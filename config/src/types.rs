@@ -290,25 +290,6 @@ impl Num {
         }
     }
 
-    /// Sum of two numbers of the same variant (mixed variants go through f64).
-    pub fn add(self, other: Num) -> Num {
-        match (self, other) {
-            (Num::Int(a), Num::Int(b)) => Num::Int(a.wrapping_add(b)),
-            (Num::Dec(a), Num::Dec(b)) => Num::Dec(a.wrapping_add(b)),
-            (Num::Float(a), Num::Float(b)) => Num::Float(a + b),
-            (a, b) => Num::Float(a.as_f64_raw() + b.as_f64_raw()),
-        }
-    }
-
-    /// Difference (the inverse used by count and sum).
-    pub fn sub(self, other: Num) -> Num {
-        match (self, other) {
-            (Num::Int(a), Num::Int(b)) => Num::Int(a.wrapping_sub(b)),
-            (Num::Dec(a), Num::Dec(b)) => Num::Dec(a.wrapping_sub(b)),
-            (a, b) => Num::Float(a.as_f64_raw() - b.as_f64_raw()),
-        }
-    }
-
     fn as_f64_raw(self) -> f64 {
         match self {
             Num::Int(i) => i as f64,
@@ -340,6 +321,31 @@ impl Num {
             Num::Int(i) => serde_json::Value::from(i),
             n => serde_json::Number::from_f64(n.to_f64(t))
                 .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        }
+    }
+}
+
+impl std::ops::Add for Num {
+    type Output = Num;
+    /// Sum of two numbers of the same variant (mixed variants go through f64).
+    fn add(self, other: Num) -> Num {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => Num::Int(a.wrapping_add(b)),
+            (Num::Dec(a), Num::Dec(b)) => Num::Dec(a.wrapping_add(b)),
+            (Num::Float(a), Num::Float(b)) => Num::Float(a + b),
+            (a, b) => Num::Float(a.as_f64_raw() + b.as_f64_raw()),
+        }
+    }
+}
+
+impl std::ops::Sub for Num {
+    type Output = Num;
+    /// Difference (the inverse used by count and sum).
+    fn sub(self, other: Num) -> Num {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => Num::Int(a.wrapping_sub(b)),
+            (Num::Dec(a), Num::Dec(b)) => Num::Dec(a.wrapping_sub(b)),
+            (a, b) => Num::Float(a.as_f64_raw() - b.as_f64_raw()),
         }
     }
 }

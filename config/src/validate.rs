@@ -277,7 +277,7 @@ fn resolve_source(path: &str, s: SourceConfig, p: &mut Problems) -> Option<Sourc
     let check = s.check.as_ref().and_then(|text| {
         check_filter(text, &format!("{path}.check"), &|f| lookup(f), p).map(|f| (f, text.clone()))
     });
-    (p.0.len() == before).then(|| Source {
+    (p.0.len() == before).then_some(Source {
         name: s.name,
         topic: s.topic,
         event_id,
@@ -462,7 +462,7 @@ fn resolve_view(
             });
         }
     }
-    (p.0.len() == before).then(|| ViewSpec {
+    (p.0.len() == before).then_some(ViewSpec {
         name: v.name,
         description: v.description,
         source: v.source,

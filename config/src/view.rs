@@ -168,10 +168,10 @@ impl ViewSpec {
                 }
                 event.get(path)
             };
-            if let Some(f) = &self.filter {
-                if f.eval(&resolve) != Some(true) {
-                    continue;
-                }
+            if let Some(f) = &self.filter
+                && f.eval(&resolve) != Some(true)
+            {
+                continue;
             }
             let Value::Int(t) = resolve(&self.time_field) else {
                 continue;

@@ -80,18 +80,20 @@ impl Generator {
     /// The next message at wall-clock `now_ms`: a due payment, else a behaviour event (80 %)
     /// or a new order (20 %; 85 % of orders are paid 1–20 s later).
     pub fn next(&mut self, now_ms: i64) -> Generated {
-        if let Some((due, _)) = self.pending_paid.front() {
-            if *due <= now_ms {
-                let (_, mut order) = self.pending_paid.pop_front().unwrap_or_default();
-                order["orderStatus"] = json!("paid");
-                order["payTime"] = json!(now_ms);
-                let key = order["userId"].as_str().unwrap_or_default().to_string();
-                return Generated {
-                    source: "orders",
-                    key,
-                    value: order,
-                };
-            }
+        if self
+            .pending_paid
+            .front()
+            .is_some_and(|(due, _)| *due <= now_ms)
+            && let Some((_, mut order)) = self.pending_paid.pop_front()
+        {
+            order["orderStatus"] = json!("paid");
+            order["payTime"] = json!(now_ms);
+            let key = order["userId"].as_str().unwrap_or_default().to_string();
+            return Generated {
+                source: "orders",
+                key,
+                value: order,
+            };
         }
         let user = format!("user_{:05}", self.rng.random_range(0..self.users));
         if self.rng.random_bool(0.8) {

@@ -97,19 +97,18 @@ pub(crate) async fn read_files(
     Ok(out)
 }
 
+/// An active file of a table: its path, partition values and the action that removes it.
+pub(crate) type ActiveFile = (
+    object_store::path::Path,
+    std::collections::HashMap<String, Option<String>>,
+    deltalake::kernel::Remove,
+);
+
 /// The table's active files with their partition values.
-pub(crate) fn active_files(
-    table: &DeltaTable,
-) -> Result<
-    Vec<(
-        object_store::path::Path,
-        std::collections::HashMap<String, Option<String>>,
-        deltalake::kernel::Remove,
-    )>,
-> {
+pub(crate) fn active_files(table: &DeltaTable) -> Result<Vec<ActiveFile>> {
     let snapshot = table.snapshot().map_err(|source| Error::Delta {
         table: table.table_url().to_string(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(snapshot
         .log_data()

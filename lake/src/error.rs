@@ -19,7 +19,7 @@ pub enum Error {
         table: String,
         /// The Delta error.
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     /// Building or reading Arrow data failed.
     #[error("arrow data of table {table}: {source}")]

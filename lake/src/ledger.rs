@@ -58,7 +58,7 @@ impl SealLedger {
         let name = self.url.to_string();
         let delta = |source| Error::Delta {
             table: name.clone(),
-            source,
+            source: Box::new(source),
         };
         let mut table = load_or_create(&self.url, &schema(), &[]).await?;
         let mut writer = RecordBatchWriter::for_table(&table).map_err(delta)?;

@@ -79,7 +79,7 @@ pub(crate) async fn try_load(url: &Url) -> Result<Option<DeltaTable>> {
         .and_then(|b| b.build())
         .map_err(|source| Error::Delta {
             table: url.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     let log = object_store::path::Path::from("_delta_log/");
     let first = table.object_store().list(Some(&log)).try_next().await;
@@ -95,7 +95,7 @@ pub(crate) async fn try_load(url: &Url) -> Result<Option<DeltaTable>> {
     }
     table.load().await.map_err(|source| Error::Delta {
         table: url.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(Some(table))
 }
@@ -112,7 +112,7 @@ pub(crate) async fn load_or_create(
     use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
     let delta_err = |source| Error::Delta {
         table: url.to_string(),
-        source,
+        source: Box::new(source),
     };
     let kernel: deltalake::kernel::StructType =
         schema.try_into_kernel().map_err(|e| delta_err(e.into()))?;

@@ -83,7 +83,7 @@ impl RawWriter {
         let schema = RecordBatchWriter::for_table(&table)
             .map_err(|e| Error::Delta {
                 table: url.to_string(),
-                source: e,
+                source: Box::new(e),
             })?
             .arrow_schema();
         let watermark = txn_version(&table, &watermark_app(&source.name)).await?;
@@ -133,7 +133,7 @@ impl RawWriter {
         let batch = arrow_util::json_rows_to_batch(&table_name, self.schema.clone(), &rows)?;
         let delta = |source| Error::Delta {
             table: table_name.clone(),
-            source,
+            source: Box::new(source),
         };
         let mut txns: Vec<Transaction> = last
             .iter()
@@ -180,14 +180,14 @@ impl RawWriter {
 async fn txn_version(table: &DeltaTable, app: &str) -> Result<Option<i64>> {
     let snapshot = table.snapshot().map_err(|source| Error::Delta {
         table: table.table_url().to_string(),
-        source,
+        source: Box::new(source),
     })?;
     snapshot
         .transaction_version(table.log_store().as_ref(), app)
         .await
         .map_err(|source| Error::Delta {
             table: table.table_url().to_string(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -220,15 +220,15 @@ pub async fn raw_snapshot(
     let mut files = Vec::new();
     let mut first: Option<String> = None;
     for (path, parts, _) in active_files(&table)? {
-        if let Some(Some(d)) = parts.get("event_date") {
-            if first.as_ref().is_none_or(|f| d < f) {
-                first = Some(d.clone());
-            }
+        if let Some(Some(d)) = parts.get("event_date")
+            && first.as_ref().is_none_or(|f| d < f)
+        {
+            first = Some(d.clone());
         }
-        if let (Some((lo, hi)), Some(Some(d))) = (&dates, parts.get("event_date")) {
-            if d < lo || d > hi {
-                continue;
-            }
+        if let (Some((lo, hi)), Some(Some(d))) = (&dates, parts.get("event_date"))
+            && (d < lo || d > hi)
+        {
+            continue;
         }
         let uri = table.log_store().to_uri(&path);
         let local = local_path(&uri).ok_or_else(|| Error::Location {
@@ -258,7 +258,7 @@ pub async fn raw_count(lake: &Lake, source: &str) -> Result<u64> {
     };
     let snapshot = table.snapshot().map_err(|source| Error::Delta {
         table: url.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(snapshot
         .log_data()

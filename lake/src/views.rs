@@ -126,7 +126,7 @@ impl ViewTable {
         let name = self.url.to_string();
         let delta = |source| Error::Delta {
             table: name.clone(),
-            source,
+            source: Box::new(source),
         };
         let mut table =
             load_or_create(&self.url, &view_schema(&self.spec), &["bucket_date"]).await?;
@@ -178,7 +178,7 @@ impl ViewTable {
             .with_actions(actions)
             .build(Some(snapshot), table.log_store(), operation)
             .await
-            .map_err(|e| delta(e.into()))?;
+            .map_err(delta)?;
         let version = done.version();
         table.load_version(version).await.map_err(delta)?;
         Ok(version as i64)

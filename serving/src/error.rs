@@ -24,10 +24,10 @@ pub enum Error {
     NotFound(String),
     /// Reading the lake failed.
     #[error(transparent)]
-    Lake(#[from] duet_lake::Error),
+    Lake(Box<duet_lake::Error>),
     /// Reading the speed store failed.
     #[error(transparent)]
-    Store(#[from] duet_speed::Error),
+    Store(Box<duet_speed::Error>),
     /// The server could not bind or serve.
     #[error("http server on {addr}: {source}")]
     Serve {
@@ -37,6 +37,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<duet_lake::Error> for Error {
+    fn from(e: duet_lake::Error) -> Self {
+        Error::Lake(Box::new(e))
+    }
+}
+
+impl From<duet_speed::Error> for Error {
+    fn from(e: duet_speed::Error) -> Self {
+        Error::Store(Box::new(e))
+    }
 }
 
 /// Result with the crate's [`Error`].

@@ -156,12 +156,12 @@ pub async fn partitions(
     let start = Instant::now();
     loop {
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
-        if let Ok(md) = md {
-            if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
-                if t.error().is_none() && !t.partitions().is_empty() {
-                    return Ok(t.partitions().iter().map(|p| p.id()).collect());
-                }
-            }
+        if let Ok(md) = md
+            && let Some(t) = md.topics().iter().find(|t| t.name() == topic)
+            && t.error().is_none()
+            && !t.partitions().is_empty()
+        {
+            return Ok(t.partitions().iter().map(|p| p.id()).collect());
         }
         if start.elapsed() >= wait {
             return Err(Error::TopicMissing {

@@ -8,7 +8,7 @@ use duet_config::{Row, State};
 use duet_jobs::generator::Generator;
 use duet_lake::{Lake, RawRecord, RawWriter, ViewTable};
 
-use crate::support::reference_config;
+use crate::support::{Key, reference_config};
 
 async fn agree(seed: u64, events: i64) {
     let dir = tempfile::tempdir().unwrap();
@@ -20,7 +20,7 @@ async fn agree(seed: u64, events: i64) {
     for s in &cfg.sources {
         writers.insert(s.name.clone(), RawWriter::open(&lake, s).await.unwrap());
     }
-    let mut speed: BTreeMap<(String, i64, Vec<Option<String>>), Vec<State>> = BTreeMap::new();
+    let mut speed: BTreeMap<(String, Key), Vec<State>> = BTreeMap::new();
     let mut seen = HashSet::new();
     let mut records: BTreeMap<String, Vec<RawRecord>> = BTreeMap::new();
     for i in 0..events {
@@ -46,7 +46,7 @@ async fn agree(seed: u64, events: i64) {
         for v in cfg.views.iter().filter(|v| v.source == source.name) {
             for c in v.contributions(&event) {
                 let acc = speed
-                    .entry((v.name.clone(), c.bucket, c.dims))
+                    .entry((v.name.clone(), (c.bucket, c.dims)))
                     .or_insert_with(|| v.identity());
                 duet_config::measure::merge_row(acc, c.states).unwrap();
             }
@@ -68,8 +68,8 @@ async fn agree(seed: u64, events: i64) {
         let batch: Vec<Row> = rows;
         let expected: Vec<Row> = speed
             .iter()
-            .filter(|((name, _, _), _)| name == &v.name)
-            .map(|((_, bucket, dims), states)| Row {
+            .filter(|((name, _), _)| name == &v.name)
+            .map(|((_, (bucket, dims)), states)| Row {
                 bucket: *bucket,
                 dims: dims.clone(),
                 states: states.clone(),

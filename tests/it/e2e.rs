@@ -13,14 +13,11 @@ use duet_speed::{EmbeddedStore, SpeedCounters, ViewStore};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::support::{ground_truth, reference_config};
+use crate::support::{Key, Truth, ground_truth, reference_config};
 
 /// 2026-11-25T10:00:00Z.
 const T0: i64 = 1_796_032_800_000;
 const WAIT: Duration = Duration::from_secs(90);
-
-type Key = (i64, Vec<Option<String>>);
-type Truth = BTreeMap<String, BTreeMap<Key, Value>>;
 
 /// The known stream: generated seed-shaped events over three minutes, a duplicate of a
 /// behaviour event and of a payment, two malformed events, and a late event for the first

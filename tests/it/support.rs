@@ -6,6 +6,11 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use duet_config::Config;
 use serde_json::{Value, json};
 
+/// A row key: bucket start and dimension values.
+pub type Key = (i64, Vec<Option<String>>);
+/// Expected values per view and key.
+pub type Truth = BTreeMap<String, BTreeMap<Key, Value>>;
+
 /// The reference config, with its lake and store in `dir` and short flush intervals.
 pub fn reference_config(dir: &std::path::Path) -> Config {
     let path = concat!(
@@ -43,9 +48,7 @@ fn money(c: i64) -> Value {
 /// Expected rows per view: (view, bucket, dims) → values, computed with plain JSON logic
 /// from messages `(topic, bytes)` in delivery order. Invalid events (bad JSON, missing
 /// user, non-positive amount) are skipped; duplicates keep the first delivery.
-pub fn ground_truth(
-    messages: &[(String, Vec<u8>)],
-) -> BTreeMap<String, BTreeMap<(i64, Vec<Option<String>>), Value>> {
+pub fn ground_truth(messages: &[(String, Vec<u8>)]) -> Truth {
     let mut seen = HashSet::new();
     let mut behavior = Vec::new();
     let mut orders = Vec::new();
@@ -83,7 +86,7 @@ pub fn ground_truth(
             _ => {}
         }
     }
-    let mut out: BTreeMap<String, BTreeMap<(i64, Vec<Option<String>>), Value>> = BTreeMap::new();
+    let mut out = Truth::new();
 
     // orders_per_minute: count and amount of created orders per minute of creation
     let mut opm: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
@@ -152,7 +155,7 @@ pub fn ground_truth(
 
     // active_users_hourly and behavior_per_minute
     let mut users: BTreeMap<i64, (BTreeSet<String>, i64)> = BTreeMap::new();
-    let mut bpm: BTreeMap<(i64, Vec<Option<String>>), (i64, BTreeSet<String>)> = BTreeMap::new();
+    let mut bpm: BTreeMap<Key, (i64, BTreeSet<String>)> = BTreeMap::new();
     for b in &behavior {
         let t = b["timestamp"].as_i64().unwrap_or_default();
         let u = users.entry(hour(t)).or_default();
