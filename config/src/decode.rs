@@ -173,3 +173,100 @@ impl Source {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    fn orders() -> Source {
+        let cfg = Config::from_toml_str(
+            r#"
+            [[sources]]
+            name = "orders"
+            topic = "orders"
+            event_id = ["orderId", "orderStatus"]
+            event_time = "createTime"
+            required = ["userId"]
+            check = "totalAmount > 0"
+            fields = { orderId = "string", orderStatus = "string", userId = "string", createTime = "int",
+                       totalAmount = "decimal(2)", items = "array<struct<productId: string, quantity: int>>" }
+            "#,
+            "t.toml".as_ref(),
+        )
+        .unwrap();
+        cfg.sources[0].clone()
+    }
+
+    #[test]
+    fn decodes_typed_values_exactly() {
+        let e = orders()
+            .decode(br#"{"orderId":"o1","orderStatus":"paid","userId":"u","createTime":1695123456789,
+                         "totalAmount":129.9,"items":[{"productId":"p","quantity":2}],"extra":true}"#)
+            .unwrap();
+        assert_eq!(e.id, "o1|paid");
+        assert_eq!(e.time_ms, 1_695_123_456_789);
+        assert_eq!(
+            e.get("totalAmount"),
+            &Value::Decimal {
+                units: 12990,
+                scale: 2
+            }
+        );
+        assert_eq!(
+            e.get("items"),
+            &Value::Array(vec![Value::Struct(BTreeMap::from([
+                ("productId".into(), Value::Str("p".into())),
+                ("quantity".into(), Value::Int(2)),
+            ]))])
+        );
+        // money as a string is accepted too
+        let e = orders()
+            .decode(br#"{"orderId":"o1","orderStatus":"paid","userId":"u","createTime":5,"totalAmount":"6999.00"}"#)
+            .unwrap();
+        assert_eq!(
+            e.get("totalAmount"),
+            &Value::Decimal {
+                units: 699_900,
+                scale: 2
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_bad_events_with_a_reason() {
+        let s = orders();
+        let reason = |b: &[u8]| s.decode(b).unwrap_err().to_string();
+        assert!(reason(b"{not json").starts_with("not valid JSON"));
+        assert_eq!(reason(b"[1]"), "expected a JSON object, found an array");
+        let base = r#""orderStatus":"paid","userId":"u","createTime":5,"totalAmount":1"#;
+        assert_eq!(
+            reason(format!("{{{base}}}").as_bytes()),
+            "required field `orderId` is missing or null"
+        );
+        assert_eq!(
+            reason(format!(r#"{{"orderId":7,{base}}}"#).as_bytes()),
+            "field `orderId`: expected string, found the number 7"
+        );
+        assert_eq!(
+            reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":-1,"totalAmount":1}"#),
+            "event time `createTime` must be a positive epoch-millisecond integer, found -1"
+        );
+        assert_eq!(
+            reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":5,"totalAmount":1.234}"#),
+            "field `totalAmount`: expected decimal(2), found the number 1.234"
+        );
+        assert_eq!(
+            reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":5,"totalAmount":0}"#),
+            "check `totalAmount > 0` does not hold"
+        );
+        assert_eq!(
+            reason(br#"{"orderId":"o","orderStatus":"paid","createTime":5,"totalAmount":3}"#),
+            "required field `userId` is missing or null"
+        );
+        assert_eq!(
+            reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":5,"totalAmount":3,"items":[{"quantity":"x"}]}"#),
+            "field `items[0].quantity`: expected int, found the string \"x\""
+        );
+    }
+}

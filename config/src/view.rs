@@ -229,3 +229,56 @@ fn measure_input(kind: &MeasureKind, v: &Value, by: Option<&Value>) -> State {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, State, types::Num};
+
+    #[test]
+    fn contributions_explode_filter_and_bucket() {
+        let cfg = Config::from_toml_str(
+            r#"
+            [[sources]]
+            name = "orders"
+            topic = "orders"
+            event_id = "orderId"
+            event_time = "createTime"
+            fields = { orderId = "string", status = "string", createTime = "int", payTime = "int",
+                       items = "array<struct<productId: string, quantity: int>>" }
+
+            [[views]]
+            name = "hot"
+            source = "orders"
+            filter = "status == 'paid' and items.quantity > 1"
+            time = "payTime"
+            explode = "items"
+            bucket = "1m"
+            dimensions = ["items.productId"]
+            measures = [{ name = "units", kind = "sum", field = "items.quantity" }, { name = "n", kind = "count" }]
+            "#,
+            "t.toml".as_ref(),
+        )
+        .unwrap();
+        let src = &cfg.sources[0];
+        let view = &cfg.views[0];
+        let e = src
+            .decode(br#"{"orderId":"o","status":"paid","createTime":1000,"payTime":125000,
+                         "items":[{"productId":"a","quantity":2},{"productId":"b","quantity":1},null,{"productId":"c","quantity":3}]}"#)
+            .unwrap();
+        let c = view.contributions(&e);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].bucket, 120_000);
+        assert_eq!(c[0].dims, vec![Some("a".to_string())]);
+        assert_eq!(c[0].states, vec![State::Sum(Num::Int(2)), State::Count(1)]);
+        assert_eq!(c[1].dims, vec![Some("c".to_string())]);
+        // not paid, no payTime, or no items: no rows
+        for other in [
+            br#"{"orderId":"o","status":"created","createTime":1,"payTime":2,"items":[{"productId":"a","quantity":5}]}"#.as_slice(),
+            br#"{"orderId":"o","status":"paid","createTime":1,"items":[{"productId":"a","quantity":5}]}"#,
+            br#"{"orderId":"o","status":"paid","createTime":1,"payTime":2,"items":[]}"#,
+            br#"{"orderId":"o","status":"paid","createTime":1,"payTime":2}"#,
+        ] {
+            assert!(view.contributions(&src.decode(other).unwrap()).is_empty());
+        }
+    }
+}

@@ -266,3 +266,56 @@ pub async fn raw_count(lake: &Lake, source: &str) -> Result<u64> {
         .map(|f| f.num_records().unwrap_or(0) as u64)
         .sum())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use duet_config::Config;
+
+    #[tokio::test]
+    async fn re_delivered_records_are_written_once() {
+        let cfg = Config::from_toml_str(
+            r#"
+            [[sources]]
+            name = "clicks"
+            topic = "clicks"
+            event_id = "id"
+            event_time = "ts"
+            fields = { id = "string", ts = "int", amount = "decimal(2)" }
+            "#,
+            "t.toml".as_ref(),
+        )
+        .unwrap();
+        let source = &cfg.sources[0];
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let rec = |i: i64| RawRecord {
+            event: source
+                .decode(
+                    format!(
+                        r#"{{"id":"e{i}","ts":{},"amount":"1.5"}}"#,
+                        1_700_000_000_000 + i
+                    )
+                    .as_bytes(),
+                )
+                .unwrap(),
+            partition: 0,
+            offset: i,
+            payload: String::new(),
+        };
+        let first: Vec<RawRecord> = (0..5).map(rec).collect();
+        let mut w = RawWriter::open(&lake, source).await.unwrap();
+        assert!(w.append(&first).await.unwrap().is_some());
+        // the same records again (a re-delivery), then overlapping ones after a reopen
+        assert_eq!(w.append(&first).await.unwrap(), None);
+        let mut w = RawWriter::open(&lake, source).await.unwrap();
+        assert_eq!(w.committed_offset(0).await.unwrap(), Some(4));
+        let overlap: Vec<RawRecord> = (3..8).map(rec).collect();
+        w.append(&overlap).await.unwrap();
+        assert_eq!(raw_count(&lake, "clicks").await.unwrap(), 8);
+        assert_eq!(w.watermark(), Some(1_700_000_000_007));
+        let snap = raw_snapshot(&lake, "clicks", None).await.unwrap();
+        assert_eq!(snap.watermark, Some(1_700_000_000_007));
+        assert_eq!(snap.first_date_ms, Some(1_699_920_000_000));
+    }
+}

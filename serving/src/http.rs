@@ -213,3 +213,132 @@ async fn quarantine(
         .collect();
     Ok(Json(json!({"quarantine": items})))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use duet_config::{Num, State};
+    use duet_speed::{EmbeddedStore, SpeedBatch};
+    use tower::ServiceExt;
+
+    const CFG: &str = r#"
+        [[sources]]
+        name = "orders"
+        topic = "orders"
+        event_id = "orderId"
+        event_time = "createTime"
+        fields = { orderId = "string", createTime = "int", totalAmount = "decimal(2)", city = "string" }
+
+        [[views]]
+        name = "gmv"
+        source = "orders"
+        bucket = "1m"
+        dimensions = ["city"]
+        measures = [{ name = "gmv", kind = "sum", field = "totalAmount" }, { name = "n", kind = "count" }]
+    "#;
+
+    async fn app(dir: &std::path::Path) -> Router {
+        let cfg = Config::from_toml_str(CFG, "t.toml".as_ref()).unwrap();
+        let store = EmbeddedStore::open(&dir.join("s.redb")).unwrap();
+        let mut b = SpeedBatch::default();
+        b.deltas.insert(
+            ("gmv".into(), 60_000, vec![Some("Hangzhou".into())]),
+            vec![State::Sum(Num::Dec(12_990)), State::Count(1)],
+        );
+        store.commit(b).await.unwrap();
+        let lake = Lake::open(dir.join("lake").to_str().unwrap()).unwrap();
+        router(AppState {
+            cfg: Arc::new(cfg),
+            lake,
+            store: Arc::new(store),
+        })
+    }
+
+    async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
+        let r = app
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn serves_open_buckets_from_speed() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path()).await;
+        let (s, body) = get(&app, "/v1/views/gmv?from=0&to=180000").await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["rows"],
+            json!([{"bucket": "1970-01-01T00:01:00.000Z", "bucket_ms": 60000, "dims": {"city": "Hangzhou"},
+                    "values": {"gmv": 129.9, "n": 1}, "source": "speed"}])
+        );
+        assert_eq!(body["provenance"]["sealed"], json!([]));
+        let (s, body) = get(&app, "/v1/views").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(body["views"][0]["measures"][0]["kind"], "sum");
+        let (s, body) = get(&app, "/health").await;
+        assert_eq!((s, body), (StatusCode::OK, json!({"status": "ok"})));
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_json_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path()).await;
+        for (uri, status, code, needle) in [
+            (
+                "/v1/views/nope",
+                StatusCode::NOT_FOUND,
+                "unknown_view",
+                "nope",
+            ),
+            (
+                "/v1/nothing",
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "/v1/nothing",
+            ),
+            (
+                "/v1/views/gmv?from=noon",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "RFC 3339",
+            ),
+            (
+                "/v1/views/gmv?from=5000&to=1000",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "before",
+            ),
+            (
+                "/v1/views/gmv?from=0&to=99999999999999",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "buckets",
+            ),
+            (
+                "/v1/views/gmv?form=1",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "unknown parameter `form`",
+            ),
+            (
+                "/v1/quarantine?limit=0",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "limit",
+            ),
+        ] {
+            let (s, body) = get(&app, uri).await;
+            assert_eq!(s, status, "{uri}: {body}");
+            assert_eq!(body["error"]["code"], code, "{uri}");
+            let msg = body["error"]["message"].as_str().unwrap();
+            assert!(msg.contains(needle), "{uri}: {msg}");
+        }
+    }
+}
