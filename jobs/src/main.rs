@@ -123,6 +123,7 @@ fn init_logging() {
 }
 
 #[tokio::main]
+#[allow(clippy::print_stderr)]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();

@@ -2,4 +2,5 @@
 
 mod agreement;
 mod e2e;
+mod restart;
 mod support;

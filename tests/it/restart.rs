@@ -1,0 +1,191 @@
+//! Exactly-once in effect across restarts: the speed layer is aborted mid-stream (its task
+//! cancelled wherever it is), the store is closed and reopened, more events arrive (with
+//! re-deliveries of old ones), and the restarted layer's answer is still exact.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duet_config::Config;
+use duet_jobs::embedded::EmbeddedKafka;
+use duet_jobs::generator::Generator;
+use duet_speed::{EmbeddedStore, SpeedCounters, ViewStore};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::support::{Key, ground_truth, reference_config};
+
+const T0: i64 = 1_796_040_000_000;
+
+async fn produce(
+    p: &rdkafka::producer::FutureProducer,
+    msgs: &[(String, String, Vec<u8>)],
+    end: &mut HashMap<(String, i32), i64>,
+) {
+    for (topic, key, bytes) in msgs {
+        let (part, off) = duet_jobs::producer::send(p, topic, key, bytes)
+            .await
+            .unwrap();
+        let e = end.entry((topic.clone(), part)).or_insert(0);
+        *e = (*e).max(off + 1);
+    }
+}
+
+async fn caught_up(store: &dyn ViewStore, group: &str, end: &HashMap<(String, i32), i64>) -> bool {
+    for ((t, p), o) in end {
+        if store.offsets(group, t).await.unwrap().get(p) != Some(o) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Reopens the store, waiting for a cancelled task's last blocking commit to let go of it.
+async fn reopen(path: &std::path::Path) -> Arc<EmbeddedStore> {
+    for _ in 0..100 {
+        if let Ok(s) = EmbeddedStore::open(path) {
+            return Arc::new(s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the store at {} stayed locked", path.display());
+}
+
+fn spawn_speed(
+    cfg: &Arc<Config>,
+    bootstrap: &str,
+    store: Arc<EmbeddedStore>,
+    rx: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let (cfg, b) = (cfg.clone(), bootstrap.to_string());
+    tokio::spawn(async move {
+        duet_speed::run(&cfg, &b, store, Arc::new(SpeedCounters::default()), rx)
+            .await
+            .unwrap();
+    })
+}
+
+async fn rendered(cfg: &Config, store: &dyn ViewStore) -> BTreeMap<String, BTreeMap<Key, Value>> {
+    let mut out = BTreeMap::new();
+    for v in &cfg.views {
+        let rows = store.read(&v.name, 0, i64::MAX).await.unwrap();
+        out.insert(
+            v.name.clone(),
+            rows.into_iter()
+                .map(|r| ((r.bucket, r.dims), Value::Object(v.render(&r.states))))
+                .collect(),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aborted_speed_layer_restarts_without_loss_or_double_count() {
+    tokio::time::timeout(Duration::from_secs(180), run())
+        .await
+        .expect("the restart test timed out");
+}
+
+async fn run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = reference_config(dir.path());
+    cfg.speed.batch_max = 20;
+    let cfg = Arc::new(cfg);
+    let topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
+    let kafka = EmbeddedKafka::start(&topics, cfg.kafka.partitions).unwrap();
+    let bootstrap = kafka.bootstrap();
+    let producer = duet_jobs::producer::producer(&cfg.kafka, &bootstrap).unwrap();
+    let group = duet_speed::group(&cfg);
+
+    let mut g = Generator::new(9, 25);
+    let mut all = Vec::new();
+    for i in 0..800 {
+        let e = g.next(T0 + i * 200);
+        let topic = if e.source == "behavior" {
+            "user-behavior"
+        } else {
+            "orders"
+        };
+        all.push((
+            topic.to_string(),
+            e.key,
+            serde_json::to_vec(&e.value).unwrap(),
+        ));
+    }
+    let (first, second) = all.split_at(500);
+    let mut second = second.to_vec();
+    second.extend(first.iter().step_by(50).cloned()); // re-deliveries of old events
+
+    let mut end = HashMap::new();
+    produce(&producer, first, &mut end).await;
+
+    // run, then abort mid-stream, a few times
+    let path = std::path::PathBuf::from(&cfg.store.path);
+    // run, and abort as soon as another batch has been committed, three times
+    let total: i64 = end.values().sum();
+    let done = |store: Arc<EmbeddedStore>| {
+        let (topics, group) = (topics.clone(), group.clone());
+        async move {
+            let mut n = 0;
+            for t in &topics {
+                n += store
+                    .offsets(&group, t)
+                    .await
+                    .unwrap()
+                    .values()
+                    .sum::<i64>();
+            }
+            n
+        }
+    };
+    let mut progress = vec![0];
+    for _ in 0..3 {
+        let store = reopen(&path).await;
+        let (_stop, rx) = watch::channel(false);
+        let task = spawn_speed(&cfg, &bootstrap, store.clone(), rx);
+        let before = *progress.last().unwrap_or(&0);
+        let start = std::time::Instant::now();
+        while done(store.clone()).await == before && start.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        task.abort();
+        let _ = task.await;
+        progress.push(done(store.clone()).await);
+        drop(store);
+    }
+    assert!(
+        progress[1] > 0,
+        "no batch was committed before the first abort: {progress:?}"
+    );
+    assert!(
+        progress[1] < total,
+        "the first run finished before it was aborted: {progress:?} of {total}"
+    );
+
+    produce(&producer, &second, &mut end).await;
+    let store = reopen(&path).await;
+    let (stop, rx) = watch::channel(false);
+    let task = spawn_speed(&cfg, &bootstrap, store.clone(), rx);
+    let start = std::time::Instant::now();
+    while !caught_up(store.as_ref(), &group, &end).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "speed layer did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+
+    let delivered: Vec<(String, Vec<u8>)> = first
+        .iter()
+        .chain(second.iter())
+        .map(|(t, _, b)| (t.clone(), b.clone()))
+        .collect();
+    let truth = ground_truth(&delivered);
+    let got = rendered(&cfg, store.as_ref()).await;
+    for (view, expected) in &truth {
+        assert_eq!(&got[view], expected, "{view} after aborts and restart");
+    }
+    drop(kafka);
+}
