@@ -33,6 +33,11 @@ pub enum MeasureKind {
 }
 
 impl MeasureKind {
+    /// The kind's name as written in config files (`count`, `top_k`, …).
+    pub fn name(&self) -> &'static str {
+        self.identity().kind_name()
+    }
+
     /// The identity of the merge.
     pub fn identity(&self) -> State {
         match self {

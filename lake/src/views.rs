@@ -19,7 +19,7 @@ use duet_config::{MeasureKind, State, ViewSpec};
 use serde_json::{Map, Value as J};
 use url::Url;
 
-use crate::arrow_util::{active_files, json_rows_to_batch, read_files, timestamp_type};
+use crate::arrow_util::{ActiveFile, active_files, json_rows_to_batch, read_files, timestamp_type};
 use crate::error::{Error, Result};
 use crate::{Lake, load_or_create, try_load};
 
@@ -74,6 +74,22 @@ fn dates_in(from: i64, to: i64) -> BTreeSet<String> {
         t += day;
     }
     out
+}
+
+/// The active files of the `bucket_date` partitions in `dates`.
+fn files_on_dates(
+    table: &deltalake::DeltaTable,
+    dates: &BTreeSet<String>,
+) -> Result<Vec<ActiveFile>> {
+    Ok(active_files(table)?
+        .into_iter()
+        .filter(|(_, parts, _)| {
+            parts
+                .get("bucket_date")
+                .and_then(|d| d.as_ref())
+                .is_some_and(|d| dates.contains(d))
+        })
+        .collect())
 }
 
 /// The batch table of one view.
@@ -131,15 +147,7 @@ impl ViewTable {
         let mut table =
             load_or_create(&self.url, &view_schema(&self.spec), &["bucket_date"]).await?;
         let dates = dates_in(from, to);
-        let touched: Vec<_> = active_files(&table)?
-            .into_iter()
-            .filter(|(_, parts, _)| {
-                parts
-                    .get("bucket_date")
-                    .and_then(|d| d.as_ref())
-                    .is_some_and(|d| dates.contains(d))
-            })
-            .collect();
+        let touched = files_on_dates(&table, &dates)?;
         let paths: Vec<_> = touched.iter().map(|(p, _, _)| p.clone()).collect();
         let mut kept = Vec::new();
         for r in self.decode(read_files(&table, &paths).await?)? {
@@ -191,14 +199,8 @@ impl ViewTable {
             return Ok((None, Vec::new()));
         };
         let dates = dates_in(from, to);
-        let paths: Vec<_> = active_files(&table)?
+        let paths: Vec<_> = files_on_dates(&table, &dates)?
             .into_iter()
-            .filter(|(_, parts, _)| {
-                parts
-                    .get("bucket_date")
-                    .and_then(|d| d.as_ref())
-                    .is_some_and(|d| dates.contains(d))
-            })
             .map(|(p, _, _)| p)
             .collect();
         let mut rows: Vec<ViewRow> = self

@@ -80,25 +80,12 @@ async fn list_views(State(s): State<AppState>) -> Json<Value> {
                 "explode": v.explode,
                 "dimensions": v.dimensions,
                 "measures": v.measures.iter().map(|m| json!({
-                    "name": m.name, "kind": measure_kind(&m.kind), "field": m.field, "by": m.by,
+                    "name": m.name, "kind": m.kind.name(), "field": m.field, "by": m.by,
                 })).collect::<Vec<_>>(),
             })
         })
         .collect();
     Json(json!({"views": views}))
-}
-
-fn measure_kind(k: &duet_config::MeasureKind) -> &'static str {
-    use duet_config::MeasureKind as K;
-    match k {
-        K::Count => "count",
-        K::Sum(_) => "sum",
-        K::Min(_) => "min",
-        K::Max(_) => "max",
-        K::Avg(_) => "avg",
-        K::DistinctCount => "distinct_count",
-        K::TopK { .. } => "top_k",
-    }
 }
 
 async fn query_view(
