@@ -105,6 +105,7 @@ pub fn base(
     }
     let t = path_expr(&spec.time_field);
     lf = lf
+        .filter(t.clone().gt_eq(polars::prelude::lit(0i64)))
         .with_column((t.clone() - t % polars::prelude::lit(spec.bucket_ms)).alias("bucket"))
         .filter(
             col("bucket")

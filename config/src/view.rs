@@ -173,9 +173,13 @@ impl ViewSpec {
             {
                 continue;
             }
+            // rows without a time, or before the epoch, belong to no bucket (in both layers)
             let Value::Int(t) = resolve(&self.time_field) else {
                 continue;
             };
+            if *t < 0 {
+                continue;
+            }
             let dims = self
                 .dimensions
                 .iter()

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::Uri;
 use axum::routing::get;
@@ -48,15 +49,30 @@ fn iso(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Parses a time parameter: epoch milliseconds or RFC 3339.
+/// Latest time accepted in a query: 9999-12-31T23:59:59.999Z.
+const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
+/// Parses a time parameter: epoch milliseconds or RFC 3339, from 1970 to 9999.
 fn parse_time(name: &'static str, v: &str) -> Result<i64> {
-    if let Ok(ms) = v.parse::<i64>() {
-        return Ok(ms);
-    }
-    DateTime::parse_from_rfc3339(v).map(|t| t.timestamp_millis()).map_err(|_| Error::BadParam {
+    let ms = match v.parse::<i64>() {
+        Ok(ms) => Some(ms),
+        Err(_) => DateTime::parse_from_rfc3339(v)
+            .ok()
+            .map(|t| t.timestamp_millis()),
+    };
+    ms.filter(|t| (0..=MAX_TIME_MS).contains(t)).ok_or_else(|| Error::BadParam {
         name,
-        message: format!("expected epoch milliseconds or an RFC 3339 time such as 2026-11-25T10:00:00Z, found {v:?}"),
+        message: format!(
+            "expected epoch milliseconds or an RFC 3339 time such as 2026-11-25T10:00:00Z (1970 to 9999), found {v:?}"
+        ),
     })
+}
+
+fn bad_query(e: QueryRejection) -> Error {
+    Error::BadParam {
+        name: "query",
+        message: e.body_text(),
+    }
 }
 
 async fn health() -> Json<Value> {
@@ -91,8 +107,9 @@ async fn list_views(State(s): State<AppState>) -> Json<Value> {
 async fn query_view(
     State(s): State<AppState>,
     Path(view): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    q: std::result::Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>> {
+    let Query(q) = q.map_err(bad_query)?;
     let spec = s
         .cfg
         .view(&view)
@@ -115,7 +132,7 @@ async fn query_view(
         .get("from")
         .map(|v| parse_time("from", v))
         .transpose()?
-        .unwrap_or(to - 60 * spec.bucket_ms);
+        .unwrap_or((to - 60 * spec.bucket_ms).max(0));
     if from >= to {
         return Err(Error::BadParam {
             name: "from",
@@ -173,8 +190,9 @@ async fn query_view(
 
 async fn quarantine(
     State(s): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    q: std::result::Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>> {
+    let Query(q) = q.map_err(bad_query)?;
     let limit = match q.get("limit") {
         None => 100,
         Some(v) => v
