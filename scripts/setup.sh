@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Duet needs on a fresh Debian machine with Rust:
-# a C toolchain and make (librdkafka is built from source by rdkafka-sys), zlib, curl.
+# a C toolchain and make (librdkafka is built from source by rdkafka-sys), zlib, curl, and a
+# Python venv with the `deltalake` package for the cross-check of the lake's tables.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -21,3 +22,17 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# A Delta reader Duet did not write, for the end-to-end cross-check (scripts/crosscheck.py).
+VENV="${DUET_VENV:-$HOME/.cache/duet-venv}"
+if ! "$VENV/bin/python" -c "import deltalake, pyarrow" >/dev/null 2>&1; then
+  echo "setup: creating $VENV with deltalake and pyarrow" >&2
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install -q --disable-pip-version-check "deltalake==1.6.6" "pyarrow==26.0.1"
+fi

@@ -295,6 +295,9 @@ async fn run() {
     }
     check_against(&truth, &after, "batch");
 
+    // a Delta reader Duet did not write sees the same tables
+    crosscheck(&cfg, &truth, &lake_dir(&cfg), want_b, want_o);
+
     // API errors are JSON with a message
     let r = http
         .get(format!("{base}/v1/views/nope"))
@@ -321,4 +324,49 @@ async fn run() {
     sink.await.unwrap().unwrap();
     serving.await.unwrap().unwrap();
     drop(kafka);
+}
+
+fn lake_dir(cfg: &duet_config::Config) -> String {
+    cfg.lake.url.clone()
+}
+
+/// Runs `scripts/crosscheck.py` (Python `deltalake`) over the lake against the ground truth.
+fn crosscheck(cfg: &duet_config::Config, truth: &Truth, lake: &str, behavior: u64, orders: u64) {
+    let python = std::env::var("DUET_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/duet-venv/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "no Python with deltalake at {python}: run ./scripts/setup.sh (or set DUET_PYTHON)"
+    );
+    let views: serde_json::Map<String, Value> = cfg
+        .views
+        .iter()
+        .map(|v| {
+            let rows: Vec<Value> = truth[&v.name]
+                .iter()
+                .map(|((b, dims), values)| json!({"bucket_ms": b, "dims": dims, "values": values}))
+                .collect();
+            (v.name.clone(), json!({"dims": v.dimensions, "rows": rows}))
+        })
+        .collect();
+    let expected = json!({"raw": {"behavior": behavior, "orders": orders}, "views": views});
+    let file = std::path::Path::new(lake).join("expected.json");
+    std::fs::write(&file, expected.to_string()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/crosscheck.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(lake)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cross-check failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
