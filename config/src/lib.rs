@@ -77,16 +77,38 @@ pub struct Config {
 impl Config {
     /// Reads and validates a config file, reporting every problem at once.
     pub fn load(file: &Path) -> Result<Config> {
+        Config::load_with_env(file, std::iter::empty())
+    }
+
+    /// Reads a config file with `DUET_<SECTION>__<KEY>` overrides taken from `env` (pass
+    /// `std::env::vars()`), reporting every problem at once.
+    pub fn load_with_env(
+        file: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
         let text = std::fs::read_to_string(file).map_err(|source| Error::Read {
             file: file.to_path_buf(),
             source,
         })?;
-        Config::from_toml_str(&text, file)
+        Config::from_toml_str_with_env(&text, file, env)
     }
 
     /// Validates config text; `file` is used in messages.
     pub fn from_toml_str(text: &str, file: &Path) -> Result<Config> {
-        validate::load(text, file)
+        Config::from_toml_str_with_env(text, file, std::iter::empty())
+    }
+
+    /// Validates config text with environment overrides (see [`Config::load_with_env`]).
+    pub fn from_toml_str_with_env(
+        text: &str,
+        file: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("DUET_"))
+            .collect();
+        validate::load(text, file, &env)
     }
 
     /// The source named `name`.

@@ -87,7 +87,50 @@ fn duration(text: &str, path: &str, p: &mut Problems) -> i64 {
     })
 }
 
-pub(crate) fn load(text: &str, file: &Path) -> Result<Config> {
+/// Sections whose keys `DUET_<SECTION>__<KEY>` environment variables may set.
+const ENV_SECTIONS: [&str; 6] = ["kafka", "lake", "store", "speed", "batch", "serving"];
+
+/// Applies `DUET_<SECTION>__<KEY>=value` overrides to the parsed file. Values are read as TOML
+/// (`5`, `true`, `"x"`) and fall back to plain strings.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)], p: &mut Problems) {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("DUET_") else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once("__") else {
+            continue;
+        };
+        let (section, key) = (section.to_lowercase(), key.to_lowercase());
+        if !ENV_SECTIONS.contains(&section.as_str()) || key.is_empty() || key.contains("__") {
+            p.add(
+                format!("environment {name}"),
+                format!(
+                    "expected DUET_<SECTION>__<KEY> with a section among {}",
+                    ENV_SECTIONS.join(", ")
+                ),
+            );
+            continue;
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key, parsed);
+            }
+            _ => p.add(
+                format!("environment {name}"),
+                format!("`{section}` in the file is not a table"),
+            ),
+        }
+    }
+}
+
+pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<Config> {
     let invalid = |problems: Vec<Problem>| Error::Invalid {
         file: file.to_path_buf(),
         problems,
@@ -99,6 +142,7 @@ pub(crate) fn load(text: &str, file: &Path) -> Result<Config> {
         }])
     })?;
     let mut p = Problems::default();
+    apply_env(&mut table, env, &mut p);
     let kafka: crate::KafkaConfig = section(&mut table, "kafka", &mut p);
     let lake: crate::LakeConfig = section(&mut table, "lake", &mut p);
     let store: crate::StoreConfig = section(&mut table, "store", &mut p);
@@ -610,7 +654,7 @@ mod tests {
     "#;
 
     fn problems(text: &str) -> Vec<String> {
-        match load(text, Path::new("t.toml")) {
+        match load(text, Path::new("t.toml"), &[]) {
             Ok(_) => Vec::new(),
             Err(Error::Invalid { problems, .. }) => {
                 problems.iter().map(|p| p.to_string()).collect()
@@ -621,7 +665,7 @@ mod tests {
 
     #[test]
     fn loads_a_good_config() {
-        let cfg = load(GOOD, Path::new("t.toml")).unwrap();
+        let cfg = load(GOOD, Path::new("t.toml"), &[]).unwrap();
         assert_eq!(cfg.views.len(), 2);
         assert_eq!(cfg.views[0].time_field, "payTime");
         assert_eq!(cfg.views[1].bucket_ms, 3_600_000);
@@ -692,8 +736,50 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_the_file() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let cfg = load(
+            GOOD,
+            Path::new("t.toml"),
+            &env(&[
+                ("DUET_LAKE__URL", "s3://bucket/lake"),
+                ("DUET_SPEED__BATCH_MAX", "50"),
+                ("DUET_LOG", "debug"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.lake.url, "s3://bucket/lake");
+        assert_eq!(cfg.speed.batch_max, 50);
+        let e = load(
+            GOOD,
+            Path::new("t.toml"),
+            &env(&[
+                ("DUET_SPEED__BATCH_MAX", "many"),
+                ("DUET_VIEWS__X", "1"),
+                ("DUET_LAKE__NOPE", "1"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("environment DUET_VIEWS__X: expected DUET_<SECTION>__<KEY>"),
+            "{e}"
+        );
+        assert!(
+            e.contains("speed.batch_max: invalid type: string \"many\", expected usize"),
+            "{e}"
+        );
+        assert!(e.contains("lake.nope: unknown field `nope`"), "{e}");
+    }
+
+    #[test]
     fn the_error_names_the_file() {
-        let e = load("[kafka]\npartitions = 0\n", Path::new("conf/x.toml"))
+        let e = load("[kafka]\npartitions = 0\n", Path::new("conf/x.toml"), &[])
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("conf/x.toml has 2 problems:"), "{e}");
@@ -701,7 +787,7 @@ mod tests {
             e.contains("conf/x.toml: kafka.partitions: expected at least 1"),
             "{e}"
         );
-        let e = load("[kafka\n", Path::new("x.toml"))
+        let e = load("[kafka\n", Path::new("x.toml"), &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("invalid TOML"), "{e}");

@@ -141,7 +141,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => match Config::load(&file) {
+        } => match Config::load_with_env(&file, std::env::vars()) {
             Ok(cfg) => {
                 println!(
                     "{}: ok ({} sources, {} views, {} jobs)",
@@ -164,9 +164,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             config,
         } => {
             let mut cfg = match config {
-                Some(f) => Config::load(&f)?,
+                Some(f) => Config::load_with_env(&f, std::env::vars())?,
                 None => {
-                    Config::from_toml_str(REFERENCE, "config/examples/ecommerce.toml".as_ref())?
+                    Config::from_toml_str_with_env(REFERENCE, "config/examples/ecommerce.toml".as_ref(), std::env::vars())?
                 }
             };
             cfg.kafka.bootstrap_servers = None;
@@ -177,11 +177,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             serve(cfg, Some(rate)).await
         }
-        Command::Run { config, generate } => serve(Config::load(&config)?, generate).await,
+        Command::Run { config, generate } => serve(Config::load_with_env(&config, std::env::vars())?, generate).await,
         Command::Jobs {
             command: JobsCommand::List { config },
         } => {
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load_with_env(&config, std::env::vars())?;
             for j in &cfg.jobs {
                 println!("{}\t{}\t{}", j.name, j.schedule, j.all_views().join(","));
             }
@@ -196,7 +196,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     config,
                 },
         } => {
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load_with_env(&config, std::env::vars())?;
             let spec = cfg.view(&view).with_context(|| {
                 format!(
                     "unknown view `{view}` (views: {})",
