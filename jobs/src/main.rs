@@ -165,9 +165,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let mut cfg = match config {
                 Some(f) => Config::load_with_env(&f, std::env::vars())?,
-                None => {
-                    Config::from_toml_str_with_env(REFERENCE, "config/examples/ecommerce.toml".as_ref(), std::env::vars())?
-                }
+                None => Config::from_toml_str_with_env(
+                    REFERENCE,
+                    "config/examples/ecommerce.toml".as_ref(),
+                    std::env::vars(),
+                )?,
             };
             cfg.kafka.bootstrap_servers = None;
             cfg.lake.url = data.join("lake").to_string_lossy().into_owned();
@@ -177,7 +179,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             serve(cfg, Some(rate)).await
         }
-        Command::Run { config, generate } => serve(Config::load_with_env(&config, std::env::vars())?, generate).await,
+        Command::Run { config, generate } => {
+            serve(Config::load_with_env(&config, std::env::vars())?, generate).await
+        }
         Command::Jobs {
             command: JobsCommand::List { config },
         } => {

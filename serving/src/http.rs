@@ -36,6 +36,10 @@ pub const MAX_BUCKETS: i64 = 100_000;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
         .route("/v1/views", get(list_views))
         .route("/v1/views/{view}", get(query_view))
         .route("/v1/quarantine", get(quarantine))
@@ -289,6 +293,28 @@ mod tests {
         assert_eq!(body["views"][0]["measures"][0]["kind"], "sum");
         let (s, body) = get(&app, "/health").await;
         assert_eq!((s, body), (StatusCode::OK, json!({"status": "ok"})));
+        // the OpenAPI document describes every route the router serves
+        let (s, doc) = get(&app, "/v1/openapi.json").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for route in [
+            "/health",
+            "/v1/openapi.json",
+            "/v1/views",
+            "/v1/views/{view}",
+            "/v1/quarantine",
+        ] {
+            assert!(paths.contains(&route), "{route} missing from {paths:?}");
+            let probe = route.replace("{view}", "gmv");
+            assert_ne!(get(&app, &probe).await.0, StatusCode::NOT_FOUND, "{probe}");
+        }
+        assert_eq!(paths.len(), 5);
     }
 
     #[tokio::test]

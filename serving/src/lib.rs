@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod http;
+pub mod openapi;
 pub mod query;
 
 use tokio::net::TcpListener;
