@@ -2,8 +2,12 @@
 //! sink, the scheduler, and starting every layer together.
 
 pub mod app;
+pub mod bench;
 pub mod embedded;
 pub mod generator;
 pub mod lake_sink;
 pub mod producer;
 pub mod scheduler;
+
+/// The reference deployment (`config/examples/ecommerce.toml`), built in.
+pub const REFERENCE_CONFIG: &str = include_str!("../../config/examples/ecommerce.toml");

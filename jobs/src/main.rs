@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use duet_config::Config;
 use duet_lake::Lake;
 
-const REFERENCE: &str = include_str!("../../config/examples/ecommerce.toml");
+use duet_jobs::REFERENCE_CONFIG as REFERENCE;
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +55,20 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Measure every layer on the reference deployment and write a Markdown report.
+    ///
+    /// Example: cargo run --release --bin duet -- bench --events 50000 --out bench-report.md
+    Bench {
+        /// Events to produce (the embedded broker caps this at 60000).
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// HTTP requests per measured endpoint.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Where to write the report.
+        #[arg(long, default_value = "bench-report.md")]
+        out: PathBuf,
     },
     /// Batch jobs: list them, or recompute and seal a view's buckets by hand.
     Jobs {
@@ -178,6 +192,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 cfg.serving.bind = h;
             }
             serve(cfg, Some(rate)).await
+        }
+        Command::Bench {
+            events,
+            queries,
+            out,
+        } => {
+            let cfg = Config::from_toml_str(REFERENCE, "config/examples/ecommerce.toml".as_ref())?;
+            let dir = std::env::temp_dir().join(format!("duet-bench-{}", std::process::id()));
+            let opts = duet_jobs::bench::BenchOptions {
+                events,
+                queries,
+                dir,
+            };
+            let report = duet_jobs::bench::run(&cfg, &opts).await?;
+            std::fs::write(&out, &report).with_context(|| format!("write {}", out.display()))?;
+            println!("{report}");
+            println!("(written to {})", out.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run { config, generate } => {
             serve(Config::load_with_env(&config, std::env::vars())?, generate).await

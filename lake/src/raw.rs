@@ -71,7 +71,8 @@ pub struct RawWriter {
     url: Url,
     table: DeltaTable,
     schema: SchemaRef,
-    committed: HashMap<i32, i64>,
+    /// Last committed offset per partition, as read from the table (`None`: nothing yet).
+    committed: HashMap<i32, Option<i64>>,
     watermark: Option<i64>,
 }
 
@@ -100,12 +101,10 @@ impl RawWriter {
     /// The last offset committed to the table for a Kafka partition (resume after it).
     pub async fn committed_offset(&mut self, partition: i32) -> Result<Option<i64>> {
         if let Some(o) = self.committed.get(&partition) {
-            return Ok(Some(*o));
+            return Ok(*o);
         }
         let v = txn_version(&self.table, &txn_app(&self.source.name, partition)).await?;
-        if let Some(v) = v {
-            self.committed.insert(partition, v);
-        }
+        self.committed.insert(partition, v);
         Ok(v)
     }
 
@@ -150,7 +149,7 @@ impl RawWriter {
             .flush_and_commit(&mut self.table)
             .await
             .map_err(delta)?;
-        self.committed.extend(last);
+        self.committed.extend(last.into_iter().map(|(p, o)| (p, Some(o))));
         self.watermark = Some(max_time);
         Ok(Some(version as i64))
     }

@@ -1,0 +1,423 @@
+//! `duet bench`: throughput and latency of each layer on the reference deployment, each figure
+//! beside a baseline measured in the same process, written as a Markdown report.
+//!
+//! Baselines: Kafka consume-and-discard for the speed layer and the lake sink (how fast could
+//! any consumer go here), in-memory decode + fold for the speed layer's CPU share, and
+//! `/health` for query latency. The embedded broker keeps at most 5 MB per partition, so the
+//! event count is capped.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use duet_config::Config;
+use duet_lake::Lake;
+use duet_speed::kafka::AssignedConsumer;
+use duet_speed::{EmbeddedStore, SpeedCounters, ViewStore};
+use rdkafka::producer::FutureRecord;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::embedded::EmbeddedKafka;
+use crate::generator::Generator;
+
+/// Most events `duet bench` produces (the embedded broker's retention).
+pub const MAX_EVENTS: usize = 60_000;
+const T0: i64 = 1_796_032_800_000;
+
+/// Options of a benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Events to produce.
+    pub events: usize,
+    /// HTTP queries per endpoint.
+    pub queries: usize,
+    /// Scratch folder (removed afterwards).
+    pub dir: PathBuf,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
+        .map_or("unknown".into(), |kb| {
+            format!("{:.1} GiB", kb as f64 / 1_048_576.0)
+        });
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cpu}, {cores} cores, {mem} RAM, {} build",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    )
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn wait_for<F, Fut>(
+    what: &str,
+    limit: Duration,
+    poll: Duration,
+    mut done: F,
+) -> Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let start = Instant::now();
+    while !done().await? {
+        if start.elapsed() > limit {
+            bail!("{what} did not finish within {limit:?}");
+        }
+        tokio::time::sleep(poll).await;
+    }
+    Ok(start.elapsed())
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let head = String::from_utf8_lossy(&buf[..buf.len().min(12)]).to_string();
+    head.get(9..12)
+        .and_then(|c| c.parse().ok())
+        .context("malformed HTTP response")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn latencies(addr: std::net::SocketAddr, path: &str, n: usize) -> Result<Vec<Duration>> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let code = http_get(addr, path).await?;
+        if code != 200 {
+            bail!("GET {path} answered {code}");
+        }
+        v.push(t.elapsed());
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Runs the benchmark and returns the report.
+pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
+    let events = opts.events.clamp(1_000, MAX_EVENTS);
+    std::fs::create_dir_all(&opts.dir)?;
+    let mut cfg = base.clone();
+    cfg.kafka.bootstrap_servers = None;
+    cfg.kafka.partitions = 4;
+    cfg.lake.url = opts.dir.join("lake").to_string_lossy().into_owned();
+    cfg.store.path = opts.dir.join("store.redb").to_string_lossy().into_owned();
+    cfg.serving.bind = "127.0.0.1:0".into();
+    cfg.lake.flush_records = 10_000;
+    cfg.lake_flush_ms = 500;
+    cfg.speed.batch_max = 2_000;
+    cfg.speed_batch_ms = 20;
+    let cfg = Arc::new(cfg);
+    let topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
+    let kafka = EmbeddedKafka::start(&topics, cfg.kafka.partitions)?;
+    let bootstrap = kafka.bootstrap();
+
+    // produce
+    let mut g = Generator::new(7, 5_000);
+    let mut msgs = Vec::with_capacity(events);
+    for i in 0..events {
+        let e = g.next(T0 + i as i64 * 20);
+        let topic = cfg
+            .source(e.source)
+            .map(|s| s.topic.clone())
+            .context("generator source")?;
+        msgs.push((topic, e.key, serde_json::to_vec(&e.value)?));
+    }
+    let bytes: usize = msgs.iter().map(|m| m.2.len()).sum();
+    let producer = crate::producer::producer(&cfg.kafka, &bootstrap)?;
+    let t = Instant::now();
+    let mut end: HashMap<(String, i32), i64> = HashMap::new();
+    for chunk in msgs.chunks(5_000) {
+        let futs: Vec<_> = chunk
+            .iter()
+            .map(|(topic, key, v)| {
+                producer.send(
+                    FutureRecord::to(topic).key(key).payload(v),
+                    Duration::from_secs(30),
+                )
+            })
+            .collect();
+        for (d, (topic, _, _)) in futures::future::join_all(futs).await.into_iter().zip(chunk) {
+            let d = d.map_err(|(e, _)| e).context("produce")?;
+            let e = end.entry((topic.clone(), d.partition)).or_insert(0);
+            *e = (*e).max(d.offset + 1);
+        }
+    }
+    let produce = t.elapsed();
+
+    // baseline: consume and discard
+    let baseline = AssignedConsumer::new(
+        &cfg.kafka,
+        &bootstrap,
+        "bench-baseline",
+        &topics,
+        |_, _| None,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let t = Instant::now();
+    let mut seen = 0;
+    while seen < events {
+        seen += baseline
+            .next_batch(10_000, Duration::from_millis(50))
+            .await?
+            .len();
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!("baseline consumer stalled at {seen} of {events}");
+        }
+    }
+    let consume = t.elapsed();
+    drop(baseline);
+
+    // CPU share: decode and fold in memory
+    let t = Instant::now();
+    let mut rows = 0usize;
+    for (topic, _, bytes) in &msgs {
+        for s in cfg.sources.iter().filter(|s| &s.topic == topic) {
+            if let Ok(ev) = s.decode(bytes) {
+                for v in cfg.views.iter().filter(|v| v.source == s.name) {
+                    rows += v.contributions(&ev).len();
+                }
+            }
+        }
+    }
+    let fold = t.elapsed();
+
+    // speed layer, end to end (Kafka → store commits)
+    let store = Arc::new(EmbeddedStore::open(std::path::Path::new(&cfg.store.path))?);
+    let (stop, rx) = watch::channel(false);
+    let t = Instant::now();
+    let speed = {
+        let (cfg, b, store, rx) = (
+            cfg.clone(),
+            bootstrap.clone(),
+            store.clone() as Arc<dyn ViewStore>,
+            rx.clone(),
+        );
+        tokio::spawn(async move {
+            duet_speed::run(&cfg, &b, store, Arc::new(SpeedCounters::default()), rx).await
+        })
+    };
+    let group = duet_speed::group(&cfg);
+    wait_for(
+        "the speed layer",
+        Duration::from_secs(600),
+        Duration::from_millis(5),
+        || {
+            let (store, end, group) = (store.clone(), end.clone(), group.clone());
+            async move {
+                for ((topic, p), o) in &end {
+                    if store.offsets(&group, topic).await?.get(p) != Some(o) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        },
+    )
+    .await?;
+    let speed_time = t.elapsed();
+
+    // lake sink
+    let lake = Lake::open(&cfg.lake.url)?;
+    let want: HashMap<String, u64> = cfg
+        .sources
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                msgs.iter()
+                    .filter(|m| m.0 == s.topic && s.decode(&m.2).is_ok())
+                    .count() as u64,
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    let sink = {
+        let (cfg, b, lake, rx) = (cfg.clone(), bootstrap.clone(), lake.clone(), rx.clone());
+        tokio::spawn(async move { crate::lake_sink::run(&cfg, &b, &lake, rx).await })
+    };
+    wait_for(
+        "the lake sink",
+        Duration::from_secs(600),
+        Duration::from_millis(100),
+        || {
+            let (lake, want) = (lake.clone(), want.clone());
+            async move {
+                for (s, n) in &want {
+                    if duet_lake::raw::raw_count(&lake, s).await? != *n {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        },
+    )
+    .await?;
+    let sink_time = t.elapsed();
+
+    // batch: recompute every view over all the data
+    let (from, to) = (T0 - 3_600_000, T0 + events as i64 * 20 + 7_200_000);
+    let mut batch = Vec::new();
+    for v in &cfg.views {
+        let t = Instant::now();
+        let r = duet_batch::recompute(&lake, &cfg, v, from, to, T0).await?;
+        batch.push((v.name.clone(), r.rows, t.elapsed()));
+    }
+
+    // serving latency
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let state = duet_serving::AppState {
+        cfg: cfg.clone(),
+        lake: lake.clone(),
+        store: store.clone(),
+    };
+    let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
+    let q = opts.queries.max(10);
+    let health = latencies(addr, "/health", q).await?;
+    let range = format!("from={from}&to={to}");
+    let merged = latencies(addr, &format!("/v1/views/gmv_per_minute?{range}"), q).await?;
+    let top = latencies(addr, &format!("/v1/views/behavior_per_minute?{range}"), q).await?;
+
+    let _ = stop.send(true);
+    let _ = speed.await;
+    let _ = sink.await;
+    let _ = serving.await;
+    drop(producer);
+    drop(kafka);
+    let rss = peak_rss_mib();
+    let _ = std::fs::remove_dir_all(&opts.dir);
+
+    let per_s = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
+    let base_rate = per_s(events, consume);
+    let mut r = String::new();
+    writeln!(r, "# Duet benchmark\n")?;
+    writeln!(r, "- Machine: {}", machine())?;
+    writeln!(
+        r,
+        "- Workload: {events} seed-shaped events ({:.1} MB of JSON, avg {} B), reference config, embedded Kafka (4 partitions per topic)",
+        bytes as f64 / 1e6,
+        bytes / events
+    )?;
+    writeln!(
+        r,
+        "- Peak RSS of the whole process: {}\n",
+        rss.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+    )?;
+    writeln!(r, "## Throughput\n")?;
+    writeln!(r, "| stage | events/s | vs. baseline |")?;
+    writeln!(r, "|---|---:|---:|")?;
+    writeln!(
+        r,
+        "| baseline: consume and discard (same broker, same process) | {base_rate:.0} | 1.00 |"
+    )?;
+    writeln!(
+        r,
+        "| produce (idempotent, lz4, acks) | {:.0} | {:.2} |",
+        per_s(events, produce),
+        per_s(events, produce) / base_rate
+    )?;
+    writeln!(
+        r,
+        "| decode + fold into {rows} view rows, in memory (no I/O) | {:.0} | {:.2} |",
+        per_s(events, fold),
+        per_s(events, fold) / base_rate
+    )?;
+    writeln!(
+        r,
+        "| speed layer end to end (Kafka → decode → dedup → fold → redb commit) | {:.0} | {:.2} |",
+        per_s(events, speed_time),
+        per_s(events, speed_time) / base_rate
+    )?;
+    writeln!(
+        r,
+        "| lake sink (Kafka → Delta commits, flush {} records / {} ms) | {:.0} | {:.2} |",
+        cfg.lake.flush_records,
+        cfg.lake_flush_ms,
+        per_s(events, sink_time),
+        per_s(events, sink_time) / base_rate
+    )?;
+    writeln!(
+        r,
+        "\n## Batch recompute of all the data (Polars plan → Delta commit → seal)\n"
+    )?;
+    writeln!(r, "| view | rows written | seconds | raw events/s |")?;
+    writeln!(r, "|---|---:|---:|---:|")?;
+    for (v, rows, d) in &batch {
+        writeln!(
+            r,
+            "| {v} | {rows} | {:.3} | {:.0} |",
+            d.as_secs_f64(),
+            per_s(events, *d)
+        )?;
+    }
+    writeln!(
+        r,
+        "\n## Query latency ({q} sequential requests each, new connection per request)\n"
+    )?;
+    writeln!(r, "| endpoint | p50 ms | p99 ms | p50 vs. /health |")?;
+    writeln!(r, "|---|---:|---:|---:|")?;
+    for (name, l) in [
+        ("/health (baseline)", &health),
+        ("gmv_per_minute, all sealed", &merged),
+        ("behavior_per_minute, all sealed, 2 dims", &top),
+    ] {
+        writeln!(
+            r,
+            "| {name} | {:.2} | {:.2} | {:.1} |",
+            percentile(l, 0.5),
+            percentile(l, 0.99),
+            percentile(l, 0.5) / percentile(&health, 0.5)
+        )?;
+    }
+    Ok(r)
+}
