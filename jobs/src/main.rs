@@ -244,7 +244,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 )
             })?;
             let lake = Lake::open(&cfg.lake.url)?;
-            let now = duet_speed::chrono_now_ms();
+            let now = duet_speed::now_ms();
             let range = match (from, to) {
                 (Some(f), Some(t)) => Some((parse_time(&f)?, parse_time(&t)?)),
                 (None, None) => duet_batch::due_range(&lake, &cfg, spec, now).await?,

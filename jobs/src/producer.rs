@@ -53,7 +53,7 @@ pub async fn generate(
         owed += per_tick;
         while owed >= 1.0 {
             owed -= 1.0;
-            let e = g.next(duet_speed::chrono_now_ms());
+            let e = g.next(duet_speed::now_ms());
             let Some(topic) = topic_of(e.source) else {
                 continue;
             };

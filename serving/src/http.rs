@@ -126,7 +126,7 @@ async fn query_view(
             });
         }
     }
-    let now = duet_speed::chrono_now_ms();
+    let now = duet_speed::now_ms();
     let to = q
         .get("to")
         .map(|v| parse_time("to", v))

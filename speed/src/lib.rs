@@ -72,7 +72,7 @@ pub async fn run(
         if msgs.is_empty() {
             continue;
         }
-        let now = chrono_now_ms();
+        let now = now_ms();
         let (batch, stats) = agg.build(&msgs, store.as_ref(), now).await?;
         let progress: HashMap<(String, i32), i64> = batch
             .offsets
@@ -94,7 +94,7 @@ pub async fn run(
 }
 
 /// Wall-clock time in epoch ms.
-pub fn chrono_now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
