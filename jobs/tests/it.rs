@@ -81,3 +81,92 @@ fn jobs_list_and_errors() {
     assert_eq!(code, 1);
     assert!(out.contains("give both --from and --to"), "{out}");
 }
+
+/// `GET` over a plain TCP connection; returns the body.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+#[test]
+fn the_demo_serves_live_views() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
+        .args(["demo", "--rate", "300", "--http", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Kill(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let mut addr = None;
+    let mut bootstrap = None;
+    for line in lines.by_ref().take(10) {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("HTTP API:") {
+            addr = rest
+                .trim()
+                .strip_prefix("http://")
+                .and_then(|a| a.split('/').next())
+                .map(str::to_string);
+        }
+        if let Some(rest) = line.trim().strip_prefix("Kafka bootstrap:") {
+            bootstrap = Some(rest.trim().to_string());
+            break;
+        }
+    }
+    let addr = addr.expect("the demo prints its HTTP address");
+    assert!(
+        bootstrap.unwrap().contains("127.0.0.1:"),
+        "the demo prints the Kafka bootstrap"
+    );
+    let start = std::time::Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(90),
+            "the demo served no orders"
+        );
+        if let Some(body) = http_get(&addr, "/v1/views/orders_per_minute") {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let orders: i64 = v["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["values"]["orders"].as_i64())
+                .sum();
+            if orders > 0 {
+                assert!(
+                    v["rows"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|r| r["source"] == "speed" || r["source"] == "batch")
+                );
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let health = http_get(&addr, "/health").unwrap();
+    assert!(health.contains("\"ok\""), "{health}");
+}

@@ -149,7 +149,8 @@ impl RawWriter {
             .flush_and_commit(&mut self.table)
             .await
             .map_err(delta)?;
-        self.committed.extend(last.into_iter().map(|(p, o)| (p, Some(o))));
+        self.committed
+            .extend(last.into_iter().map(|(p, o)| (p, Some(o))));
         self.watermark = Some(max_time);
         Ok(Some(version as i64))
     }
