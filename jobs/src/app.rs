@@ -27,6 +27,27 @@ pub struct Running {
     _kafka: Option<EmbeddedKafka>,
 }
 
+/// The speed layer as an owned future, ready to spawn.
+pub async fn speed(
+    cfg: Arc<Config>,
+    bootstrap: String,
+    store: Arc<dyn ViewStore>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let counters = Arc::new(SpeedCounters::default());
+    Ok(duet_speed::run(&cfg, &bootstrap, store, counters, shutdown).await?)
+}
+
+/// The lake sink as an owned future, ready to spawn.
+pub async fn lake_sink(
+    cfg: Arc<Config>,
+    bootstrap: String,
+    lake: Lake,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    crate::lake_sink::run(&cfg, &bootstrap, &lake, shutdown).await
+}
+
 /// Starts every part of `cfg`; `generate` sets the event generator's rate per second.
 pub async fn start(cfg: Config, generate: Option<u32>) -> Result<Running> {
     let cfg = Arc::new(cfg);
@@ -51,27 +72,10 @@ pub async fn start(cfg: Config, generate: Option<u32>) -> Result<Running> {
     let http = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
-    {
-        let (cfg, b, store, rx) = (cfg.clone(), bootstrap.clone(), store.clone(), rx.clone());
-        let counters = Arc::new(SpeedCounters::default());
-        tasks.spawn(async move {
-            (
-                "speed",
-                duet_speed::run(&cfg, &b, store, counters, rx)
-                    .await
-                    .map_err(Into::into),
-            )
-        });
-    }
-    {
-        let (cfg, b, lake, rx) = (cfg.clone(), bootstrap.clone(), lake.clone(), rx.clone());
-        tasks.spawn(async move {
-            (
-                "lake sink",
-                crate::lake_sink::run(&cfg, &b, &lake, rx).await,
-            )
-        });
-    }
+    let f = speed(cfg.clone(), bootstrap.clone(), store.clone(), rx.clone());
+    tasks.spawn(async move { ("speed", f.await) });
+    let f = lake_sink(cfg.clone(), bootstrap.clone(), lake.clone(), rx.clone());
+    tasks.spawn(async move { ("lake sink", f.await) });
     {
         let (cfg, lake, rx) = (cfg.clone(), lake.clone(), rx.clone());
         tasks.spawn(async move { ("scheduler", crate::scheduler::run(&cfg, &lake, rx).await) });

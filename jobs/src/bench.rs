@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use duet_config::Config;
 use duet_lake::Lake;
 use duet_speed::kafka::AssignedConsumer;
-use duet_speed::{EmbeddedStore, SpeedCounters, ViewStore};
+use duet_speed::{EmbeddedStore, ViewStore};
 use rdkafka::producer::FutureRecord;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -235,17 +235,12 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
     let store = Arc::new(EmbeddedStore::open(std::path::Path::new(&cfg.store.path))?);
     let (stop, rx) = watch::channel(false);
     let t = Instant::now();
-    let speed = {
-        let (cfg, b, store, rx) = (
-            cfg.clone(),
-            bootstrap.clone(),
-            store.clone() as Arc<dyn ViewStore>,
-            rx.clone(),
-        );
-        tokio::spawn(async move {
-            duet_speed::run(&cfg, &b, store, Arc::new(SpeedCounters::default()), rx).await
-        })
-    };
+    let speed = tokio::spawn(crate::app::speed(
+        cfg.clone(),
+        bootstrap.clone(),
+        store.clone(),
+        rx.clone(),
+    ));
     let group = duet_speed::group(&cfg);
     wait_for(
         "the speed layer",
@@ -281,10 +276,12 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
         })
         .collect();
     let t = Instant::now();
-    let sink = {
-        let (cfg, b, lake, rx) = (cfg.clone(), bootstrap.clone(), lake.clone(), rx.clone());
-        tokio::spawn(async move { crate::lake_sink::run(&cfg, &b, &lake, rx).await })
-    };
+    let sink = tokio::spawn(crate::app::lake_sink(
+        cfg.clone(),
+        bootstrap.clone(),
+        lake.clone(),
+        rx.clone(),
+    ));
     wait_for(
         "the lake sink",
         Duration::from_secs(600),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use duet_jobs::embedded::EmbeddedKafka;
 use duet_jobs::generator::Generator;
 use duet_lake::Lake;
-use duet_speed::{EmbeddedStore, SpeedCounters, ViewStore};
+use duet_speed::{EmbeddedStore, ViewStore};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -177,21 +177,18 @@ async fn run() {
     let lake = Lake::open(&cfg.lake.url).unwrap();
     let store = Arc::new(EmbeddedStore::open(cfg.store.path.as_ref()).unwrap());
     let (stop, rx) = watch::channel(false);
-    let speed = {
-        let (cfg, b, store, rx) = (
-            cfg.clone(),
-            bootstrap.clone(),
-            store.clone() as Arc<dyn ViewStore>,
-            rx.clone(),
-        );
-        tokio::spawn(async move {
-            duet_speed::run(&cfg, &b, store, Arc::new(SpeedCounters::default()), rx).await
-        })
-    };
-    let sink = {
-        let (cfg, b, lake, rx) = (cfg.clone(), bootstrap.clone(), lake.clone(), rx.clone());
-        tokio::spawn(async move { duet_jobs::lake_sink::run(&cfg, &b, &lake, rx).await })
-    };
+    let speed = tokio::spawn(duet_jobs::app::speed(
+        cfg.clone(),
+        bootstrap.clone(),
+        store.clone(),
+        rx.clone(),
+    ));
+    let sink = tokio::spawn(duet_jobs::app::lake_sink(
+        cfg.clone(),
+        bootstrap.clone(),
+        lake.clone(),
+        rx.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = duet_serving::AppState {

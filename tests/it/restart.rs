@@ -9,7 +9,7 @@ use std::time::Duration;
 use duet_config::Config;
 use duet_jobs::embedded::EmbeddedKafka;
 use duet_jobs::generator::Generator;
-use duet_speed::{EmbeddedStore, SpeedCounters, ViewStore};
+use duet_speed::{EmbeddedStore, ViewStore};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -56,13 +56,13 @@ fn spawn_speed(
     bootstrap: &str,
     store: Arc<EmbeddedStore>,
     rx: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let (cfg, b) = (cfg.clone(), bootstrap.to_string());
-    tokio::spawn(async move {
-        duet_speed::run(&cfg, &b, store, Arc::new(SpeedCounters::default()), rx)
-            .await
-            .unwrap();
-    })
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(duet_jobs::app::speed(
+        cfg.clone(),
+        bootstrap.to_string(),
+        store,
+        rx,
+    ))
 }
 
 async fn rendered(cfg: &Config, store: &dyn ViewStore) -> BTreeMap<String, BTreeMap<Key, Value>> {
@@ -175,7 +175,7 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.send(true).unwrap();
-    task.await.unwrap();
+    task.await.unwrap().unwrap();
 
     let delivered: Vec<(String, Vec<u8>)> = first
         .iter()
