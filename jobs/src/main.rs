@@ -96,6 +96,14 @@ enum JobsCommand {
         #[arg(long, short, default_value = "duet.toml")]
         config: PathBuf,
     },
+    /// Show, per view, how far it is sealed and by which version of its batch table.
+    ///
+    /// Example: duet jobs status -c duet.toml
+    Status {
+        /// The config file.
+        #[arg(long, short, default_value = "duet.toml")]
+        config: PathBuf,
+    },
     /// Recompute a view's buckets from the lake and seal them.
     ///
     /// Without --from/--to it seals what is due (like the scheduler).
@@ -220,6 +228,34 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = Config::load_with_env(&config, std::env::vars())?;
             for j in &cfg.jobs {
                 println!("{}\t{}\t{}", j.name, j.schedule, j.all_views().join(","));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs {
+            command: JobsCommand::Status { config },
+        } => {
+            let cfg = Config::load_with_env(&config, std::env::vars())?;
+            let lake = Lake::open(&cfg.lake.url)?;
+            let seals = duet_lake::SealLedger::new(&lake).seals(None).await?;
+            let iso = |ms: i64| {
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .unwrap_or_default()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            };
+            println!("view\tsealed_until\tseals\tversion\tlast_sealed_at");
+            for v in &cfg.views {
+                let mine: Vec<_> = seals.iter().filter(|s| s.view == v.name).cloned().collect();
+                match (duet_lake::ledger::sealed_until(&mine), mine.last()) {
+                    (Some(until), Some(last)) => println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        v.name,
+                        iso(until),
+                        mine.len(),
+                        last.version,
+                        iso(last.sealed_at)
+                    ),
+                    _ => println!("{}\t-\t0\t-\t-", v.name),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -66,6 +66,41 @@ fn jobs_list_and_errors() {
         out.contains("seal\t0 * * * * *\torders_per_minute,gmv_per_minute"),
         "{out}"
     );
+    // status of a lake nobody sealed yet
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("duet.toml");
+    let lake = dir.path().join("lake");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(REFERENCE).unwrap().replace(
+            "url = \"duet-data/lake\"",
+            &format!("url = {:?}", lake.to_str().unwrap()),
+        ),
+    )
+    .unwrap();
+    let (code, out) = duet(&["jobs", "status", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("gmv_per_minute\t-\t0\t-\t-"), "{out}");
+    // seal an empty range by hand, then status shows it
+    let (code, out) = duet(&[
+        "jobs",
+        "run",
+        "gmv_per_minute",
+        "--from",
+        "2026-11-25T10:00:00Z",
+        "--to",
+        "2026-11-25T10:05:00Z",
+        "-c",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("gmv_per_minute: sealed [2026-11-25T10:00:00+00:00, 2026-11-25T10:05:00+00:00) with 0 rows as version 1"), "{out}");
+    let (code, out) = duet(&["jobs", "status", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("gmv_per_minute\t2026-11-25T10:05:00Z\t1\t1\t"),
+        "{out}"
+    );
     let (code, out) = duet(&["jobs", "run", "nope", "-c", REFERENCE]);
     assert_eq!(code, 1);
     assert!(out.contains("unknown view `nope`"), "{out}");
