@@ -72,6 +72,8 @@ pub struct Config {
     pub speed_batch_ms: i64,
     /// `[batch] lateness` in ms.
     pub lateness_ms: i64,
+    /// `[speed] dedup_retention` in ms.
+    pub dedup_retention_ms: i64,
 }
 
 impl Config {

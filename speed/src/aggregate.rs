@@ -26,6 +26,7 @@ pub struct Aggregator {
     by_topic: HashMap<String, Vec<Source>>,
     by_source: HashMap<String, Vec<ViewSpec>>,
     group: String,
+    dedup_retention_ms: i64,
 }
 
 impl Aggregator {
@@ -46,6 +47,7 @@ impl Aggregator {
             by_topic,
             by_source,
             group: group.to_string(),
+            dedup_retention_ms: cfg.dedup_retention_ms,
         }
     }
 
@@ -142,6 +144,11 @@ impl Aggregator {
                     }
                 }
             }
+        }
+        for (source, w) in &batch.watermarks {
+            batch
+                .forget_seen_before
+                .insert(source.clone(), w.saturating_sub(self.dedup_retention_ms));
         }
         Ok((batch, stats))
     }

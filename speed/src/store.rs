@@ -44,6 +44,8 @@ pub struct SpeedBatch {
     pub offsets: BTreeMap<(String, String, i32), i64>,
     /// Highest event time seen, per source.
     pub watermarks: BTreeMap<String, i64>,
+    /// Forget the seen ids of a source whose event time is before this (dedup retention).
+    pub forget_seen_before: BTreeMap<String, i64>,
 }
 
 /// A view store. The embedded store is the default; a Redis store serves production.

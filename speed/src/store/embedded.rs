@@ -17,6 +17,8 @@ const VIEWS: TableDefinition<(&str, i64, &str), &[u8]> = TableDefinition::new("v
 const OFFSETS: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("offsets");
 /// (source, event id) → event time.
 const SEEN: TableDefinition<(&str, &str), i64> = TableDefinition::new("seen");
+/// (source, event time, event id) → (): the seen ids by time, for the dedup retention.
+const SEEN_BY_TIME: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("seen_by_time");
 /// (at_ms, topic, partition, offset) → record as JSON.
 const QUARANTINE: TableDefinition<(i64, &str, i32, i64), &[u8]> =
     TableDefinition::new("quarantine");
@@ -71,6 +73,7 @@ impl EmbeddedStore {
             tx.open_table(VIEWS).map_err(|e| self.err(e))?;
             tx.open_table(OFFSETS).map_err(|e| self.err(e))?;
             tx.open_table(SEEN).map_err(|e| self.err(e))?;
+            tx.open_table(SEEN_BY_TIME).map_err(|e| self.err(e))?;
             tx.open_table(QUARANTINE).map_err(|e| self.err(e))?;
             tx.open_table(WATERMARKS).map_err(|e| self.err(e))?;
         }
@@ -110,7 +113,26 @@ impl EmbeddedStore {
                     .map_err(|e| self.err(e))?;
             }
             let mut seen = tx.open_table(SEEN).map_err(|e| self.err(e))?;
+            let mut by_time = tx.open_table(SEEN_BY_TIME).map_err(|e| self.err(e))?;
+            for (source, cutoff) in &batch.forget_seen_before {
+                let old: Vec<(i64, String)> = by_time
+                    .range((source.as_str(), i64::MIN, "")..(source.as_str(), *cutoff, ""))
+                    .map_err(|e| self.err(e))?
+                    .map(|item| item.map(|(k, _)| (k.value().1, k.value().2.to_string())))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| self.err(e))?;
+                for (t, id) in old {
+                    by_time
+                        .remove((source.as_str(), t, id.as_str()))
+                        .map_err(|e| self.err(e))?;
+                    seen.remove((source.as_str(), id.as_str()))
+                        .map_err(|e| self.err(e))?;
+                }
+            }
             for (s, id, t) in &batch.seen {
+                by_time
+                    .insert((s.as_str(), *t, id.as_str()), ())
+                    .map_err(|e| self.err(e))?;
                 seen.insert((s.as_str(), id.as_str()), *t)
                     .map_err(|e| self.err(e))?;
             }
@@ -269,5 +291,25 @@ mod tests {
             store.seen("s", &["id2", "id9"]).await.unwrap(),
             vec![true, false]
         );
+    }
+
+    #[tokio::test]
+    async fn seen_ids_are_forgotten_after_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let mut b = SpeedBatch::default();
+        for t in 1..=10 {
+            b.seen.push(("s".into(), format!("id{t}"), t * 1000));
+        }
+        b.seen.push(("other".into(), "id1".into(), 1000));
+        store.commit(b).await.unwrap();
+        let mut b = SpeedBatch::default();
+        b.forget_seen_before.insert("s".into(), 5000);
+        store.commit(b).await.unwrap();
+        let ids: Vec<String> = (1..=10).map(|t| format!("id{t}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let seen = store.seen("s", &ids).await.unwrap();
+        assert_eq!(seen, (1..=10).map(|t| t >= 5).collect::<Vec<_>>());
+        assert_eq!(store.seen("other", &["id1"]).await.unwrap(), vec![true]);
     }
 }
