@@ -205,3 +205,36 @@ fn the_demo_serves_live_views() {
     let health = http_get(&addr, "/health").unwrap();
     assert!(health.contains("\"ok\""), "{health}");
 }
+
+#[test]
+fn bench_writes_a_report_with_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.md");
+    let (code, text) = duet(&[
+        "bench",
+        "--events",
+        "1000",
+        "--queries",
+        "10",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let report = std::fs::read_to_string(&out).unwrap();
+    for needle in [
+        "- Machine: ",
+        "| baseline: consume and discard (same broker, same process) |",
+        "| speed layer end to end",
+        "| lake sink",
+        "| gmv_per_minute |",
+        "| /health (baseline) |",
+    ] {
+        assert!(report.contains(needle), "missing {needle:?} in\n{report}");
+    }
+    // every throughput row has a positive rate and a ratio
+    let rows: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.ends_with(" |") && !l.contains("---"))
+        .collect();
+    assert!(rows.len() >= 14, "{report}");
+}
