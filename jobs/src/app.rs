@@ -48,8 +48,19 @@ pub async fn lake_sink(
     crate::lake_sink::run(&cfg, &bootstrap, &lake, shutdown).await
 }
 
+/// Gives this run consumer groups of its own. The embedded cluster lives and dies with the
+/// process: each run is a new cluster whose offsets start at 0 again, so offsets stored by an
+/// earlier run (view store, raw tables' `txn` actions) must not be read as this run's. The
+/// views' state, the seen ids and the lake carry over.
+pub fn isolate_run(cfg: &mut Config) {
+    cfg.kafka.group_prefix = format!("{}-{:08x}", cfg.kafka.group_prefix, rand::random::<u32>());
+}
+
 /// Starts every part of `cfg`; `generate` sets the event generator's rate per second.
-pub async fn start(cfg: Config, generate: Option<u32>) -> Result<Running> {
+pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
+    if cfg.kafka.bootstrap_servers.is_none() {
+        isolate_run(&mut cfg);
+    }
     let cfg = Arc::new(cfg);
     let (kafka, bootstrap) = match &cfg.kafka.bootstrap_servers {
         Some(b) => (None, b.clone()),

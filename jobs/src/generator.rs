@@ -54,6 +54,8 @@ pub struct Generated {
 /// Seed-shaped event generator.
 pub struct Generator {
     rng: StdRng,
+    /// Distinguishes the event ids of generators with different seeds (demo restarts).
+    run: u32,
     users: u32,
     next_event: u64,
     next_order: u64,
@@ -68,8 +70,10 @@ fn money(units: i64) -> Value {
 impl Generator {
     /// A generator for `users` distinct users, deterministic for `seed`.
     pub fn new(seed: u64, users: u32) -> Generator {
+        let mut rng = StdRng::seed_from_u64(seed);
         Generator {
-            rng: StdRng::seed_from_u64(seed),
+            run: rng.random(),
+            rng,
             users: users.max(1),
             next_event: 0,
             next_order: 0,
@@ -101,7 +105,7 @@ impl Generator {
             let (pid, _, cat, _) = PRODUCTS[self.rng.random_range(0..PRODUCTS.len())];
             let platform = PLATFORMS[self.rng.random_range(0..PLATFORMS.len())];
             let value = json!({
-                "eventId": format!("evt_{:012}", self.next_event),
+                "eventId": format!("evt_{:08x}_{:010}", self.run, self.next_event),
                 "userId": user,
                 "sessionId": format!("session_{}_{}", user, now_ms / 1_800_000),
                 "eventType": EVENT_TYPES[self.rng.random_range(0..EVENT_TYPES.len())],
@@ -133,7 +137,7 @@ impl Generator {
         }
         let (province, city, district) = CITIES[self.rng.random_range(0..CITIES.len())];
         let order = json!({
-            "orderId": format!("ord_{now_ms}_{:06}", self.next_order),
+            "orderId": format!("ord_{now_ms}_{:08x}_{:06}", self.run, self.next_order),
             "userId": user,
             "orderStatus": "created",
             "createTime": now_ms,

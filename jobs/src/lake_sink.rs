@@ -24,9 +24,10 @@ pub async fn run(
     lake: &Lake,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
+    let group = group(cfg);
     let mut writers: HashMap<String, RawWriter> = HashMap::new();
     for s in &cfg.sources {
-        writers.insert(s.name.clone(), RawWriter::open(lake, s).await?);
+        writers.insert(s.name.clone(), RawWriter::open(lake, s, &group).await?);
     }
     let mut topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
     topics.sort();
@@ -44,7 +45,6 @@ pub async fn run(
             }
         }
     }
-    let group = group(cfg);
     let consumer = AssignedConsumer::new(
         &cfg.kafka,
         bootstrap,

@@ -311,11 +311,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 #[allow(clippy::print_stdout)]
 async fn serve(cfg: Config, generate: Option<u32>) -> Result<ExitCode> {
+    use std::io::Write as _;
     let running = duet_jobs::app::start(cfg, generate).await?;
-    println!("Duet is running.");
-    println!("  HTTP API:        http://{}/v1/views", running.http);
-    println!(
-        "  Kafka bootstrap: {}{}",
+    let banner = format!(
+        "Duet is running.\n  HTTP API:        http://{}/v1/views\n  Kafka bootstrap: {}{}\n  Stop with Ctrl-C.\n",
+        running.http,
         running.bootstrap,
         if running.embedded {
             " (embedded mock cluster)"
@@ -323,7 +323,9 @@ async fn serve(cfg: Config, generate: Option<u32>) -> Result<ExitCode> {
             ""
         }
     );
-    println!("  Stop with Ctrl-C.");
+    // A server must not die because whoever started it stopped reading its stdout.
+    let mut out = std::io::stdout();
+    let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     running.wait().await?;
     Ok(ExitCode::SUCCESS)
 }

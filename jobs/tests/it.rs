@@ -133,29 +133,33 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
-#[test]
-fn the_demo_serves_live_views() {
+/// A running `duet demo`, killed (like a crash) when dropped.
+struct Demo {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_demo(data: &std::path::Path) -> Demo {
     use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
         .args(["demo", "--rate", "300", "--http", "127.0.0.1:0", "--data"])
-        .arg(dir.path())
+        .arg(data)
+        .env("DUET_LAKE__FLUSH_INTERVAL", "300ms")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let stdout = child.stdout.take().unwrap();
-    let _guard = Kill(child);
-    let mut lines = BufReader::new(stdout).lines();
     let mut addr = None;
     let mut bootstrap = None;
+    let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref().take(10) {
         let line = line.unwrap();
         if let Some(rest) = line.trim().strip_prefix("HTTP API:") {
@@ -170,40 +174,71 @@ fn the_demo_serves_live_views() {
             break;
         }
     }
-    let addr = addr.expect("the demo prints its HTTP address");
+    let demo = Demo {
+        child,
+        addr: addr.expect("the demo prints its HTTP address"),
+    };
     assert!(
-        bootstrap.unwrap().contains("127.0.0.1:"),
-        "the demo prints the Kafka bootstrap"
+        bootstrap
+            .expect("the demo prints the Kafka bootstrap")
+            .contains("127.0.0.1:")
     );
+    demo
+}
+
+/// Total orders over the last hour, from the HTTP API.
+fn orders(addr: &str) -> i64 {
+    let Some(body) = http_get(addr, "/v1/views/orders_per_minute") else {
+        return 0;
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["values"]["orders"].as_i64())
+        .sum()
+}
+
+fn raw_orders(data: &std::path::Path) -> u64 {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let lake = duet_lake::Lake::open(data.join("lake").to_str().unwrap()).unwrap();
+        duet_lake::raw::raw_count(&lake, "orders")
+            .await
+            .unwrap_or(0)
+    })
+}
+
+fn wait(what: &str, mut done: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
-    loop {
+    while !done() {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(90),
-            "the demo served no orders"
+            "timed out: {what}"
         );
-        if let Some(body) = http_get(&addr, "/v1/views/orders_per_minute") {
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let orders: i64 = v["rows"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| r["values"]["orders"].as_i64())
-                .sum();
-            if orders > 0 {
-                assert!(
-                    v["rows"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .all(|r| r["source"] == "speed" || r["source"] == "batch")
-                );
-                break;
-            }
-        }
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    let health = http_get(&addr, "/health").unwrap();
+}
+
+#[test]
+fn the_demo_serves_live_views_and_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_demo(dir.path());
+    wait("orders in the first run", || orders(&first.addr) > 0);
+    let health = http_get(&first.addr, "/health").unwrap();
     assert!(health.contains("\"ok\""), "{health}");
+    wait("raw orders in the lake", || raw_orders(dir.path()) > 0);
+    drop(first); // SIGKILL
+    let before_lake = raw_orders(dir.path());
+    let second = start_demo(dir.path());
+    let carried = orders(&second.addr);
+    assert!(carried > 0, "the views' state carries over a restart");
+    // events of the new run (a new embedded cluster, offsets from 0 again) reach both layers
+    wait("new orders in the views", || orders(&second.addr) > carried);
+    wait("new raw orders in the lake", || {
+        raw_orders(dir.path()) > before_lake + 20
+    });
 }
 
 #[test]

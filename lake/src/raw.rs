@@ -57,8 +57,10 @@ fn partition_values(time_ms: i64) -> (String, String) {
     (t.format("%Y-%m-%d").to_string(), t.format("%H").to_string())
 }
 
-fn txn_app(source: &str, partition: i32) -> String {
-    format!("duet-lake/{source}/{partition}")
+/// The `txn` app id recording the last offset of one Kafka partition written by one consumer
+/// group: offsets only mean something for one group on one cluster.
+fn txn_app(group: &str, source: &str, partition: i32) -> String {
+    format!("{group}/{source}/{partition}")
 }
 
 fn watermark_app(source: &str) -> String {
@@ -68,6 +70,7 @@ fn watermark_app(source: &str) -> String {
 /// Appends events to `raw/<source>`.
 pub struct RawWriter {
     source: Source,
+    group: String,
     url: Url,
     table: DeltaTable,
     schema: SchemaRef,
@@ -77,8 +80,9 @@ pub struct RawWriter {
 }
 
 impl RawWriter {
-    /// Opens (creating if needed) the raw table of `source`.
-    pub async fn open(lake: &Lake, source: &Source) -> Result<RawWriter> {
+    /// Opens (creating if needed) the raw table of `source`, for the consumer group `group`
+    /// whose offsets the table's `txn` actions record.
+    pub async fn open(lake: &Lake, source: &Source, group: &str) -> Result<RawWriter> {
         let url = lake.raw_table_url(&source.name);
         let table = load_or_create(&url, &raw_schema(source), &PARTITIONS).await?;
         let schema = RecordBatchWriter::for_table(&table)
@@ -90,6 +94,7 @@ impl RawWriter {
         let watermark = txn_version(&table, &watermark_app(&source.name)).await?;
         Ok(RawWriter {
             source: source.clone(),
+            group: group.to_string(),
             url,
             table,
             schema,
@@ -103,7 +108,11 @@ impl RawWriter {
         if let Some(o) = self.committed.get(&partition) {
             return Ok(*o);
         }
-        let v = txn_version(&self.table, &txn_app(&self.source.name, partition)).await?;
+        let v = txn_version(
+            &self.table,
+            &txn_app(&self.group, &self.source.name, partition),
+        )
+        .await?;
         self.committed.insert(partition, v);
         Ok(v)
     }
@@ -136,7 +145,7 @@ impl RawWriter {
         };
         let mut txns: Vec<Transaction> = last
             .iter()
-            .map(|(p, o)| Transaction::new(txn_app(&self.source.name, *p), *o))
+            .map(|(p, o)| Transaction::new(txn_app(&self.group, &self.source.name, *p), *o))
             .collect();
         txns.push(Transaction::new(watermark_app(&self.source.name), max_time));
         let mut writer = RecordBatchWriter::for_table(&self.table)
@@ -304,11 +313,11 @@ mod tests {
             payload: String::new(),
         };
         let first: Vec<RawRecord> = (0..5).map(rec).collect();
-        let mut w = RawWriter::open(&lake, source).await.unwrap();
+        let mut w = RawWriter::open(&lake, source, "g").await.unwrap();
         assert!(w.append(&first).await.unwrap().is_some());
         // the same records again (a re-delivery), then overlapping ones after a reopen
         assert_eq!(w.append(&first).await.unwrap(), None);
-        let mut w = RawWriter::open(&lake, source).await.unwrap();
+        let mut w = RawWriter::open(&lake, source, "g").await.unwrap();
         assert_eq!(w.committed_offset(0).await.unwrap(), Some(4));
         let overlap: Vec<RawRecord> = (3..8).map(rec).collect();
         w.append(&overlap).await.unwrap();

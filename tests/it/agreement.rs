@@ -18,7 +18,10 @@ async fn agree(seed: u64, events: i64) {
     let t0 = 1_796_032_800_000 + (seed as i64 % 7) * 61_000;
     let mut writers = BTreeMap::new();
     for s in &cfg.sources {
-        writers.insert(s.name.clone(), RawWriter::open(&lake, s).await.unwrap());
+        writers.insert(
+            s.name.clone(),
+            RawWriter::open(&lake, s, "duet-lake").await.unwrap(),
+        );
     }
     let mut speed: BTreeMap<(String, Key), Vec<State>> = BTreeMap::new();
     let mut seen = HashSet::new();

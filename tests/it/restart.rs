@@ -189,3 +189,65 @@ async fn run() {
     }
     drop(kafka);
 }
+
+/// Two runs of the embedded cluster (each new and empty) feed one lake: every event of both
+/// runs must land, although the second run's offsets start at 0 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_embedded_cluster_does_not_reuse_old_offsets() {
+    tokio::time::timeout(Duration::from_secs(180), two_runs())
+        .await
+        .expect("timed out");
+}
+
+async fn two_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = reference_config(dir.path());
+    let lake = duet_lake::Lake::open(&base.lake.url).unwrap();
+    let mut g = Generator::new(11, 20);
+    let mut expected = 0;
+    for run in 0..2 {
+        let mut cfg = base.clone();
+        duet_jobs::app::isolate_run(&mut cfg);
+        let cfg = Arc::new(cfg);
+        let topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
+        let kafka = EmbeddedKafka::start(&topics, cfg.kafka.partitions).unwrap();
+        let producer = duet_jobs::producer::producer(&cfg.kafka, &kafka.bootstrap()).unwrap();
+        let mut msgs = Vec::new();
+        for i in 0..150 {
+            let e = g.next(T0 + (run * 1000 + i) * 100);
+            if e.source == "orders" {
+                msgs.push((
+                    "orders".to_string(),
+                    e.key,
+                    serde_json::to_vec(&e.value).unwrap(),
+                ));
+            }
+        }
+        expected += msgs.len() as u64;
+        produce(&producer, &msgs, &mut HashMap::new()).await;
+        let (stop, rx) = watch::channel(false);
+        let sink = tokio::spawn(duet_jobs::app::lake_sink(
+            cfg.clone(),
+            kafka.bootstrap(),
+            lake.clone(),
+            rx,
+        ));
+        let start = std::time::Instant::now();
+        while duet_lake::raw::raw_count(&lake, "orders").await.unwrap() < expected {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "run {run}: the lake has fewer than {expected} orders"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.send(true).unwrap();
+        sink.await.unwrap().unwrap();
+        assert_eq!(
+            duet_lake::raw::raw_count(&lake, "orders").await.unwrap(),
+            expected,
+            "run {run}"
+        );
+        drop(producer);
+        drop(kafka);
+    }
+}
