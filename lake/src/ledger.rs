@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimestampMicrosecondType};
+use deltalake::kernel::Action;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use serde_json::json;
 use url::Url;
@@ -53,7 +56,9 @@ impl SealLedger {
         }
     }
 
-    /// Appends a seal (one Delta commit).
+    /// Appends a seal (one Delta commit). When the ledger has grown to
+    /// [`COMPACT_AT`] files, they are rewritten as one in a second commit, so that readers
+    /// (every query) read a bounded number of files.
     pub async fn record(&self, seal: &Seal) -> Result<()> {
         let name = self.url.to_string();
         let delta = |source| Error::Delta {
@@ -62,13 +67,52 @@ impl SealLedger {
         };
         let mut table = load_or_create(&self.url, &schema(), &[]).await?;
         let mut writer = RecordBatchWriter::for_table(&table).map_err(delta)?;
-        let row = json!({
-            "view": seal.view, "from": seal.from * 1000, "to": seal.to * 1000,
-            "version": seal.version, "sealed_at": seal.sealed_at * 1000,
-        });
-        let batch = json_rows_to_batch(&name, Arc::clone(&writer.arrow_schema()), &[row])?;
+        let batch = json_rows_to_batch(&name, Arc::clone(&writer.arrow_schema()), &[row(seal)])?;
         writer.write(batch).await.map_err(delta)?;
         writer.flush_and_commit(&mut table).await.map_err(delta)?;
+        if active_files(&table)?.len() >= COMPACT_AT {
+            self.compact(&mut table).await?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites every active file of the ledger as one file, in one commit.
+    async fn compact(&self, table: &mut deltalake::DeltaTable) -> Result<()> {
+        let name = self.url.to_string();
+        let delta = |source| Error::Delta {
+            table: name.clone(),
+            source: Box::new(source),
+        };
+        let files = active_files(table)?;
+        let paths: Vec<_> = files.iter().map(|(p, _, _)| p.clone()).collect();
+        let seals = decode(read_files(table, &paths).await?, None)?;
+        let rows: Vec<_> = seals.iter().map(row).collect();
+        let mut writer = RecordBatchWriter::for_table(table).map_err(delta)?;
+        let batch = json_rows_to_batch(&name, Arc::clone(&writer.arrow_schema()), &rows)?;
+        writer.write(batch).await.map_err(delta)?;
+        let mut actions: Vec<Action> = files
+            .into_iter()
+            .map(|(_, _, rm)| Action::Remove(rm))
+            .collect();
+        actions.extend(
+            writer
+                .flush()
+                .await
+                .map_err(delta)?
+                .into_iter()
+                .map(Action::Add),
+        );
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: None,
+            predicate: None,
+        };
+        let snapshot = table.snapshot().map_err(delta)?;
+        CommitBuilder::default()
+            .with_actions(actions)
+            .build(Some(snapshot), table.log_store(), operation)
+            .await
+            .map_err(delta)?;
         Ok(())
     }
 
@@ -81,42 +125,60 @@ impl SealLedger {
             .into_iter()
             .map(|(p, _, _)| p)
             .collect();
-        let bad = |m: &str| Error::State {
-            view: "ledger".into(),
-            message: m.into(),
-        };
-        let mut out = Vec::new();
-        for b in read_files(&table, &paths).await? {
-            let ts = |n: &str| {
-                b.column_by_name(n)
-                    .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>().cloned())
-                    .ok_or_else(|| bad(n))
-            };
-            let views = b
-                .column_by_name("view")
-                .and_then(|c| c.as_string_opt::<i32>().cloned())
-                .ok_or_else(|| bad("view"))?;
-            let versions = b
-                .column_by_name("version")
-                .and_then(|c| c.as_primitive_opt::<Int64Type>().cloned())
-                .ok_or_else(|| bad("version"))?;
-            let (from, to, at) = (ts("from")?, ts("to")?, ts("sealed_at")?);
-            for i in 0..b.num_rows() {
-                if views.is_null(i) || view.is_some_and(|v| v != views.value(i)) {
-                    continue;
-                }
-                out.push(Seal {
-                    view: views.value(i).to_string(),
-                    from: from.value(i) / 1000,
-                    to: to.value(i) / 1000,
-                    version: versions.value(i),
-                    sealed_at: at.value(i) / 1000,
-                });
-            }
-        }
-        out.sort_by_key(|s| (s.sealed_at, s.version));
-        Ok(out)
+        decode(read_files(&table, &paths).await?, view)
     }
+}
+
+/// Files at which the ledger is compacted into one.
+pub const COMPACT_AT: usize = 32;
+
+fn row(seal: &Seal) -> serde_json::Value {
+    json!({
+        "view": seal.view, "from": seal.from * 1000, "to": seal.to * 1000,
+        "version": seal.version, "sealed_at": seal.sealed_at * 1000,
+    })
+}
+
+/// The seals in `batches` (of one view, if given), oldest first.
+fn decode(
+    batches: Vec<deltalake::arrow::record_batch::RecordBatch>,
+    view: Option<&str>,
+) -> Result<Vec<Seal>> {
+    let bad = |m: &str| Error::State {
+        view: "ledger".into(),
+        message: m.into(),
+    };
+    let mut out = Vec::new();
+    for b in batches {
+        let ts = |n: &str| {
+            b.column_by_name(n)
+                .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>().cloned())
+                .ok_or_else(|| bad(n))
+        };
+        let views = b
+            .column_by_name("view")
+            .and_then(|c| c.as_string_opt::<i32>().cloned())
+            .ok_or_else(|| bad("view"))?;
+        let versions = b
+            .column_by_name("version")
+            .and_then(|c| c.as_primitive_opt::<Int64Type>().cloned())
+            .ok_or_else(|| bad("version"))?;
+        let (from, to, at) = (ts("from")?, ts("to")?, ts("sealed_at")?);
+        for i in 0..b.num_rows() {
+            if views.is_null(i) || view.is_some_and(|v| v != views.value(i)) {
+                continue;
+            }
+            out.push(Seal {
+                view: views.value(i).to_string(),
+                from: from.value(i) / 1000,
+                to: to.value(i) / 1000,
+                version: versions.value(i),
+                sealed_at: at.value(i) / 1000,
+            });
+        }
+    }
+    out.sort_by_key(|s| (s.sealed_at, s.version));
+    Ok(out)
 }
 
 /// The latest seal covering the whole of `[from, to)`, if any.
@@ -128,4 +190,46 @@ pub fn covering(seals: &[Seal], from: i64, to: i64) -> Option<&Seal> {
 /// job resumes.
 pub fn sealed_until(seals: &[Seal]) -> Option<i64> {
     seals.iter().map(|s| s.to).max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_ledger_stays_small_and_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let ledger = SealLedger::new(&lake);
+        assert!(ledger.seals(None).await.unwrap().is_empty());
+        let n = COMPACT_AT as i64 + 5;
+        for i in 0..n {
+            let view = if i % 2 == 0 { "a" } else { "b" };
+            ledger
+                .record(&Seal {
+                    view: view.into(),
+                    from: i * 60_000,
+                    to: (i + 1) * 60_000,
+                    version: i,
+                    sealed_at: i,
+                })
+                .await
+                .unwrap();
+        }
+        let all = ledger.seals(None).await.unwrap();
+        assert_eq!(all.len(), n as usize);
+        assert_eq!(
+            all.iter().map(|s| s.version).collect::<Vec<_>>(),
+            (0..n).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            ledger.seals(Some("b")).await.unwrap().len(),
+            (n / 2) as usize
+        );
+        let table = try_load(&ledger.url).await.unwrap().unwrap();
+        let files = active_files(&table).unwrap().len();
+        assert!(files < COMPACT_AT, "{files} files after compaction");
+        assert_eq!(covering(&all, 60_000, 120_000).map(|s| s.version), Some(1));
+        assert_eq!(sealed_until(&all), Some(n * 60_000));
+    }
 }
