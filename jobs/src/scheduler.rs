@@ -38,6 +38,29 @@ pub async fn seal_due(
     out
 }
 
+/// Compacts the raw partitions of every source whose hour ended `lateness` before both the
+/// clock and the lake's watermark (logging, not failing on, errors).
+pub async fn compact_closed_hours(cfg: &Config, lake: &Lake, now_ms: i64) -> usize {
+    let mut done = 0;
+    for s in &cfg.sources {
+        let result = async {
+            let snapshot = duet_lake::raw::raw_snapshot(lake, &s.name, None).await?;
+            let Some(w) = snapshot.watermark else {
+                return Ok(0);
+            };
+            duet_lake::raw::compact_raw(lake, &s.name, now_ms.min(w) - cfg.lateness_ms).await
+        }
+        .await;
+        match result {
+            Ok(n) => done += n,
+            Err(e) => {
+                tracing::warn!(source = %s.name, error = %e, "Raw compaction failed; will retry.")
+            }
+        }
+    }
+    done
+}
+
 /// Runs the jobs' schedules until `shutdown` turns true.
 pub async fn run(cfg: &Config, lake: &Lake, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let jobs: Vec<(Schedule, Vec<String>, String)> = cfg
@@ -72,6 +95,10 @@ pub async fn run(cfg: &Config, lake: &Lake, mut shutdown: watch::Receiver<bool>)
             if i == idx || s.after(&now).next() == Some(at) {
                 let done = seal_due(cfg, lake, views, at.timestamp_millis()).await;
                 tracing::info!(job = %name, sealed = done.len(), "Job ran.");
+                let compacted = compact_closed_hours(cfg, lake, at.timestamp_millis()).await;
+                if compacted > 0 {
+                    tracing::info!(partitions = compacted, "Compacted raw partitions.");
+                }
             }
         }
     }

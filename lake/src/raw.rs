@@ -276,6 +276,108 @@ pub async fn raw_count(lake: &Lake, source: &str) -> Result<u64> {
         .sum())
 }
 
+/// Rewrites each closed `(event_date, event_hour)` partition of `raw/<source>` that has more
+/// than one file as a single file, one Delta commit per partition (remove the old files, add
+/// the new one; the rows and the `txn` offsets are unchanged). A partition is closed when its
+/// hour ended at or before `before_ms`. Returns how many partitions were compacted.
+///
+/// The lake sink writes a file per partition and flush; without this, a day of minutely seals
+/// would scan thousands of small files.
+pub async fn compact_raw(lake: &Lake, source: &str, before_ms: i64) -> Result<usize> {
+    let url = lake.raw_table_url(source);
+    let Some(mut table) = try_load(&url).await? else {
+        return Ok(0);
+    };
+    let name = url.to_string();
+    let delta = |source| Error::Delta {
+        table: name.clone(),
+        source: Box::new(source),
+    };
+    let mut groups: std::collections::BTreeMap<(String, String), Vec<arrow_util::ActiveFile>> =
+        std::collections::BTreeMap::new();
+    for f in active_files(&table)? {
+        let part = |k: &str| f.1.get(k).cloned().flatten().unwrap_or_default();
+        groups
+            .entry((part("event_date"), part("event_hour")))
+            .or_default()
+            .push(f);
+    }
+    let mut done = 0;
+    for ((date, hour), files) in groups {
+        let hour_end = chrono::NaiveDateTime::parse_from_str(
+            &format!("{date} {hour}:00:00"),
+            "%Y-%m-%d %H:%M:%S",
+        )
+        .map(|t| t.and_utc().timestamp_millis() + 3_600_000)
+        .unwrap_or(i64::MAX);
+        if files.len() < 2 || hour_end > before_ms {
+            continue;
+        }
+        let paths: Vec<_> = files.iter().map(|(p, _, _)| p.clone()).collect();
+        let mut writer = RecordBatchWriter::for_table(&table).map_err(delta)?;
+        let schema = writer.arrow_schema();
+        for b in arrow_util::read_files(&table, &paths).await? {
+            // Parquet files do not hold the partition columns; the writer wants them.
+            let n = b.num_rows();
+            let mut columns = Vec::with_capacity(schema.fields().len());
+            for field in schema.fields() {
+                let col: deltalake::arrow::array::ArrayRef = match field.name().as_str() {
+                    "event_date" => std::sync::Arc::new(
+                        deltalake::arrow::array::StringArray::from(vec![date.as_str(); n]),
+                    ),
+                    "event_hour" => std::sync::Arc::new(
+                        deltalake::arrow::array::StringArray::from(vec![hour.as_str(); n]),
+                    ),
+                    other => b
+                        .column_by_name(other)
+                        .cloned()
+                        .ok_or_else(|| Error::State {
+                            view: format!("raw/{source}"),
+                            message: format!("column `{other}` is missing from a data file"),
+                        })?,
+                };
+                columns.push(col);
+            }
+            let batch =
+                deltalake::arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)
+                    .map_err(|source| Error::Arrow {
+                        table: name.clone(),
+                        source,
+                    })?;
+            writer.write(batch).await.map_err(delta)?;
+        }
+        let mut actions: Vec<deltalake::kernel::Action> = files
+            .into_iter()
+            .map(|(_, _, rm)| deltalake::kernel::Action::Remove(rm))
+            .collect();
+        actions.extend(
+            writer
+                .flush()
+                .await
+                .map_err(delta)?
+                .into_iter()
+                .map(deltalake::kernel::Action::Add),
+        );
+        let operation = deltalake::protocol::DeltaOperation::Write {
+            mode: deltalake::protocol::SaveMode::Overwrite,
+            partition_by: Some(PARTITIONS.iter().map(|p| p.to_string()).collect()),
+            predicate: Some(format!("event_date = '{date}' AND event_hour = '{hour}'")),
+        };
+        let snapshot = table.snapshot().map_err(delta)?;
+        let committed = deltalake::kernel::transaction::CommitBuilder::default()
+            .with_actions(actions)
+            .build(Some(snapshot), table.log_store(), operation)
+            .await
+            .map_err(delta)?;
+        table
+            .load_version(committed.version())
+            .await
+            .map_err(delta)?;
+        done += 1;
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +428,36 @@ mod tests {
         let snap = raw_snapshot(&lake, "clicks", None).await.unwrap();
         assert_eq!(snap.watermark, Some(1_700_000_000_007));
         assert_eq!(snap.first_date_ms, Some(1_699_920_000_000));
+
+        // three commits in one hour partition: compaction leaves one file, the same rows and
+        // the same resume offsets
+        let more: Vec<RawRecord> = (8..12).map(rec).collect();
+        w.append(&more).await.unwrap();
+        let before = raw_snapshot(&lake, "clicks", None)
+            .await
+            .unwrap()
+            .files
+            .len();
+        assert_eq!(before, 3);
+        assert_eq!(
+            compact_raw(&lake, "clicks", 1_700_000_000_000)
+                .await
+                .unwrap(),
+            0,
+            "hour still open"
+        );
+        assert_eq!(compact_raw(&lake, "clicks", i64::MAX).await.unwrap(), 1);
+        assert_eq!(
+            raw_snapshot(&lake, "clicks", None)
+                .await
+                .unwrap()
+                .files
+                .len(),
+            1
+        );
+        assert_eq!(raw_count(&lake, "clicks").await.unwrap(), 12);
+        let mut w = RawWriter::open(&lake, source, "g").await.unwrap();
+        assert_eq!(w.committed_offset(0).await.unwrap(), Some(11));
+        assert_eq!(w.append(&more).await.unwrap(), None);
     }
 }
