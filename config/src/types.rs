@@ -239,10 +239,10 @@ impl Value {
         }
     }
 
-    /// Looks up a dotted path such as `deviceInfo.platform` inside struct values.
-    pub fn get_path<'a>(&'a self, path: &[String]) -> &'a Value {
+    /// Looks up a dotted path such as `platform` or `deviceInfo.platform` inside struct values.
+    pub fn get_path<'a>(&'a self, path: &str) -> &'a Value {
         let mut v = self;
-        for seg in path {
+        for seg in path.split('.') {
             v = match v {
                 Value::Struct(m) => m.get(seg).unwrap_or(&Value::Null),
                 _ => &Value::Null,

@@ -40,16 +40,11 @@ pub struct Event {
 impl Event {
     /// The value at a dotted path (`deviceInfo.platform`).
     pub fn get(&self, path: &str) -> &Value {
-        let mut segs = path.split('.');
-        let first = segs.next().unwrap_or_default();
-        let mut v = self.fields.get(first).unwrap_or(&Value::Null);
-        for s in segs {
-            v = match v {
-                Value::Struct(m) => m.get(s).unwrap_or(&Value::Null),
-                _ => &Value::Null,
-            };
-        }
-        v
+        let (first, rest) = path
+            .split_once('.')
+            .map_or((path, None), |(f, r)| (f, Some(r)));
+        let v = self.fields.get(first).unwrap_or(&Value::Null);
+        rest.map_or(v, |r| v.get_path(r))
     }
 }
 
@@ -162,8 +157,7 @@ impl ViewSpec {
                         .strip_prefix(x.as_str())
                         .and_then(|r| r.strip_prefix('.'))
                     {
-                        let segs: Vec<String> = rest.split('.').map(str::to_string).collect();
-                        return el.get_path(&segs);
+                        return el.get_path(rest);
                     }
                 }
                 event.get(path)
