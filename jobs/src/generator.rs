@@ -47,8 +47,18 @@ pub struct Generated {
     pub source: &'static str,
     /// Message key (the user id: the seed partitions by user).
     pub key: String,
-    /// The event.
+    /// The event (for a deliberately malformed one, its text as a JSON string).
     pub value: Value,
+}
+
+impl Generated {
+    /// The message bytes: the event as JSON (a malformed event's text as it is).
+    pub fn payload(&self) -> Vec<u8> {
+        match &self.value {
+            Value::String(text) => text.as_bytes().to_vec(),
+            v => serde_json::to_vec(v).unwrap_or_default(),
+        }
+    }
 }
 
 /// Seed-shaped event generator.
@@ -60,6 +70,8 @@ pub struct Generator {
     next_event: u64,
     next_order: u64,
     pending_paid: VecDeque<(i64, Value)>,
+    malformed_every: u64,
+    produced: u64,
 }
 
 fn money(units: i64) -> Value {
@@ -78,12 +90,44 @@ impl Generator {
             next_event: 0,
             next_order: 0,
             pending_paid: VecDeque::new(),
+            malformed_every: 0,
+            produced: 0,
         }
+    }
+
+    /// Makes every `n`-th message malformed (alternately not JSON, and an order with a
+    /// negative amount), to show the quarantine; 0 turns this off (the default).
+    pub fn with_malformed_every(mut self, n: u64) -> Generator {
+        self.malformed_every = n;
+        self
     }
 
     /// The next message at wall-clock `now_ms`: a due payment, else a behaviour event (80 %)
     /// or a new order (20 %; 85 % of orders are paid 1–20 s later).
     pub fn next(&mut self, now_ms: i64) -> Generated {
+        self.produced += 1;
+        if self.malformed_every > 0 && self.produced % self.malformed_every == 0 {
+            let bad = if (self.produced / self.malformed_every) % 2 == 0 {
+                Value::String(format!(
+                    "{{\"eventId\": \"evt_broken_{}\", \"userId\": ",
+                    self.produced
+                ))
+            } else {
+                json!({"orderId": format!("ord_bad_{}", self.produced), "userId": "user_00000",
+                       "orderStatus": "created", "createTime": now_ms, "totalAmount": -1.0,
+                       "currency": "CNY", "items": []})
+            };
+            let source = if bad.is_string() {
+                "behavior"
+            } else {
+                "orders"
+            };
+            return Generated {
+                source,
+                key: "user_00000".into(),
+                value: bad,
+            };
+        }
         if self
             .pending_paid
             .front()
@@ -163,6 +207,24 @@ impl Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_events_when_asked() {
+        let mut g = Generator::new(1, 10).with_malformed_every(3);
+        let payloads: Vec<Vec<u8>> = (0..6)
+            .map(|i| g.next(1_700_000_000_000 + i).payload())
+            .collect();
+        assert!(
+            serde_json::from_slice::<Value>(&payloads[2]).is_ok(),
+            "negative amount, valid JSON"
+        );
+        assert!(String::from_utf8_lossy(&payloads[2]).contains("-1.0"));
+        assert!(
+            serde_json::from_slice::<Value>(&payloads[5]).is_err(),
+            "not JSON"
+        );
+        assert!(serde_json::from_slice::<Value>(&payloads[0]).is_ok());
+    }
 
     #[test]
     fn deterministic_and_pays_orders() {

@@ -40,7 +40,8 @@ pub async fn generate(
 ) -> Result<()> {
     let p = producer(&cfg.kafka, bootstrap)?;
     let topic_of = |source: &str| cfg.source(source).map(|s| s.topic.clone());
-    let mut g = Generator::new(rand::random(), 2_000);
+    // one message in 500 is malformed, so that the quarantine has something to show
+    let mut g = Generator::new(rand::random(), 2_000).with_malformed_every(500);
     let tick = Duration::from_millis(100);
     let per_tick = (rate as f64 / 10.0).max(0.0);
     let mut owed = 0.0;
@@ -57,7 +58,7 @@ pub async fn generate(
             let Some(topic) = topic_of(e.source) else {
                 continue;
             };
-            let bytes = serde_json::to_vec(&e.value)?;
+            let bytes = e.payload();
             let record = FutureRecord::to(&topic).key(&e.key).payload(&bytes);
             if let Err((err, _)) = p.send_result(record).map(|_| ()) {
                 tracing::warn!(error = %err, "Generator could not enqueue an event.");

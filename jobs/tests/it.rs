@@ -229,6 +229,9 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     let health = http_get(&first.addr, "/health").unwrap();
     assert!(health.contains("\"ok\""), "{health}");
     wait("raw orders in the lake", || raw_orders(dir.path()) > 0);
+    wait("the generator's malformed events in the quarantine", || {
+        http_get(&first.addr, "/v1/quarantine").is_some_and(|b| b.contains("\"reason\""))
+    });
     drop(first); // SIGKILL
     let before_lake = raw_orders(dir.path());
     let second = start_demo(dir.path());
