@@ -106,7 +106,7 @@ impl Generator {
     /// or a new order (20 %; 85 % of orders are paid 1–20 s later).
     pub fn next(&mut self, now_ms: i64) -> Generated {
         self.produced += 1;
-        if self.malformed_every > 0 && self.produced % self.malformed_every == 0 {
+        if self.malformed_every > 0 && self.produced.is_multiple_of(self.malformed_every) {
             let bad = if (self.produced / self.malformed_every) % 2 == 0 {
                 Value::String(format!(
                     "{{\"eventId\": \"evt_broken_{}\", \"userId\": ",
