@@ -107,7 +107,7 @@ impl Generator {
     pub fn next(&mut self, now_ms: i64) -> Generated {
         self.produced += 1;
         if self.malformed_every > 0 && self.produced.is_multiple_of(self.malformed_every) {
-            let bad = if (self.produced / self.malformed_every) % 2 == 0 {
+            let bad = if (self.produced / self.malformed_every).is_multiple_of(2) {
                 Value::String(format!(
                     "{{\"eventId\": \"evt_broken_{}\", \"userId\": ",
                     self.produced
