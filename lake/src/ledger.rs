@@ -6,15 +6,13 @@ use std::sync::Arc;
 
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimestampMicrosecondType};
-use deltalake::kernel::Action;
-use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use serde_json::json;
 use url::Url;
 
 use crate::arrow_util::{active_files, json_rows_to_batch, read_files, timestamp_type};
 use crate::error::{Error, Result};
+use crate::rewrite::{replace_files, writer_schema};
 use crate::{Lake, load_or_create, try_load};
 
 /// One sealed range.
@@ -78,41 +76,12 @@ impl SealLedger {
 
     /// Rewrites every active file of the ledger as one file, in one commit.
     async fn compact(&self, table: &mut deltalake::DeltaTable) -> Result<()> {
-        let name = self.url.to_string();
-        let delta = |source| Error::Delta {
-            table: name.clone(),
-            source: Box::new(source),
-        };
         let files = active_files(table)?;
         let paths: Vec<_> = files.iter().map(|(p, _, _)| p.clone()).collect();
         let seals = decode(read_files(table, &paths).await?, None)?;
         let rows: Vec<_> = seals.iter().map(row).collect();
-        let mut writer = RecordBatchWriter::for_table(table).map_err(delta)?;
-        let batch = json_rows_to_batch(&name, Arc::clone(&writer.arrow_schema()), &rows)?;
-        writer.write(batch).await.map_err(delta)?;
-        let mut actions: Vec<Action> = files
-            .into_iter()
-            .map(|(_, _, rm)| Action::Remove(rm))
-            .collect();
-        actions.extend(
-            writer
-                .flush()
-                .await
-                .map_err(delta)?
-                .into_iter()
-                .map(Action::Add),
-        );
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Overwrite,
-            partition_by: None,
-            predicate: None,
-        };
-        let snapshot = table.snapshot().map_err(delta)?;
-        CommitBuilder::default()
-            .with_actions(actions)
-            .build(Some(snapshot), table.log_store(), operation)
-            .await
-            .map_err(delta)?;
+        let batch = json_rows_to_batch(self.url.as_ref(), writer_schema(table)?, &rows)?;
+        replace_files(table, &[], files, vec![batch], None).await?;
         Ok(())
     }
 

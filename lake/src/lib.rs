@@ -8,6 +8,7 @@ mod arrow_util;
 pub mod error;
 pub mod ledger;
 pub mod raw;
+mod rewrite;
 pub mod views;
 
 use deltalake::{DeltaTable, DeltaTableBuilder};

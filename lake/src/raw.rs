@@ -3,10 +3,13 @@
 //! the last Kafka offset written per partition, and records at or below it are skipped.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deltalake::DeltaTable;
+use deltalake::arrow::array::{ArrayRef, StringArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -16,6 +19,7 @@ use url::Url;
 
 use crate::arrow_util::{self, active_files, arrow_type, timestamp_type};
 use crate::error::{Error, Result};
+use crate::rewrite::{replace_files, writer_schema};
 use crate::{Lake, load_or_create, local_path, try_load};
 
 /// Partition columns of raw tables.
@@ -289,10 +293,6 @@ pub async fn compact_raw(lake: &Lake, source: &str, before_ms: i64) -> Result<us
         return Ok(0);
     };
     let name = url.to_string();
-    let delta = |source| Error::Delta {
-        table: name.clone(),
-        source: Box::new(source),
-    };
     let mut groups: std::collections::BTreeMap<(String, String), Vec<arrow_util::ActiveFile>> =
         std::collections::BTreeMap::new();
     for f in active_files(&table)? {
@@ -314,20 +314,16 @@ pub async fn compact_raw(lake: &Lake, source: &str, before_ms: i64) -> Result<us
             continue;
         }
         let paths: Vec<_> = files.iter().map(|(p, _, _)| p.clone()).collect();
-        let mut writer = RecordBatchWriter::for_table(&table).map_err(delta)?;
-        let schema = writer.arrow_schema();
+        let schema = writer_schema(&table)?;
+        let mut batches = Vec::new();
         for b in arrow_util::read_files(&table, &paths).await? {
             // Parquet files do not hold the partition columns; the writer wants them.
             let n = b.num_rows();
             let mut columns = Vec::with_capacity(schema.fields().len());
             for field in schema.fields() {
-                let col: deltalake::arrow::array::ArrayRef = match field.name().as_str() {
-                    "event_date" => std::sync::Arc::new(
-                        deltalake::arrow::array::StringArray::from(vec![date.as_str(); n]),
-                    ),
-                    "event_hour" => std::sync::Arc::new(
-                        deltalake::arrow::array::StringArray::from(vec![hour.as_str(); n]),
-                    ),
+                let col: ArrayRef = match field.name().as_str() {
+                    "event_date" => Arc::new(StringArray::from(vec![date.as_str(); n])),
+                    "event_hour" => Arc::new(StringArray::from(vec![hour.as_str(); n])),
                     other => b
                         .column_by_name(other)
                         .cloned()
@@ -338,41 +334,15 @@ pub async fn compact_raw(lake: &Lake, source: &str, before_ms: i64) -> Result<us
                 };
                 columns.push(col);
             }
-            let batch =
-                deltalake::arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)
-                    .map_err(|source| Error::Arrow {
-                        table: name.clone(),
-                        source,
-                    })?;
-            writer.write(batch).await.map_err(delta)?;
+            batches.push(
+                RecordBatch::try_new(schema.clone(), columns).map_err(|source| Error::Arrow {
+                    table: name.clone(),
+                    source,
+                })?,
+            );
         }
-        let mut actions: Vec<deltalake::kernel::Action> = files
-            .into_iter()
-            .map(|(_, _, rm)| deltalake::kernel::Action::Remove(rm))
-            .collect();
-        actions.extend(
-            writer
-                .flush()
-                .await
-                .map_err(delta)?
-                .into_iter()
-                .map(deltalake::kernel::Action::Add),
-        );
-        let operation = deltalake::protocol::DeltaOperation::Write {
-            mode: deltalake::protocol::SaveMode::Overwrite,
-            partition_by: Some(PARTITIONS.iter().map(|p| p.to_string()).collect()),
-            predicate: Some(format!("event_date = '{date}' AND event_hour = '{hour}'")),
-        };
-        let snapshot = table.snapshot().map_err(delta)?;
-        let committed = deltalake::kernel::transaction::CommitBuilder::default()
-            .with_actions(actions)
-            .build(Some(snapshot), table.log_store(), operation)
-            .await
-            .map_err(delta)?;
-        table
-            .load_version(committed.version())
-            .await
-            .map_err(delta)?;
+        let predicate = format!("event_date = '{date}' AND event_hour = '{hour}'");
+        replace_files(&mut table, &PARTITIONS, files, batches, Some(predicate)).await?;
         done += 1;
     }
     Ok(done)

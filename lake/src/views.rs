@@ -11,16 +11,13 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
-use deltalake::kernel::Action;
-use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use duet_config::{MeasureKind, State, ViewSpec};
 use serde_json::{Map, Value as J};
 use url::Url;
 
 use crate::arrow_util::{ActiveFile, active_files, json_rows_to_batch, read_files, timestamp_type};
 use crate::error::{Error, Result};
+use crate::rewrite::{replace_files, writer_schema};
 use crate::{Lake, load_or_create, try_load};
 
 /// One row of a view (the type both layers share).
@@ -140,56 +137,34 @@ impl ViewTable {
     /// in one Delta commit. Returns the new table version.
     pub async fn replace_range(&self, from: i64, to: i64, rows: &[ViewRow]) -> Result<i64> {
         let name = self.url.to_string();
-        let delta = |source| Error::Delta {
-            table: name.clone(),
-            source: Box::new(source),
-        };
         let mut table =
             load_or_create(&self.url, &view_schema(&self.spec), &["bucket_date"]).await?;
-        let dates = dates_in(from, to);
-        let touched = files_on_dates(&table, &dates)?;
+        let touched = files_on_dates(&table, &dates_in(from, to))?;
         let paths: Vec<_> = touched.iter().map(|(p, _, _)| p.clone()).collect();
-        let mut kept = Vec::new();
-        for r in self.decode(read_files(&table, &paths).await?)? {
-            if r.bucket < from || r.bucket >= to {
-                kept.push(r);
-            }
-        }
-        let mut json = Vec::with_capacity(kept.len() + rows.len());
-        for r in kept.iter().chain(rows) {
-            json.push(self.to_json(r)?);
-        }
-        let mut actions: Vec<Action> = touched
+        let kept: Vec<ViewRow> = self
+            .decode(read_files(&table, &paths).await?)?
             .into_iter()
-            .map(|(_, _, rm)| Action::Remove(rm))
+            .filter(|r| r.bucket < from || r.bucket >= to)
             .collect();
-        if !json.is_empty() {
-            let mut writer = RecordBatchWriter::for_table(&table).map_err(delta)?;
-            let batch = json_rows_to_batch(&name, writer.arrow_schema(), &json)?;
-            writer.write(batch).await.map_err(delta)?;
-            actions.extend(
-                writer
-                    .flush()
-                    .await
-                    .map_err(delta)?
-                    .into_iter()
-                    .map(Action::Add),
-            );
-        }
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Overwrite,
-            partition_by: Some(vec!["bucket_date".into()]),
-            predicate: Some(format!("bucket >= {from}ms AND bucket < {to}ms")),
+        let json = kept
+            .iter()
+            .chain(rows)
+            .map(|r| self.to_json(r))
+            .collect::<Result<Vec<_>>>()?;
+        let batches = if json.is_empty() {
+            Vec::new()
+        } else {
+            vec![json_rows_to_batch(&name, writer_schema(&table)?, &json)?]
         };
-        let snapshot = table.snapshot().map_err(delta)?;
-        let done = CommitBuilder::default()
-            .with_actions(actions)
-            .build(Some(snapshot), table.log_store(), operation)
-            .await
-            .map_err(delta)?;
-        let version = done.version();
-        table.load_version(version).await.map_err(delta)?;
-        Ok(version as i64)
+        let predicate = format!("bucket >= {from}ms AND bucket < {to}ms");
+        replace_files(
+            &mut table,
+            &["bucket_date"],
+            touched,
+            batches,
+            Some(predicate),
+        )
+        .await
     }
 
     /// The rows with a bucket in `[from, to)` at the latest version, and that version
