@@ -32,9 +32,9 @@ pub async fn speed(
     cfg: Arc<Config>,
     bootstrap: String,
     store: Arc<dyn ViewStore>,
+    counters: Arc<SpeedCounters>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let counters = Arc::new(SpeedCounters::default());
     Ok(duet_speed::run(&cfg, &bootstrap, store, counters, shutdown).await?)
 }
 
@@ -83,7 +83,14 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
     let http = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
-    let f = speed(cfg.clone(), bootstrap.clone(), store.clone(), rx.clone());
+    let counters = Arc::new(SpeedCounters::default());
+    let f = speed(
+        cfg.clone(),
+        bootstrap.clone(),
+        store.clone(),
+        counters.clone(),
+        rx.clone(),
+    );
     tasks.spawn(async move { ("speed", f.await) });
     let f = lake_sink(cfg.clone(), bootstrap.clone(), lake.clone(), rx.clone());
     tasks.spawn(async move { ("lake sink", f.await) });
@@ -96,6 +103,7 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
             cfg: cfg.clone(),
             lake: lake.clone(),
             store: store.clone(),
+            counters,
         };
         let rx = rx.clone();
         tasks.spawn(async move {

@@ -235,10 +235,12 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
     let store = Arc::new(EmbeddedStore::open(std::path::Path::new(&cfg.store.path))?);
     let (stop, rx) = watch::channel(false);
     let t = Instant::now();
+    let counters = Arc::new(duet_speed::SpeedCounters::default());
     let speed = tokio::spawn(crate::app::speed(
         cfg.clone(),
         bootstrap.clone(),
         store.clone(),
+        counters.clone(),
         rx.clone(),
     ));
     let group = duet_speed::group(&cfg);
@@ -317,6 +319,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
         cfg: cfg.clone(),
         lake: lake.clone(),
         store: store.clone(),
+        counters: counters.clone(),
     };
     let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
     let q = opts.queries.max(10);

@@ -12,7 +12,7 @@ use axum::routing::get;
 use chrono::{DateTime, SecondsFormat, Utc};
 use duet_config::{Config, duration::format_millis};
 use duet_lake::Lake;
-use duet_speed::ViewStore;
+use duet_speed::{SpeedCounters, ViewStore};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -27,6 +27,8 @@ pub struct AppState {
     pub lake: Lake,
     /// The speed store (read side).
     pub store: Arc<dyn ViewStore>,
+    /// The speed layer's running totals, read for `/metrics`.
+    pub counters: Arc<SpeedCounters>,
 }
 
 /// Most buckets one query may span.
@@ -43,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/views", get(list_views))
         .route("/v1/views/{view}", get(query_view))
         .route("/v1/quarantine", get(quarantine))
+        .route("/metrics", get(metrics))
         .fallback(|uri: Uri| async move { Error::NotFound(uri.to_string()) })
         .with_state(state)
 }
@@ -77,6 +80,64 @@ fn bad_query(e: QueryRejection) -> Error {
         name: "query",
         message: e.body_text(),
     }
+}
+
+/// Prometheus text exposition of the speed layer's totals and each source's watermark.
+async fn metrics(
+    State(s): State<AppState>,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String)> {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &s.counters;
+    let mut out = String::new();
+    for (name, help, v) in [
+        (
+            "duet_speed_events_applied_total",
+            "Events applied to views by the speed layer.",
+            c.applied.load(Relaxed),
+        ),
+        (
+            "duet_speed_duplicates_total",
+            "Events dropped as duplicates by the speed layer.",
+            c.duplicates.load(Relaxed),
+        ),
+        (
+            "duet_speed_quarantined_total",
+            "Malformed events sent to the quarantine.",
+            c.quarantined.load(Relaxed),
+        ),
+        (
+            "duet_speed_batches_total",
+            "Store transactions committed by the speed layer.",
+            c.batches.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP duet_source_watermark_seconds Highest event time applied by the speed layer, per source.\n# TYPE duet_source_watermark_seconds gauge"
+    );
+    for src in &s.cfg.sources {
+        if let Some(w) = s.store.watermark(&src.name).await? {
+            let _ = writeln!(
+                out,
+                "duet_source_watermark_seconds{{source=\"{}\"}} {:.3}",
+                src.name,
+                w as f64 / 1000.0
+            );
+        }
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    ))
 }
 
 async fn health() -> Json<Value> {
@@ -256,12 +317,14 @@ mod tests {
             ("gmv".into(), 60_000, vec![Some("Hangzhou".into())]),
             vec![State::Sum(Num::Dec(12_990)), State::Count(1)],
         );
+        b.watermarks.insert("orders".into(), 120_000);
         store.commit(b).await.unwrap();
         let lake = Lake::open(dir.join("lake").to_str().unwrap()).unwrap();
         router(AppState {
             cfg: Arc::new(cfg),
             lake,
             store: Arc::new(store),
+            counters: Arc::default(),
         })
     }
 
@@ -305,6 +368,7 @@ mod tests {
             .collect();
         for route in [
             "/health",
+            "/metrics",
             "/v1/openapi.json",
             "/v1/views",
             "/v1/views/{view}",
@@ -312,9 +376,32 @@ mod tests {
         ] {
             assert!(paths.contains(&route), "{route} missing from {paths:?}");
             let probe = route.replace("{view}", "gmv");
-            assert_ne!(get(&app, &probe).await.0, StatusCode::NOT_FOUND, "{probe}");
+            let r = app
+                .clone()
+                .oneshot(Request::get(&probe).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{probe}");
         }
-        assert_eq!(paths.len(), 5);
+        assert_eq!(paths.len(), 6);
+        // metrics: counters and the watermark of a source the store has seen
+        let r = app
+            .clone()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let text = String::from_utf8(
+            axum::body::to_bytes(r.into_body(), 1 << 20)
+                .await
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap();
+        assert!(text.contains("# TYPE duet_speed_events_applied_total counter\nduet_speed_events_applied_total 0\n"), "{text}");
+        assert!(
+            text.contains("duet_source_watermark_seconds{source=\"orders\"} 120.000"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

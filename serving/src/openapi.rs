@@ -20,6 +20,8 @@ pub fn document() -> Value {
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok",
                 "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"const": "ok"}}}}}}}}},
             "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics: speed-layer totals and source watermarks",
+                "responses": {"200": {"description": "Prometheus text format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/v1/views": {"get": {"summary": "The declared views and their specs", "responses": {
                 "200": {"description": "views", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Views"}}}}}}},
             "/v1/views/{view}": {"get": {

@@ -177,10 +177,12 @@ async fn run() {
     let lake = Lake::open(&cfg.lake.url).unwrap();
     let store = Arc::new(EmbeddedStore::open(cfg.store.path.as_ref()).unwrap());
     let (stop, rx) = watch::channel(false);
+    let counters = Arc::new(duet_speed::SpeedCounters::default());
     let speed = tokio::spawn(duet_jobs::app::speed(
         cfg.clone(),
         bootstrap.clone(),
         store.clone(),
+        counters.clone(),
         rx.clone(),
     ));
     let sink = tokio::spawn(duet_jobs::app::lake_sink(
@@ -195,6 +197,7 @@ async fn run() {
         cfg: cfg.clone(),
         lake: lake.clone(),
         store: store.clone(),
+        counters: counters.clone(),
     };
     let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
 
@@ -248,6 +251,28 @@ async fn run() {
         "{q:#?}"
     );
     assert!(q.iter().all(|r| r["offset"].as_i64().is_some()));
+
+    // the speed layer's totals, as Prometheus sees them: 2 re-deliveries, 2 malformed events,
+    // every other message applied
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let applied = messages.len() - 4;
+    for line in [
+        format!("duet_speed_events_applied_total {applied}"),
+        "duet_speed_duplicates_total 2".to_string(),
+        "duet_speed_quarantined_total 2".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
 
     // wait until the lake sink has written every valid delivery (duplicates included: raw is raw)
     let valid = |topic: &str| {

@@ -61,6 +61,7 @@ fn spawn_speed(
         cfg.clone(),
         bootstrap.to_string(),
         store,
+        Arc::default(),
         rx,
     ))
 }
