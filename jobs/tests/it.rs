@@ -24,7 +24,7 @@ const REFERENCE: &str = concat!(
 fn config_check_accepts_the_reference() {
     let (code, out) = duet(&["config", "check", REFERENCE]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("ok (2 sources, 5 views, 1 jobs)"), "{out}");
+    assert!(out.contains("ok (2 sources, 6 views, 1 jobs)"), "{out}");
 }
 
 #[test]

@@ -92,6 +92,8 @@ pub fn ground_truth(messages: &[(String, Vec<u8>)]) -> Truth {
     let mut opm: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
     // gmv_per_minute: paid orders per minute of payment
     let mut gmv: BTreeMap<i64, (i64, i64, i64)> = BTreeMap::new();
+    // large_orders_per_minute: paid orders of 5000.00 or more, per minute of payment and city
+    let mut large: BTreeMap<Key, (i64, i64, i64)> = BTreeMap::new();
     // hot_products_hourly: quantity per product per hour of payment
     let mut hot: BTreeMap<i64, BTreeMap<String, i64>> = BTreeMap::new();
     for o in &orders {
@@ -112,6 +114,15 @@ pub fn ground_truth(messages: &[(String, Vec<u8>)]) -> Truth {
                 e.0 += c;
                 e.1 += 1;
                 e.2 = e.2.max(c);
+                if c >= 500_000 {
+                    let city = o["shippingAddress"]["city"].as_str().map(String::from);
+                    let e = large
+                        .entry((minute(pay), vec![city]))
+                        .or_insert((0, 0, i64::MAX));
+                    e.0 += 1;
+                    e.1 += c;
+                    e.2 = e.2.min(c);
+                }
                 let h = hot.entry(hour(pay)).or_default();
                 for item in o["items"].as_array().into_iter().flatten() {
                     *h.entry(item["productId"].as_str().unwrap_or_default().to_string())
@@ -133,6 +144,18 @@ pub fn ground_truth(messages: &[(String, Vec<u8>)]) -> Truth {
             .map(|(b, (sum, n, max))| {
                 let avg = json!((sum as f64 / 100.0) / n as f64);
                 ((b, vec![]), json!({"gmv": money(sum), "paid_orders": n, "avg_order": avg, "max_order": money(max)}))
+            })
+            .collect(),
+    );
+    out.insert(
+        "large_orders_per_minute".into(),
+        large
+            .into_iter()
+            .map(|(k, (n, sum, min))| {
+                (
+                    k,
+                    json!({"orders": n, "amount": money(sum), "min_amount": money(min)}),
+                )
             })
             .collect(),
     );
