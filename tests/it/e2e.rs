@@ -13,7 +13,7 @@ use duet_speed::{EmbeddedStore, ViewStore};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::support::{Key, Truth, ground_truth, reference_config};
+use crate::support::{Key, Truth, generated, ground_truth, reference_config};
 
 /// 2026-11-25T10:00:00Z.
 const T0: i64 = 1_796_032_800_000;
@@ -22,22 +22,8 @@ const WAIT: Duration = Duration::from_secs(90);
 /// The known stream: generated seed-shaped events over three minutes, a duplicate of a
 /// behaviour event and of a payment, two malformed events, and a late event for the first
 /// minute sent last.
-fn stream() -> Vec<(String, String, Vec<u8>)> {
-    let mut g = Generator::new(42, 40);
-    let mut out = Vec::new();
-    for i in 0..600 {
-        let e = g.next(T0 + i * 300);
-        let topic = if e.source == "behavior" {
-            "user-behavior"
-        } else {
-            "orders"
-        };
-        out.push((
-            topic.to_string(),
-            e.key,
-            serde_json::to_vec(&e.value).unwrap(),
-        ));
-    }
+fn stream(cfg: &duet_config::Config) -> Vec<(String, String, Vec<u8>)> {
+    let mut out = generated(&mut Generator::new(42, 40), cfg, 600, T0, 300);
     let dup_b = out
         .iter()
         .find(|m| m.0 == "user-behavior")
@@ -156,7 +142,7 @@ async fn run() {
 
     // produce the known stream, remembering where each message landed
     let producer = duet_jobs::producer::producer(&cfg.kafka, &bootstrap).unwrap();
-    let messages = stream();
+    let messages = stream(&cfg);
     let mut end: HashMap<(String, i32), i64> = HashMap::new();
     for (topic, key, bytes) in &messages {
         let (p, o) = duet_jobs::producer::send(&producer, topic, key, bytes)

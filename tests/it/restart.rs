@@ -13,7 +13,7 @@ use duet_speed::{EmbeddedStore, ViewStore};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::support::{Key, ground_truth, reference_config};
+use crate::support::{Key, generated, ground_truth, reference_config};
 
 const T0: i64 = 1_796_040_000_000;
 
@@ -98,21 +98,7 @@ async fn run() {
     let producer = duet_jobs::producer::producer(&cfg.kafka, &bootstrap).unwrap();
     let group = duet_speed::group(&cfg);
 
-    let mut g = Generator::new(9, 25);
-    let mut all = Vec::new();
-    for i in 0..800 {
-        let e = g.next(T0 + i * 200);
-        let topic = if e.source == "behavior" {
-            "user-behavior"
-        } else {
-            "orders"
-        };
-        all.push((
-            topic.to_string(),
-            e.key,
-            serde_json::to_vec(&e.value).unwrap(),
-        ));
-    }
+    let all = generated(&mut Generator::new(9, 25), &cfg, 800, T0, 200);
     let (first, second) = all.split_at(500);
     let mut second = second.to_vec();
     second.extend(first.iter().step_by(50).cloned()); // re-deliveries of old events
@@ -213,17 +199,10 @@ async fn two_runs() {
         let topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
         let kafka = EmbeddedKafka::start(&topics, cfg.kafka.partitions).unwrap();
         let producer = duet_jobs::producer::producer(&cfg.kafka, &kafka.bootstrap()).unwrap();
-        let mut msgs = Vec::new();
-        for i in 0..150 {
-            let e = g.next(T0 + (run * 1000 + i) * 100);
-            if e.source == "orders" {
-                msgs.push((
-                    "orders".to_string(),
-                    e.key,
-                    serde_json::to_vec(&e.value).unwrap(),
-                ));
-            }
-        }
+        let msgs: Vec<_> = generated(&mut g, &cfg, 150, T0 + run * 100_000, 100)
+            .into_iter()
+            .filter(|m| m.0 == "orders")
+            .collect();
         expected += msgs.len() as u64;
         produce(&producer, &msgs, &mut HashMap::new()).await;
         let (stop, rx) = watch::channel(false);

@@ -209,3 +209,25 @@ pub fn ground_truth(messages: &[(String, Vec<u8>)]) -> Truth {
     );
     out
 }
+
+/// `n` generated messages `(topic, key, bytes)` at `t0`, `t0 + step`, …, with the topics of
+/// the reference config.
+pub fn generated(
+    g: &mut duet_jobs::generator::Generator,
+    cfg: &Config,
+    n: i64,
+    t0: i64,
+    step: i64,
+) -> Vec<(String, String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let e = g.next(t0 + i * step);
+            let topic = cfg
+                .source(e.source)
+                .expect("generator sources are in the reference config")
+                .topic
+                .clone();
+            (topic, e.key.clone(), e.payload())
+        })
+        .collect()
+}
