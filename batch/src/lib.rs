@@ -6,7 +6,7 @@ pub mod error;
 pub mod plan;
 
 use duet_config::{Config, FieldType, Source, ViewSpec};
-use duet_lake::raw::raw_snapshot;
+use duet_lake::raw::{TimeRange, raw_snapshot};
 use duet_lake::{Lake, Seal, SealLedger, ViewTable};
 
 pub use error::{Error, Result};
@@ -77,8 +77,14 @@ pub async fn recompute(
             view: view.name.clone(),
             source_name: view.source.clone(),
         })?;
-    let prune = (view.time_field == source.event_time).then_some((from, to));
-    let snapshot = raw_snapshot(lake, &source.name, prune).await?;
+    // only the files whose statistics for the view's time field overlap the range: they hold
+    // every row of the range, and every copy of those rows (a re-delivery has the same time)
+    let range = TimeRange {
+        field: &view.time_field,
+        from,
+        to,
+    };
+    let snapshot = raw_snapshot(lake, &source.name, Some(range)).await?;
     let rows = if snapshot.files.is_empty() {
         Vec::new()
     } else {

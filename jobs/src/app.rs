@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::embedded::EmbeddedKafka;
+use crate::supervise::{Backoff, supervise};
+use duet_serving::health::Parts;
 
 /// A running deployment.
 pub struct Running {
@@ -22,8 +24,9 @@ pub struct Running {
     pub bootstrap: String,
     /// Whether Kafka is the embedded mock cluster.
     pub embedded: bool,
+    parts: Arc<Parts>,
     shutdown: watch::Sender<bool>,
-    tasks: JoinSet<(&'static str, Result<()>)>,
+    tasks: JoinSet<()>,
     _kafka: Option<EmbeddedKafka>,
 }
 
@@ -56,7 +59,8 @@ pub fn isolate_run(cfg: &mut Config) {
     cfg.kafka.group_prefix = format!("{}-{:08x}", cfg.kafka.group_prefix, rand::random::<u32>());
 }
 
-/// Starts every part of `cfg`; `generate` sets the event generator's rate per second.
+/// Starts every part of `cfg`, each under a supervisor that restarts it when it fails;
+/// `generate` sets the event generator's rate per second.
 pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
     if cfg.kafka.bootstrap_servers.is_none() {
         isolate_run(&mut cfg);
@@ -82,21 +86,57 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
         .with_context(|| format!("bind the HTTP API to {}", cfg.serving.bind))?;
     let http = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
-    let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+    let parts = Arc::new(Parts::default());
+    let mut tasks = JoinSet::new();
     let counters = Arc::new(SpeedCounters::default());
-    let f = speed(
-        cfg.clone(),
-        bootstrap.clone(),
-        store.clone(),
-        counters.clone(),
-        rx.clone(),
-    );
-    tasks.spawn(async move { ("speed", f.await) });
-    let f = lake_sink(cfg.clone(), bootstrap.clone(), lake.clone(), rx.clone());
-    tasks.spawn(async move { ("lake sink", f.await) });
+    let backoff = Backoff::default();
+    let mut spawn = |name: &'static str, start: Box<dyn FnMut() -> PartFuture + Send>| {
+        tasks.spawn(supervise(name, parts.clone(), backoff, rx.clone(), start));
+    };
+    {
+        let (cfg, bootstrap, store, counters, rx) = (
+            cfg.clone(),
+            bootstrap.clone(),
+            store.clone(),
+            counters.clone(),
+            rx.clone(),
+        );
+        spawn(
+            "speed",
+            Box::new(move || {
+                Box::pin(speed(
+                    cfg.clone(),
+                    bootstrap.clone(),
+                    store.clone(),
+                    counters.clone(),
+                    rx.clone(),
+                ))
+            }),
+        );
+    }
+    {
+        let (cfg, bootstrap, lake, rx) = (cfg.clone(), bootstrap.clone(), lake.clone(), rx.clone());
+        spawn(
+            "lake sink",
+            Box::new(move || {
+                Box::pin(lake_sink(
+                    cfg.clone(),
+                    bootstrap.clone(),
+                    lake.clone(),
+                    rx.clone(),
+                ))
+            }),
+        );
+    }
     {
         let (cfg, lake, rx) = (cfg.clone(), lake.clone(), rx.clone());
-        tasks.spawn(async move { ("scheduler", crate::scheduler::run(&cfg, &lake, rx).await) });
+        spawn(
+            "scheduler",
+            Box::new(move || {
+                let (cfg, lake, rx) = (cfg.clone(), lake.clone(), rx.clone());
+                Box::pin(async move { crate::scheduler::run(&cfg, &lake, rx).await })
+            }),
+        );
     }
     {
         let state = duet_serving::AppState {
@@ -104,57 +144,72 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
             lake: lake.clone(),
             store: store.clone(),
             counters,
+            parts: parts.clone(),
         };
         let rx = rx.clone();
-        tasks.spawn(async move {
-            (
-                "serving",
-                duet_serving::serve(listener, state, rx)
-                    .await
-                    .map_err(Into::into),
-            )
-        });
+        // the first run serves on the listener bound above; a restart binds the same address
+        let mut first = Some(listener);
+        spawn(
+            "serving",
+            Box::new(move || {
+                let (state, rx, listener) = (state.clone(), rx.clone(), first.take());
+                Box::pin(async move {
+                    let listener = match listener {
+                        Some(l) => l,
+                        None => tokio::net::TcpListener::bind(http)
+                            .await
+                            .with_context(|| format!("bind the HTTP API to {http}"))?,
+                    };
+                    Ok(duet_serving::serve(listener, state, rx).await?)
+                })
+            }),
+        );
     }
     if let Some(rate) = generate {
         let (cfg, b, rx) = (cfg.clone(), bootstrap.clone(), rx.clone());
-        tasks.spawn(async move {
-            (
-                "generator",
-                crate::producer::generate(&cfg, &b, rate, rx).await,
-            )
-        });
+        spawn(
+            "generator",
+            Box::new(move || {
+                let (cfg, b, rx) = (cfg.clone(), b.clone(), rx.clone());
+                Box::pin(async move { crate::producer::generate(&cfg, &b, rate, rx).await })
+            }),
+        );
     }
     Ok(Running {
         http,
         bootstrap,
         embedded: kafka.is_some(),
+        parts,
         shutdown: tx,
         tasks,
         _kafka: kafka,
     })
 }
 
+type PartFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
 impl Running {
-    /// Runs until Ctrl-C or until a part fails; then stops every part.
-    pub async fn wait(mut self) -> Result<()> {
-        let failed = tokio::select! {
-            _ = tokio::signal::ctrl_c() => None,
-            Some(done) = self.tasks.join_next() => Some(done),
-        };
+    /// The status of every part, as `/health` reports it.
+    pub fn parts(&self) -> Arc<Parts> {
+        self.parts.clone()
+    }
+
+    /// Runs until Ctrl-C or SIGTERM; failing parts are restarted meanwhile. Then stops
+    /// every part.
+    pub async fn wait(self) -> Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listen for SIGTERM")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Stops every part and waits for them to finish.
+    pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
-        let mut result = Ok(());
-        if let Some(done) = failed {
-            result = match done {
-                Ok((name, Ok(()))) => Err(anyhow::anyhow!("{name} stopped unexpectedly")),
-                Ok((name, Err(e))) => Err(e.context(format!("{name} failed"))),
-                Err(e) => Err(anyhow::anyhow!("a task panicked: {e}")),
-            };
-        }
-        while let Some(done) = self.tasks.join_next().await {
-            if let Ok((name, Err(e))) = done {
-                tracing::error!(part = name, error = %e, "Stopped with an error.");
-            }
-        }
-        result
+        while self.tasks.join_next().await.is_some() {}
     }
 }

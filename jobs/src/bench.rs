@@ -320,6 +320,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
         lake: lake.clone(),
         store: store.clone(),
         counters: counters.clone(),
+        parts: Arc::default(),
     };
     let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
     let q = opts.queries.max(10);

@@ -8,6 +8,7 @@ pub mod generator;
 pub mod lake_sink;
 pub mod producer;
 pub mod scheduler;
+pub mod supervise;
 
 /// The reference deployment (`config/examples/ecommerce.toml`), built in.
 pub const REFERENCE_CONFIG: &str = include_str!("../../config/examples/ecommerce.toml");

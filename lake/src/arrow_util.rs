@@ -97,14 +97,35 @@ pub(crate) async fn read_files(
     Ok(out)
 }
 
-/// An active file of a table: its path, partition values and the action that removes it.
-pub(crate) type ActiveFile = (
-    object_store::path::Path,
-    std::collections::HashMap<String, Option<String>>,
-    deltalake::kernel::Remove,
-);
+/// An active file of a table: its path, partition values, statistics and how to remove it.
+#[derive(Debug, Clone)]
+pub(crate) struct ActiveFile {
+    /// Path relative to the table root.
+    pub path: object_store::path::Path,
+    /// Partition column → value.
+    pub partitions: std::collections::HashMap<String, Option<String>>,
+    /// The add action's statistics (JSON: `numRecords`, `minValues`, `maxValues`, `nullCount`).
+    pub stats: Option<String>,
+    /// Rows in the file, from the statistics.
+    pub records: Option<usize>,
+    remove: deltalake::kernel::Remove,
+}
 
-/// The table's active files with their partition values.
+impl ActiveFile {
+    /// The value of a partition column.
+    pub fn partition(&self, column: &str) -> Option<&str> {
+        self.partitions.get(column).and_then(|v| v.as_deref())
+    }
+
+    /// The action that removes this file.
+    pub fn remove(&self, data_change: bool) -> deltalake::kernel::Remove {
+        let mut r = self.remove.clone();
+        r.data_change = data_change;
+        r
+    }
+}
+
+/// The table's active files with their partition values and statistics.
 pub(crate) fn active_files(table: &DeltaTable) -> Result<Vec<ActiveFile>> {
     let snapshot = table.snapshot().map_err(|source| Error::Delta {
         table: table.table_url().to_string(),
@@ -113,12 +134,12 @@ pub(crate) fn active_files(table: &DeltaTable) -> Result<Vec<ActiveFile>> {
     Ok(snapshot
         .log_data()
         .iter()
-        .map(|f| {
-            (
-                f.object_store_path(),
-                f.partition_values_map(),
-                f.remove_action(true),
-            )
+        .map(|f| ActiveFile {
+            path: f.object_store_path(),
+            partitions: f.partition_values_map(),
+            stats: f.stats(),
+            records: f.num_records(),
+            remove: f.remove_action(true),
         })
         .collect())
 }

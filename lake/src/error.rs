@@ -21,6 +21,27 @@ pub enum Error {
         #[source]
         source: Box<deltalake::DeltaTableError>,
     },
+    /// Another writer committed to the table first in a way that invalidates this commit
+    /// (two recomputes of one range, two compactions of one partition); recompute and retry.
+    #[error("delta table {table}: a concurrent commit conflicts with this one")]
+    Conflict {
+        /// Table URL.
+        table: String,
+        /// The Delta error.
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+    /// Another process recorded the same Kafka offsets in the table: two lake sinks of one
+    /// consumer group are running.
+    #[error(
+        "delta table {table}: another writer recorded offsets for `{app}` (two lake sinks of one consumer group?)"
+    )]
+    ConcurrentWriter {
+        /// Table URL.
+        table: String,
+        /// The `txn` app id.
+        app: String,
+    },
     /// Building or reading Arrow data failed.
     #[error("arrow data of table {table}: {source}")]
     Arrow {

@@ -2,17 +2,14 @@
 //! which version of the view's table. Appended after the view's own commit, so a crash in
 //! between leaves the range open (served from speed) and the next run seals it again.
 
-use std::sync::Arc;
-
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimestampMicrosecondType};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use serde_json::json;
 use url::Url;
 
 use crate::arrow_util::{active_files, json_rows_to_batch, read_files, timestamp_type};
+use crate::commit::{self, TableLayout, write_files, writer_schema};
 use crate::error::{Error, Result};
-use crate::rewrite::{replace_files, writer_schema};
 use crate::{Lake, load_or_create, try_load};
 
 /// One sealed range.
@@ -29,6 +26,12 @@ pub struct Seal {
     /// When it was sealed, epoch ms.
     pub sealed_at: i64,
 }
+
+/// The ledger: a commit per seal, a checkpoint every 20; old log entries go after two days.
+const LEDGER_LAYOUT: TableLayout = TableLayout {
+    checkpoint_every: 20,
+    log_retention: "interval 2 days",
+};
 
 /// The seal ledger of a lake.
 #[derive(Debug, Clone)]
@@ -54,22 +57,21 @@ impl SealLedger {
         }
     }
 
-    /// Appends a seal (one Delta commit). When the ledger has grown to
-    /// [`COMPACT_AT`] files, they are rewritten as one in a second commit, so that readers
-    /// (every query) read a bounded number of files.
+    /// Appends a seal (one Delta commit, a blind append). When the ledger has grown to
+    /// [`COMPACT_AT`] files, they are rewritten as one in a second commit (without a data
+    /// change), so that readers (every query) read a bounded number of files.
     pub async fn record(&self, seal: &Seal) -> Result<()> {
         let name = self.url.to_string();
-        let delta = |source| Error::Delta {
-            table: name.clone(),
-            source: Box::new(source),
-        };
-        let mut table = load_or_create(&self.url, &schema(), &[]).await?;
-        let mut writer = RecordBatchWriter::for_table(&table).map_err(delta)?;
-        let batch = json_rows_to_batch(&name, Arc::clone(&writer.arrow_schema()), &[row(seal)])?;
-        writer.write(batch).await.map_err(delta)?;
-        writer.flush_and_commit(&mut table).await.map_err(delta)?;
+        let mut table = load_or_create(&self.url, &schema(), &[], LEDGER_LAYOUT).await?;
+        let batch = json_rows_to_batch(&name, writer_schema(&table)?, &[row(seal)])?;
+        let adds = write_files(&table, vec![batch]).await?;
+        commit::append(&mut table, adds, Vec::new(), &[]).await?;
         if active_files(&table)?.len() >= COMPACT_AT {
-            self.compact(&mut table).await?;
+            match self.compact(&mut table).await {
+                // another process compacted first; the next seal tries again
+                Err(Error::Conflict { .. }) => {}
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -77,11 +79,11 @@ impl SealLedger {
     /// Rewrites every active file of the ledger as one file, in one commit.
     async fn compact(&self, table: &mut deltalake::DeltaTable) -> Result<()> {
         let files = active_files(table)?;
-        let paths: Vec<_> = files.iter().map(|(p, _, _)| p.clone()).collect();
+        let paths: Vec<_> = files.iter().map(|f| f.path.clone()).collect();
         let seals = decode(read_files(table, &paths).await?, None)?;
         let rows: Vec<_> = seals.iter().map(row).collect();
         let batch = json_rows_to_batch(self.url.as_ref(), writer_schema(table)?, &rows)?;
-        replace_files(table, &[], files, vec![batch], None).await?;
+        commit::rewrite(table, files, vec![batch], None).await?;
         Ok(())
     }
 
@@ -90,10 +92,7 @@ impl SealLedger {
         let Some(table) = try_load(&self.url).await? else {
             return Ok(Vec::new());
         };
-        let paths: Vec<_> = active_files(&table)?
-            .into_iter()
-            .map(|(p, _, _)| p)
-            .collect();
+        let paths: Vec<_> = active_files(&table)?.into_iter().map(|f| f.path).collect();
         decode(read_files(&table, &paths).await?, view)
     }
 }

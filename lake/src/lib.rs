@@ -5,10 +5,10 @@
 //! delta-rs, DuckDB) never see half of one.
 
 mod arrow_util;
+mod commit;
 pub mod error;
 pub mod ledger;
 pub mod raw;
-mod rewrite;
 pub mod views;
 
 use deltalake::{DeltaTable, DeltaTableBuilder};
@@ -101,11 +101,13 @@ pub(crate) async fn try_load(url: &Url) -> Result<Option<DeltaTable>> {
     Ok(Some(table))
 }
 
-/// Loads the table at `url`, creating it with `schema` and `partitions` if missing.
+/// Loads the table at `url`, creating it with `schema`, `partitions` and the properties of
+/// `layout` if missing.
 pub(crate) async fn load_or_create(
     url: &Url,
     schema: &deltalake::arrow::datatypes::Schema,
     partitions: &[&str],
+    layout: commit::TableLayout,
 ) -> Result<DeltaTable> {
     if let Some(t) = try_load(url).await? {
         return Ok(t);
@@ -124,6 +126,7 @@ pub(crate) async fn load_or_create(
         .create()
         .with_columns(kernel.fields().cloned())
         .with_partition_columns(partitions.iter().map(|p| p.to_string()))
+        .with_configuration(layout.properties())
         .with_save_mode(deltalake::protocol::SaveMode::Ignore)
         .await
         .map_err(delta_err)

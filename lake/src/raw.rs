@@ -11,16 +11,20 @@ use deltalake::arrow::array::{ArrayRef, StringArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use duet_config::{Event, Source};
 use serde_json::{Map, Value as J};
 use url::Url;
 
-use crate::arrow_util::{self, active_files, arrow_type, timestamp_type};
+use crate::arrow_util::{self, ActiveFile, active_files, arrow_type, timestamp_type};
+use crate::commit::{self, TableLayout, TxnExpectation, txn_version, write_files, writer_schema};
 use crate::error::{Error, Result};
-use crate::rewrite::{replace_files, writer_schema};
 use crate::{Lake, load_or_create, local_path, try_load};
+
+/// Raw tables: a commit per flush of the lake sink (seconds apart), a checkpoint every 100.
+const RAW_LAYOUT: TableLayout = TableLayout {
+    checkpoint_every: 100,
+    log_retention: "interval 7 days",
+};
 
 /// Partition columns of raw tables.
 pub const PARTITIONS: [&str; 2] = ["event_date", "event_hour"];
@@ -88,13 +92,8 @@ impl RawWriter {
     /// whose offsets the table's `txn` actions record.
     pub async fn open(lake: &Lake, source: &Source, group: &str) -> Result<RawWriter> {
         let url = lake.raw_table_url(&source.name);
-        let table = load_or_create(&url, &raw_schema(source), &PARTITIONS).await?;
-        let schema = RecordBatchWriter::for_table(&table)
-            .map_err(|e| Error::Delta {
-                table: url.to_string(),
-                source: Box::new(e),
-            })?
-            .arrow_schema();
+        let table = load_or_create(&url, &raw_schema(source), &PARTITIONS, RAW_LAYOUT).await?;
+        let schema = writer_schema(&table)?;
         let watermark = txn_version(&table, &watermark_app(&source.name)).await?;
         Ok(RawWriter {
             source: source.clone(),
@@ -143,29 +142,26 @@ impl RawWriter {
         }
         let table_name = self.url.to_string();
         let batch = arrow_util::json_rows_to_batch(&table_name, self.schema.clone(), &rows)?;
-        let delta = |source| Error::Delta {
-            table: table_name.clone(),
-            source: Box::new(source),
-        };
         let mut txns: Vec<Transaction> = last
             .iter()
             .map(|(p, o)| Transaction::new(txn_app(&self.group, &self.source.name, *p), *o))
             .collect();
         txns.push(Transaction::new(watermark_app(&self.source.name), max_time));
-        let mut writer = RecordBatchWriter::for_table(&self.table)
-            .map_err(delta)?
-            .with_commit_properties(
-                CommitProperties::default().with_application_transactions(txns),
-            );
-        writer.write(batch).await.map_err(delta)?;
-        let version = writer
-            .flush_and_commit(&mut self.table)
-            .await
-            .map_err(delta)?;
+        let adds = write_files(&self.table, vec![batch]).await?;
+        // Valid on a newer version of the table only if no other writer recorded offsets of
+        // these partitions meanwhile (two sinks of one group would write every event twice).
+        let expect: Vec<TxnExpectation> = last
+            .keys()
+            .map(|p| TxnExpectation {
+                app: txn_app(&self.group, &self.source.name, *p),
+                version: self.committed.get(p).copied().flatten(),
+            })
+            .collect();
+        let version = commit::append(&mut self.table, adds, txns, &expect).await?;
         self.committed
             .extend(last.into_iter().map(|(p, o)| (p, Some(o))));
         self.watermark = Some(max_time);
-        Ok(Some(version as i64))
+        Ok(Some(version))
     }
 
     fn row(&self, r: &RawRecord) -> J {
@@ -190,20 +186,6 @@ impl RawWriter {
     }
 }
 
-async fn txn_version(table: &DeltaTable, app: &str) -> Result<Option<i64>> {
-    let snapshot = table.snapshot().map_err(|source| Error::Delta {
-        table: table.table_url().to_string(),
-        source: Box::new(source),
-    })?;
-    snapshot
-        .transaction_version(table.log_store().as_ref(), app)
-        .await
-        .map_err(|source| Error::Delta {
-            table: table.table_url().to_string(),
-            source: Box::new(source),
-        })
-}
-
 /// What the batch layer reads of a raw table.
 #[derive(Debug, Clone, Default)]
 pub struct RawSnapshot {
@@ -217,33 +199,71 @@ pub struct RawSnapshot {
     pub first_date_ms: Option<i64>,
 }
 
-/// The files of `raw/<source>` whose event date lies in `[from_ms, to_ms)` widened by a day
-/// on each side (all files when `range` is `None`).
+/// Which rows the batch layer will read: those whose int field `field` (a dotted path) lies
+/// in `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange<'a> {
+    /// The view's time field.
+    pub field: &'a str,
+    /// First time (inclusive), epoch ms.
+    pub from: i64,
+    /// End (exclusive), epoch ms.
+    pub to: i64,
+}
+
+/// Whether a file whose statistics are `stats` can hold a row with `range.field` in the range:
+/// false only when its min/max statistics for the field say so (missing statistics: true).
+fn may_hold(stats: Option<&str>, range: &TimeRange<'_>) -> bool {
+    let Some(stats) = stats.and_then(|s| serde_json::from_str::<J>(s).ok()) else {
+        return true;
+    };
+    let at = |key: &str| -> Option<i64> {
+        range
+            .field
+            .split('.')
+            .try_fold(&stats[key], |v, seg| v.get(seg))
+            .and_then(J::as_i64)
+    };
+    match (at("minValues"), at("maxValues")) {
+        (Some(min), Some(max)) => min < range.to && max >= range.from,
+        _ => {
+            // no min/max: either not collected (keep) or every value is null (no bucket)
+            let rows = stats["numRecords"].as_i64();
+            let nulls = range
+                .field
+                .split('.')
+                .try_fold(&stats["nullCount"], |v, seg| v.get(seg))
+                .and_then(J::as_i64);
+            !(rows.is_some() && rows == nulls)
+        }
+    }
+}
+
+/// The files of `raw/<source>` that can hold rows of `range` by their min/max statistics
+/// (all files when `range` is `None`).
 pub async fn raw_snapshot(
     lake: &Lake,
     source: &str,
-    range: Option<(i64, i64)>,
+    range: Option<TimeRange<'_>>,
 ) -> Result<RawSnapshot> {
     let url = lake.raw_table_url(source);
     let Some(table) = try_load(&url).await? else {
         return Ok(RawSnapshot::default());
     };
-    let day = 86_400_000;
-    let dates = range.map(|(f, t)| (partition_values(f - day).0, partition_values(t + day).0));
     let mut files = Vec::new();
     let mut first: Option<String> = None;
-    for (path, parts, _) in active_files(&table)? {
-        if let Some(Some(d)) = parts.get("event_date")
-            && first.as_ref().is_none_or(|f| d < f)
+    for f in active_files(&table)? {
+        if let Some(d) = f.partition("event_date")
+            && first.as_deref().is_none_or(|f| d < f)
         {
-            first = Some(d.clone());
+            first = Some(d.to_string());
         }
-        if let (Some((lo, hi)), Some(Some(d))) = (&dates, parts.get("event_date"))
-            && (d < lo || d > hi)
+        if let Some(r) = &range
+            && !may_hold(f.stats.as_deref(), r)
         {
             continue;
         }
-        let uri = table.log_store().to_uri(&path);
+        let uri = table.log_store().to_uri(&f.path);
         let local = local_path(&uri).ok_or_else(|| Error::Location {
             url: uri.clone(),
             message: "the batch layer reads local lakes only in this version".into(),
@@ -269,38 +289,34 @@ pub async fn raw_count(lake: &Lake, source: &str) -> Result<u64> {
     let Some(table) = try_load(&url).await? else {
         return Ok(0);
     };
-    let snapshot = table.snapshot().map_err(|source| Error::Delta {
-        table: url.to_string(),
-        source: Box::new(source),
-    })?;
-    Ok(snapshot
-        .log_data()
+    Ok(active_files(&table)?
         .iter()
-        .map(|f| f.num_records().unwrap_or(0) as u64)
+        .map(|f| f.records.unwrap_or(0) as u64)
         .sum())
 }
 
 /// Rewrites each closed `(event_date, event_hour)` partition of `raw/<source>` that has more
-/// than one file as a single file, one Delta commit per partition (remove the old files, add
-/// the new one; the rows and the `txn` offsets are unchanged). A partition is closed when its
+/// than one file as a single file, one Delta commit per partition. The commit has no data
+/// change (the rows and the `txn` offsets stay the same), so the lake sink's appends, late
+/// events for the same hour included, never conflict with it. A partition is closed when its
 /// hour ended at or before `before_ms`. Returns how many partitions were compacted.
 ///
 /// The lake sink writes a file per partition and flush; without this, a day of minutely seals
-/// would scan thousands of small files.
+/// would scan thousands of small files. Only the scheduler compacts (two compactions of one
+/// partition at once would both commit and duplicate its rows).
 pub async fn compact_raw(lake: &Lake, source: &str, before_ms: i64) -> Result<usize> {
     let url = lake.raw_table_url(source);
     let Some(mut table) = try_load(&url).await? else {
         return Ok(0);
     };
-    let name = url.to_string();
-    let mut groups: std::collections::BTreeMap<(String, String), Vec<arrow_util::ActiveFile>> =
+    let mut groups: std::collections::BTreeMap<(String, String), Vec<ActiveFile>> =
         std::collections::BTreeMap::new();
     for f in active_files(&table)? {
-        let part = |k: &str| f.1.get(k).cloned().flatten().unwrap_or_default();
-        groups
-            .entry((part("event_date"), part("event_hour")))
-            .or_default()
-            .push(f);
+        let key = (
+            f.partition("event_date").unwrap_or_default().to_string(),
+            f.partition("event_hour").unwrap_or_default().to_string(),
+        );
+        groups.entry(key).or_default().push(f);
     }
     let mut done = 0;
     for ((date, hour), files) in groups {
@@ -313,39 +329,51 @@ pub async fn compact_raw(lake: &Lake, source: &str, before_ms: i64) -> Result<us
         if files.len() < 2 || hour_end > before_ms {
             continue;
         }
-        let paths: Vec<_> = files.iter().map(|(p, _, _)| p.clone()).collect();
-        let schema = writer_schema(&table)?;
-        let mut batches = Vec::new();
-        for b in arrow_util::read_files(&table, &paths).await? {
-            // Parquet files do not hold the partition columns; the writer wants them.
-            let n = b.num_rows();
-            let mut columns = Vec::with_capacity(schema.fields().len());
-            for field in schema.fields() {
-                let col: ArrayRef = match field.name().as_str() {
-                    "event_date" => Arc::new(StringArray::from(vec![date.as_str(); n])),
-                    "event_hour" => Arc::new(StringArray::from(vec![hour.as_str(); n])),
-                    other => b
-                        .column_by_name(other)
-                        .cloned()
-                        .ok_or_else(|| Error::State {
-                            view: format!("raw/{source}"),
-                            message: format!("column `{other}` is missing from a data file"),
-                        })?,
-                };
-                columns.push(col);
-            }
-            batches.push(
-                RecordBatch::try_new(schema.clone(), columns).map_err(|source| Error::Arrow {
-                    table: name.clone(),
-                    source,
-                })?,
-            );
-        }
+        let batches = with_partition_columns(&table, source, &date, &hour, &files).await?;
         let predicate = format!("event_date = '{date}' AND event_hour = '{hour}'");
-        replace_files(&mut table, &PARTITIONS, files, batches, Some(predicate)).await?;
+        commit::rewrite(&mut table, files, batches, Some(predicate)).await?;
         done += 1;
     }
     Ok(done)
+}
+
+/// The rows of `files` (all of one partition) with the partition columns put back: Parquet
+/// files do not hold them, the writer wants them.
+async fn with_partition_columns(
+    table: &DeltaTable,
+    source: &str,
+    date: &str,
+    hour: &str,
+    files: &[ActiveFile],
+) -> Result<Vec<RecordBatch>> {
+    let schema = writer_schema(table)?;
+    let paths: Vec<_> = files.iter().map(|f| f.path.clone()).collect();
+    let mut batches = Vec::new();
+    for b in arrow_util::read_files(table, &paths).await? {
+        let n = b.num_rows();
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let col: ArrayRef = match field.name().as_str() {
+                "event_date" => Arc::new(StringArray::from(vec![date; n])),
+                "event_hour" => Arc::new(StringArray::from(vec![hour; n])),
+                other => b
+                    .column_by_name(other)
+                    .cloned()
+                    .ok_or_else(|| Error::State {
+                        view: format!("raw/{source}"),
+                        message: format!("column `{other}` is missing from a data file"),
+                    })?,
+            };
+            columns.push(col);
+        }
+        batches.push(
+            RecordBatch::try_new(schema.clone(), columns).map_err(|source| Error::Arrow {
+                table: table.table_url().to_string(),
+                source,
+            })?,
+        );
+    }
+    Ok(batches)
 }
 
 #[cfg(test)]
@@ -397,6 +425,23 @@ mod tests {
         assert_eq!(w.watermark(), Some(1_700_000_000_007));
         let snap = raw_snapshot(&lake, "clicks", None).await.unwrap();
         assert_eq!(snap.watermark, Some(1_700_000_000_007));
+        // the files' statistics prune by any int field
+        let range = |from, to| TimeRange {
+            field: "ts",
+            from,
+            to,
+        };
+        let files = async |r| {
+            raw_snapshot(&lake, "clicks", Some(r))
+                .await
+                .unwrap()
+                .files
+                .len()
+        };
+        assert_eq!(files(range(1_700_000_000_000, 1_700_000_000_001)).await, 1);
+        assert_eq!(files(range(1_700_000_000_004, 1_700_000_000_006)).await, 2);
+        assert_eq!(files(range(1_700_000_000_008, i64::MAX)).await, 0);
+        assert_eq!(files(range(0, 1_700_000_000_000)).await, 0);
         assert_eq!(snap.first_date_ms, Some(1_699_920_000_000));
 
         // three commits in one hour partition: compaction leaves one file, the same rows and
@@ -429,5 +474,48 @@ mod tests {
         let mut w = RawWriter::open(&lake, source, "g").await.unwrap();
         assert_eq!(w.committed_offset(0).await.unwrap(), Some(11));
         assert_eq!(w.append(&more).await.unwrap(), None);
+    }
+
+    /// A late event appended to an hour partition that the scheduler compacted after the
+    /// writer loaded the table: the append is blind, so it commits (it used to fail with
+    /// "a concurrent transaction deleted data this operation read").
+    #[tokio::test]
+    async fn appends_commit_while_their_partition_is_compacted() {
+        let cfg = Config::from_toml_str(
+            r#"
+            [[sources]]
+            name = "clicks"
+            topic = "clicks"
+            event_id = "id"
+            event_time = "ts"
+            fields = { id = "string", ts = "int" }
+            "#,
+            "t.toml".as_ref(),
+        )
+        .unwrap();
+        let source = &cfg.sources[0];
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let rec = |i: i64| RawRecord {
+            event: source
+                .decode(format!(r#"{{"id":"e{i}","ts":{}}}"#, 1_700_000_000_000 + i).as_bytes())
+                .unwrap(),
+            partition: 0,
+            offset: i,
+            payload: String::new(),
+        };
+        let mut w = RawWriter::open(&lake, source, "g").await.unwrap();
+        w.append(&[rec(0), rec(1)]).await.unwrap();
+        w.append(&[rec(2)]).await.unwrap();
+        // the scheduler compacts the hour while the sink holds its snapshot
+        assert_eq!(compact_raw(&lake, "clicks", i64::MAX).await.unwrap(), 1);
+        w.append(&[rec(3)]).await.unwrap();
+        assert_eq!(raw_count(&lake, "clicks").await.unwrap(), 4);
+        // and compaction again, with the new file in the same hour
+        assert_eq!(compact_raw(&lake, "clicks", i64::MAX).await.unwrap(), 1);
+        w.append(&[rec(4)]).await.unwrap();
+        assert_eq!(raw_count(&lake, "clicks").await.unwrap(), 5);
+        let mut w = RawWriter::open(&lake, source, "g").await.unwrap();
+        assert_eq!(w.committed_offset(0).await.unwrap(), Some(4));
     }
 }

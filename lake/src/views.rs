@@ -16,9 +16,16 @@ use serde_json::{Map, Value as J};
 use url::Url;
 
 use crate::arrow_util::{ActiveFile, active_files, json_rows_to_batch, read_files, timestamp_type};
+use crate::commit::{self, TableLayout, writer_schema};
 use crate::error::{Error, Result};
-use crate::rewrite::{replace_files, writer_schema};
 use crate::{Lake, load_or_create, try_load};
+
+/// View tables: a commit per recompute (up to one a minute per view), a checkpoint every 20;
+/// old log entries go after two days (time travel reaches that far).
+const VIEW_LAYOUT: TableLayout = TableLayout {
+    checkpoint_every: 20,
+    log_retention: "interval 2 days",
+};
 
 /// One row of a view (the type both layers share).
 pub type ViewRow = duet_config::Row;
@@ -80,10 +87,8 @@ fn files_on_dates(
 ) -> Result<Vec<ActiveFile>> {
     Ok(active_files(table)?
         .into_iter()
-        .filter(|(_, parts, _)| {
-            parts
-                .get("bucket_date")
-                .and_then(|d| d.as_ref())
+        .filter(|f| {
+            f.partition("bucket_date")
                 .is_some_and(|d| dates.contains(d))
         })
         .collect())
@@ -134,15 +139,44 @@ impl ViewTable {
     }
 
     /// Replaces the buckets in `[from, to)` with `rows` (all of which must lie in the range)
-    /// in one Delta commit. Returns the new table version.
+    /// in one Delta commit. Returns the new table version. When another recompute committed
+    /// to the same dates first, the rows outside the range are read again from the new
+    /// version and the commit is retried.
     pub async fn replace_range(&self, from: i64, to: i64, rows: &[ViewRow]) -> Result<i64> {
+        let mut table = load_or_create(
+            &self.url,
+            &view_schema(&self.spec),
+            &["bucket_date"],
+            VIEW_LAYOUT,
+        )
+        .await?;
+        let mut attempt = 0;
+        loop {
+            match self.try_replace(&mut table, from, to, rows).await {
+                Err(Error::Conflict { .. }) if attempt < 5 => {
+                    attempt += 1;
+                    table
+                        .update_incremental(None)
+                        .await
+                        .map_err(commit::delta_err(&table))?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_replace(
+        &self,
+        table: &mut deltalake::DeltaTable,
+        from: i64,
+        to: i64,
+        rows: &[ViewRow],
+    ) -> Result<i64> {
         let name = self.url.to_string();
-        let mut table =
-            load_or_create(&self.url, &view_schema(&self.spec), &["bucket_date"]).await?;
-        let touched = files_on_dates(&table, &dates_in(from, to))?;
-        let paths: Vec<_> = touched.iter().map(|(p, _, _)| p.clone()).collect();
+        let touched = files_on_dates(table, &dates_in(from, to))?;
+        let paths: Vec<_> = touched.iter().map(|f| f.path.clone()).collect();
         let kept: Vec<ViewRow> = self
-            .decode(read_files(&table, &paths).await?)?
+            .decode(read_files(table, &paths).await?)?
             .into_iter()
             .filter(|r| r.bucket < from || r.bucket >= to)
             .collect();
@@ -154,17 +188,10 @@ impl ViewTable {
         let batches = if json.is_empty() {
             Vec::new()
         } else {
-            vec![json_rows_to_batch(&name, writer_schema(&table)?, &json)?]
+            vec![json_rows_to_batch(&name, writer_schema(table)?, &json)?]
         };
         let predicate = format!("bucket >= {from}ms AND bucket < {to}ms");
-        replace_files(
-            &mut table,
-            &["bucket_date"],
-            touched,
-            batches,
-            Some(predicate),
-        )
-        .await
+        commit::replace(table, touched, batches, Some(predicate)).await
     }
 
     /// The rows with a bucket in `[from, to)` at the latest version, and that version
@@ -176,7 +203,7 @@ impl ViewTable {
         let dates = dates_in(from, to);
         let paths: Vec<_> = files_on_dates(&table, &dates)?
             .into_iter()
-            .map(|(p, _, _)| p)
+            .map(|f| f.path)
             .collect();
         let mut rows: Vec<ViewRow> = self
             .decode(read_files(&table, &paths).await?)?

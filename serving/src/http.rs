@@ -16,6 +16,7 @@ use duet_speed::{SpeedCounters, ViewStore};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::health::{PartState, Parts};
 use crate::query::{Provenance, merged};
 
 /// What the handlers share.
@@ -29,6 +30,8 @@ pub struct AppState {
     pub store: Arc<dyn ViewStore>,
     /// The speed layer's running totals, read for `/metrics`.
     pub counters: Arc<SpeedCounters>,
+    /// The status of the deployment's parts, for `/health` and `/metrics`.
+    pub parts: Arc<Parts>,
 }
 
 /// Most buckets one query may span.
@@ -121,6 +124,28 @@ async fn metrics(
         out,
         "# HELP duet_source_watermark_seconds Highest event time applied by the speed layer, per source.\n# TYPE duet_source_watermark_seconds gauge"
     );
+    let parts = s.parts.snapshot();
+    if !parts.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP duet_part_up Whether a part of the deployment runs (0 while it is being restarted).\n# TYPE duet_part_up gauge"
+        );
+        for (name, p) in &parts {
+            let up = u8::from(p.state == PartState::Running);
+            let _ = writeln!(out, "duet_part_up{{part=\"{name}\"}} {up}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP duet_part_restarts_total Times a part failed and was restarted.\n# TYPE duet_part_restarts_total counter"
+        );
+        for (name, p) in &parts {
+            let _ = writeln!(
+                out,
+                "duet_part_restarts_total{{part=\"{name}\"}} {}",
+                p.restarts
+            );
+        }
+    }
     for src in &s.cfg.sources {
         if let Some(w) = s.store.watermark(&src.name).await? {
             let _ = writeln!(
@@ -140,8 +165,21 @@ async fn metrics(
     ))
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `ok` when every part runs, `degraded` while one is failing and being restarted; each
+/// part with its state, restarts and last error. Always 200: serving itself answers.
+async fn health(State(s): State<AppState>) -> Json<Value> {
+    let parts = s.parts.snapshot();
+    let degraded = parts.values().any(|p| p.state == PartState::Restarting);
+    let parts: serde_json::Map<String, Value> = parts
+        .into_iter()
+        .map(|(name, p)| {
+            (
+                name,
+                json!({"state": p.state, "restarts": p.restarts, "last_error": p.last_error, "since": iso(p.since_ms)}),
+            )
+        })
+        .collect();
+    Json(json!({"status": if degraded { "degraded" } else { "ok" }, "parts": parts}))
 }
 
 async fn list_views(State(s): State<AppState>) -> Json<Value> {
@@ -325,6 +363,7 @@ mod tests {
             lake,
             store: Arc::new(store),
             counters: Arc::default(),
+            parts: Arc::default(),
         })
     }
 
@@ -355,7 +394,10 @@ mod tests {
         assert_eq!(s, StatusCode::OK);
         assert_eq!(body["views"][0]["measures"][0]["kind"], "sum");
         let (s, body) = get(&app, "/health").await;
-        assert_eq!((s, body), (StatusCode::OK, json!({"status": "ok"})));
+        assert_eq!(
+            (s, body),
+            (StatusCode::OK, json!({"status": "ok", "parts": {}}))
+        );
         // the OpenAPI document describes every route the router serves
         let (s, doc) = get(&app, "/v1/openapi.json").await;
         assert_eq!(s, StatusCode::OK);

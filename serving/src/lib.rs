@@ -3,6 +3,7 @@
 //! Read-only: serving never writes state.
 
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod openapi;
 pub mod query;

@@ -184,6 +184,7 @@ async fn run() {
         lake: lake.clone(),
         store: store.clone(),
         counters: counters.clone(),
+        parts: Arc::default(),
     };
     let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
 

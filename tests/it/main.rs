@@ -2,5 +2,6 @@
 
 mod agreement;
 mod e2e;
+mod late;
 mod restart;
 mod support;
