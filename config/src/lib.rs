@@ -68,6 +68,8 @@ pub struct Config {
     pub jobs: Vec<JobConfig>,
     /// `[lake] flush_interval` in ms.
     pub lake_flush_ms: i64,
+    /// `[lake] idle_timeout` in ms.
+    pub lake_idle_ms: i64,
     /// `[speed] batch_interval` in ms.
     pub speed_batch_ms: i64,
     /// `[batch] lateness` in ms.

@@ -52,6 +52,14 @@ pub struct LakeConfig {
     /// ...or after this long, whichever comes first (`60s`).
     #[serde(default = "default_flush_interval")]
     pub flush_interval: String,
+    /// A Kafka partition with no new data for this long, and nothing left to read, stops
+    /// holding back its source's event-time watermark (`30s`).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
+}
+
+fn default_idle_timeout() -> String {
+    "30s".into()
 }
 
 fn default_lake_url() -> String {
@@ -70,6 +78,7 @@ impl Default for LakeConfig {
             url: default_lake_url(),
             flush_records: default_flush_records(),
             flush_interval: default_flush_interval(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }

@@ -171,6 +171,7 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
         p.add("speed.batch_max", "expected at least 1");
     }
     let lake_flush_ms = duration(&lake.flush_interval, "lake.flush_interval", &mut p);
+    let lake_idle_ms = duration(&lake.idle_timeout, "lake.idle_timeout", &mut p);
     let speed_batch_ms = duration(&speed.batch_interval, "speed.batch_interval", &mut p);
     let lateness_ms = duration(&batch.lateness, "batch.lateness", &mut p);
     let dedup_retention_ms = duration(&speed.dedup_retention, "speed.dedup_retention", &mut p);
@@ -259,6 +260,7 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
         views,
         jobs: jobs.into_iter().map(|(_, j)| j).collect(),
         lake_flush_ms,
+        lake_idle_ms,
         speed_batch_ms,
         lateness_ms,
         dedup_retention_ms,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod ledger;
 pub mod raw;
 pub mod views;
+pub mod watermark;
 
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use url::Url;

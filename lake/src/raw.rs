@@ -121,11 +121,17 @@ impl RawWriter {
     }
 
     /// Appends records in one Delta commit; records at or below a partition's committed
-    /// offset are skipped (re-delivery). Returns the new table version, if anything was written.
-    pub async fn append(&mut self, records: &[RawRecord]) -> Result<Option<i64>> {
+    /// offset are skipped (re-delivery). `watermark` is the source's event-time watermark after
+    /// these records (see [`crate::watermark`]); it is recorded in the same commit when it is
+    /// higher than the recorded one (the recorded watermark never moves back), in a commit of
+    /// its own if there are no records. Returns the new table version, if anything was written.
+    pub async fn append(
+        &mut self,
+        records: &[RawRecord],
+        watermark: Option<i64>,
+    ) -> Result<Option<i64>> {
         let mut rows = Vec::with_capacity(records.len());
         let mut last: HashMap<i32, i64> = HashMap::new();
-        let mut max_time = self.watermark.unwrap_or(i64::MIN);
         for r in records {
             let done = self.committed_offset(r.partition).await?;
             if done.is_some_and(|d| r.offset <= d)
@@ -134,20 +140,26 @@ impl RawWriter {
                 continue;
             }
             last.insert(r.partition, r.offset);
-            max_time = max_time.max(r.event.time_ms);
             rows.push(self.row(r));
         }
-        if rows.is_empty() {
+        let advanced = watermark.filter(|w| self.watermark.is_none_or(|old| *w > old));
+        if rows.is_empty() && advanced.is_none() {
             return Ok(None);
         }
-        let table_name = self.url.to_string();
-        let batch = arrow_util::json_rows_to_batch(&table_name, self.schema.clone(), &rows)?;
         let mut txns: Vec<Transaction> = last
             .iter()
             .map(|(p, o)| Transaction::new(txn_app(&self.group, &self.source.name, *p), *o))
             .collect();
-        txns.push(Transaction::new(watermark_app(&self.source.name), max_time));
-        let adds = write_files(&self.table, vec![batch]).await?;
+        if let Some(w) = advanced {
+            txns.push(Transaction::new(watermark_app(&self.source.name), w));
+        }
+        let adds = if rows.is_empty() {
+            Vec::new()
+        } else {
+            let batch =
+                arrow_util::json_rows_to_batch(self.url.as_str(), self.schema.clone(), &rows)?;
+            write_files(&self.table, vec![batch]).await?
+        };
         // Valid on a newer version of the table only if no other writer recorded offsets of
         // these partitions meanwhile (two sinks of one group would write every event twice).
         let expect: Vec<TxnExpectation> = last
@@ -160,7 +172,9 @@ impl RawWriter {
         let version = commit::append(&mut self.table, adds, txns, &expect).await?;
         self.committed
             .extend(last.into_iter().map(|(p, o)| (p, Some(o))));
-        self.watermark = Some(max_time);
+        if advanced.is_some() {
+            self.watermark = advanced;
+        }
         Ok(Some(version))
     }
 
@@ -180,7 +194,7 @@ impl RawWriter {
         J::Object(m)
     }
 
-    /// The highest event time written so far (epoch ms).
+    /// The recorded event-time watermark of the source (epoch ms).
     pub fn watermark(&self) -> Option<i64> {
         self.watermark
     }
@@ -193,7 +207,8 @@ pub struct RawSnapshot {
     pub version: Option<i64>,
     /// Local paths of the Parquet files to scan.
     pub files: Vec<String>,
-    /// Highest event time written (epoch ms).
+    /// The source's event-time watermark recorded by the lake sink (epoch ms): every partition
+    /// has delivered events up to it (see [`crate::watermark`]).
     pub watermark: Option<i64>,
     /// Midnight (UTC, epoch ms) of the earliest event date in the table.
     pub first_date_ms: Option<i64>,
@@ -414,17 +429,32 @@ mod tests {
         };
         let first: Vec<RawRecord> = (0..5).map(rec).collect();
         let mut w = RawWriter::open(&lake, source, "g").await.unwrap();
-        assert!(w.append(&first).await.unwrap().is_some());
+        assert!(
+            w.append(&first, Some(1_700_000_000_004))
+                .await
+                .unwrap()
+                .is_some()
+        );
         // the same records again (a re-delivery), then overlapping ones after a reopen
-        assert_eq!(w.append(&first).await.unwrap(), None);
+        assert_eq!(w.append(&first, None).await.unwrap(), None);
         let mut w = RawWriter::open(&lake, source, "g").await.unwrap();
         assert_eq!(w.committed_offset(0).await.unwrap(), Some(4));
         let overlap: Vec<RawRecord> = (3..8).map(rec).collect();
-        w.append(&overlap).await.unwrap();
+        w.append(&overlap, Some(1_700_000_000_007)).await.unwrap();
         assert_eq!(raw_count(&lake, "clicks").await.unwrap(), 8);
         assert_eq!(w.watermark(), Some(1_700_000_000_007));
         let snap = raw_snapshot(&lake, "clicks", None).await.unwrap();
         assert_eq!(snap.watermark, Some(1_700_000_000_007));
+        // the recorded watermark never moves back; an advance alone is a commit of its own
+        assert_eq!(w.append(&[], Some(1_700_000_000_006)).await.unwrap(), None);
+        assert!(
+            w.append(&[], Some(1_700_000_000_009))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(w.watermark(), Some(1_700_000_000_009));
+        assert_eq!(raw_count(&lake, "clicks").await.unwrap(), 8);
         // the files' statistics prune by any int field
         let range = |from, to| TimeRange {
             field: "ts",
@@ -447,7 +477,7 @@ mod tests {
         // three commits in one hour partition: compaction leaves one file, the same rows and
         // the same resume offsets
         let more: Vec<RawRecord> = (8..12).map(rec).collect();
-        w.append(&more).await.unwrap();
+        w.append(&more, None).await.unwrap();
         let before = raw_snapshot(&lake, "clicks", None)
             .await
             .unwrap()
@@ -473,7 +503,7 @@ mod tests {
         assert_eq!(raw_count(&lake, "clicks").await.unwrap(), 12);
         let mut w = RawWriter::open(&lake, source, "g").await.unwrap();
         assert_eq!(w.committed_offset(0).await.unwrap(), Some(11));
-        assert_eq!(w.append(&more).await.unwrap(), None);
+        assert_eq!(w.append(&more, None).await.unwrap(), None);
     }
 
     /// A late event appended to an hour partition that the scheduler compacted after the
@@ -505,15 +535,15 @@ mod tests {
             payload: String::new(),
         };
         let mut w = RawWriter::open(&lake, source, "g").await.unwrap();
-        w.append(&[rec(0), rec(1)]).await.unwrap();
-        w.append(&[rec(2)]).await.unwrap();
+        w.append(&[rec(0), rec(1)], None).await.unwrap();
+        w.append(&[rec(2)], None).await.unwrap();
         // the scheduler compacts the hour while the sink holds its snapshot
         assert_eq!(compact_raw(&lake, "clicks", i64::MAX).await.unwrap(), 1);
-        w.append(&[rec(3)]).await.unwrap();
+        w.append(&[rec(3)], None).await.unwrap();
         assert_eq!(raw_count(&lake, "clicks").await.unwrap(), 4);
         // and compaction again, with the new file in the same hour
         assert_eq!(compact_raw(&lake, "clicks", i64::MAX).await.unwrap(), 1);
-        w.append(&[rec(4)]).await.unwrap();
+        w.append(&[rec(4)], None).await.unwrap();
         assert_eq!(raw_count(&lake, "clicks").await.unwrap(), 5);
         let mut w = RawWriter::open(&lake, source, "g").await.unwrap();
         assert_eq!(w.committed_offset(0).await.unwrap(), Some(4));

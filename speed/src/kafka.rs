@@ -48,7 +48,7 @@ pub fn client_config(kafka: &KafkaConfig, bootstrap: &str, group: Option<&str>) 
 
 /// A consumer assigned to all partitions of some topics.
 pub struct AssignedConsumer {
-    consumer: StreamConsumer,
+    consumer: std::sync::Arc<StreamConsumer>,
     group: String,
 }
 
@@ -85,7 +85,7 @@ impl AssignedConsumer {
             source,
         })?;
         Ok(AssignedConsumer {
-            consumer,
+            consumer: std::sync::Arc::new(consumer),
             group: group.to_string(),
         })
     }
@@ -113,6 +113,18 @@ impl AssignedConsumer {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the consumer has read everything the broker has of `topic`/`partition`, given
+    /// the next offset it will read: the partition's high watermark, asked of the broker, is
+    /// not beyond `next`. `false` when the broker does not answer within five seconds.
+    pub async fn caught_up(&self, topic: &str, partition: i32, next: i64) -> bool {
+        let (consumer, topic) = (self.consumer.clone(), topic.to_string());
+        let high = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
+        })
+        .await;
+        matches!(high, Ok(Ok((_, high))) if next >= high)
     }
 
     /// Tells the group how far we got (monitoring only; Duet's own state is the truth).

@@ -59,8 +59,8 @@ async fn agree(seed: u64, events: i64) {
         // two commits, to read across files
         let w = writers.get_mut(source).unwrap();
         let half = recs.len() / 2;
-        w.append(&recs[..half]).await.unwrap();
-        w.append(&recs[half..]).await.unwrap();
+        w.append(&recs[..half], None).await.unwrap();
+        w.append(&recs[half..], None).await.unwrap();
     }
     // compacting the raw partitions changes files, never answers
     for source in records.keys() {

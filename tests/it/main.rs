@@ -2,6 +2,7 @@
 
 mod agreement;
 mod e2e;
+mod lagging;
 mod late;
 mod restart;
 mod support;
