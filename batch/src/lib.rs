@@ -7,7 +7,7 @@ pub mod plan;
 
 use duet_config::{Config, FieldType, Source, ViewSpec};
 use duet_lake::raw::{TimeRange, raw_snapshot};
-use duet_lake::{Lake, Seal, SealLedger, ViewTable};
+use duet_lake::{Interval, Lake, Seal, SealLedger, ViewTable};
 
 pub use error::{Error, Result};
 
@@ -16,16 +16,16 @@ pub use error::{Error, Result};
 pub struct Recompute {
     /// View name.
     pub view: String,
-    /// First bucket recomputed (epoch ms).
-    pub from: i64,
-    /// End of the range (exclusive).
-    pub to: i64,
+    /// The bucket ranges recomputed and sealed (whole buckets, sorted, disjoint).
+    pub ranges: Vec<Interval>,
     /// Rows written.
     pub rows: usize,
     /// Version of `views/<view>` written.
     pub version: i64,
     /// Version of `raw/<source>` read (`None`: no raw data yet).
     pub raw_version: Option<i64>,
+    /// Late marks of the ranges this recompute resolved (their events were in the raw table).
+    pub resolved: usize,
 }
 
 fn decimal_scale(source: &Source, explode: Option<&str>, path: &str) -> Option<u8> {
@@ -50,7 +50,7 @@ fn decimal_scale(source: &Source, explode: Option<&str>, path: &str) -> Option<u
 }
 
 /// Recomputes the buckets of `view` in `[from, to)` (widened to whole buckets) from the raw
-/// table, replaces them in the view's table and seals them.
+/// table, replaces them in the view's table and seals them. See [`recompute_ranges`].
 pub async fn recompute(
     lake: &Lake,
     cfg: &Config,
@@ -59,16 +59,42 @@ pub async fn recompute(
     to: i64,
     now_ms: i64,
 ) -> Result<Recompute> {
-    let from = view.bucket_of(from);
-    let to = {
-        let b = view.bucket_of(to);
-        if b < to { b + view.bucket_ms } else { b }
-    };
-    if from >= to {
+    recompute_ranges(lake, cfg, view, &[Interval::new(from, to)], now_ms).await
+}
+
+/// Recomputes the buckets of `view` in `ranges` (each widened to whole buckets) in one pass
+/// over the raw table, replaces them in the view's table in one Delta commit, and records them
+/// as sealed in one ledger commit, with the late marks of those buckets whose events the raw
+/// table read holds (resolved: the buckets are clean again).
+pub async fn recompute_ranges(
+    lake: &Lake,
+    cfg: &Config,
+    view: &ViewSpec,
+    ranges: &[Interval],
+    now_ms: i64,
+) -> Result<Recompute> {
+    let ranges = duet_lake::ledger::coalesce(
+        ranges
+            .iter()
+            .map(|r| {
+                let to = view.bucket_of(r.to);
+                let to = if to < r.to { to + view.bucket_ms } else { to };
+                Interval::new(view.bucket_of(r.from), to)
+            })
+            .collect(),
+    );
+    if let Some(r) = ranges.iter().find(|r| r.from >= r.to) {
         return Err(Error::EmptyRange {
             view: view.name.clone(),
-            from,
-            to,
+            from: r.from,
+            to: r.to,
+        });
+    }
+    if ranges.is_empty() {
+        return Err(Error::EmptyRange {
+            view: view.name.clone(),
+            from: 0,
+            to: 0,
         });
     }
     let source = cfg
@@ -77,22 +103,22 @@ pub async fn recompute(
             view: view.name.clone(),
             source_name: view.source.clone(),
         })?;
-    // only the files whose statistics for the view's time field overlap the range: they hold
-    // every row of the range, and every copy of those rows (a re-delivery has the same time)
+    // only the files whose statistics for the view's time field overlap the ranges: they hold
+    // every row of the ranges, and every copy of those rows (a re-delivery has the same time)
     let range = TimeRange {
         field: &view.time_field,
-        from,
-        to,
+        ranges: &ranges,
     };
     let snapshot = raw_snapshot(lake, &source.name, Some(range)).await?;
     let rows = if snapshot.files.is_empty() {
         Vec::new()
     } else {
         let (spec, src, files) = (view.clone(), source.clone(), snapshot.files.clone());
+        let ranges = ranges.clone();
         tokio::task::spawn_blocking(move || -> Result<_> {
             let scale_of = |p: &str| decimal_scale(&src, spec.explode.as_deref(), p);
             let base =
-                plan::base(&spec, &files, &scale_of, from, to).map_err(|source| Error::Polars {
+                plan::base(&spec, &files, &scale_of, &ranges).map_err(|source| Error::Polars {
                     view: spec.name.clone(),
                     source,
                 })?;
@@ -106,49 +132,133 @@ pub async fn recompute(
         })??
     };
     let version = ViewTable::new(lake, view)
-        .replace_range(from, to, &rows)
+        .replace_ranges(&ranges, &rows)
         .await?;
-    SealLedger::new(lake)
-        .record(&Seal {
+    // late marks of the ranges whose events the raw snapshot holds are resolved by this seal
+    let ledger = SealLedger::new(lake);
+    let mut resolved = Vec::new();
+    for m in ledger.snapshot().await?.view(&view.name).pending {
+        if !ranges
+            .iter()
+            .any(|r| r.from <= m.bucket.from && m.bucket.to <= r.to)
+        {
+            continue;
+        }
+        let mut all_in = true;
+        for o in &m.offsets {
+            all_in &= snapshot
+                .committed(&o.app)
+                .await?
+                .is_some_and(|c| c >= o.offset);
+        }
+        if all_in {
+            resolved.push(m.id);
+        }
+    }
+    let seals: Vec<Seal> = ranges
+        .iter()
+        .map(|r| Seal {
             view: view.name.clone(),
-            from,
-            to,
+            range: *r,
             version,
             sealed_at: now_ms,
         })
-        .await?;
-    tracing::info!(view = %view.name, from, to, rows = rows.len(), version, "Sealed buckets.");
+        .collect();
+    ledger.record(&seals, &resolved).await?;
+    tracing::info!(view = %view.name, from = %duet_config::time::iso(ranges[0].from),
+        to = %duet_config::time::iso(ranges[ranges.len() - 1].to), ranges = ranges.len(),
+        rows = rows.len(), version, resolved = resolved.len(), "Sealed buckets.");
     Ok(Recompute {
         view: view.name.clone(),
-        from,
-        to,
+        ranges,
         rows: rows.len(),
         version,
         raw_version: snapshot.version,
+        resolved: resolved.len(),
     })
 }
 
-/// The range a scheduled run should seal now: from the end of the last seal (or the start of
-/// the raw data's first day) to the last bucket that ended `lateness` before both the clock
-/// and the lake's event-time watermark. `None` when nothing is due.
-pub async fn due_range(
-    lake: &Lake,
+/// What a scheduled run of a view has to recompute.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Sealed buckets with late events pending, as ranges of adjacent buckets.
+    pub dirty: Vec<Interval>,
+    /// Unsealed ranges from the first raw data to the last bucket that may be sealed now,
+    /// split into pieces of at most a day.
+    pub gaps: Vec<Interval>,
+}
+
+impl Due {
+    /// Everything to recompute: dirty buckets first, then the gaps.
+    pub fn ranges(&self) -> impl Iterator<Item = Interval> + '_ {
+        self.dirty.iter().chain(&self.gaps).copied()
+    }
+
+    /// The ranges grouped into recomputes of at most `span` ms of buckets each (one pass
+    /// over the raw table, one view commit and one ledger commit per group).
+    pub fn passes(&self, span: i64) -> Vec<Vec<Interval>> {
+        let mut all: Vec<Interval> = self.ranges().collect();
+        all.sort();
+        let mut out: Vec<Vec<Interval>> = Vec::new();
+        let mut size = 0;
+        for r in all {
+            match out.last_mut() {
+                Some(pass) if size + (r.to - r.from) <= span => {
+                    size += r.to - r.from;
+                    pass.push(r);
+                }
+                _ => {
+                    size = r.to - r.from;
+                    out.push(vec![r]);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// How much time of buckets one scheduled recompute covers at most: a day, or one bucket
+/// if buckets are longer.
+pub fn pass_span(view: &ViewSpec) -> i64 {
+    (86_400_000 / view.bucket_ms).max(1) * view.bucket_ms
+}
+
+/// The end of the last bucket a scheduled run may seal at `now_ms`: one that ended `lateness`
+/// before both the clock and the lake's watermark of the view's source (`None` without one).
+pub fn sealable_until(
     cfg: &Config,
     view: &ViewSpec,
     now_ms: i64,
-) -> Result<Option<(i64, i64)>> {
-    let seals = SealLedger::new(lake).seals(Some(&view.name)).await?;
+    watermark: Option<i64>,
+) -> Option<i64> {
+    watermark.map(|w| view.bucket_of(now_ms.min(w).saturating_sub(cfg.lateness_ms)))
+}
+
+/// What a scheduled run should recompute now: the dirty buckets (sealed, with late events
+/// pending), and every unsealed gap from the first bucket of the raw data to the last bucket
+/// that ended `lateness` before both the clock and the lake's event-time watermark.
+pub async fn due(lake: &Lake, cfg: &Config, view: &ViewSpec, now_ms: i64) -> Result<Due> {
+    let seals = SealLedger::new(lake).snapshot().await?.view(&view.name);
     let snapshot = raw_snapshot(lake, &view.source, None).await?;
-    let Some(watermark) = snapshot.watermark else {
-        return Ok(None);
+    let mut due = Due {
+        dirty: seals.dirty_ranges(),
+        gaps: Vec::new(),
     };
-    let start = match duet_lake::ledger::sealed_until(&seals) {
-        Some(t) => t,
-        None => match snapshot.first_date_ms {
-            Some(t) => view.bucket_of(t),
-            None => return Ok(None),
-        },
+    let (Some(end), Some(first)) = (
+        sealable_until(cfg, view, now_ms, snapshot.watermark),
+        snapshot.first_date_ms,
+    ) else {
+        return Ok(due);
     };
-    let end = view.bucket_of(now_ms.min(watermark) - cfg.lateness_ms);
-    Ok((end > start).then_some((start, end)))
+    let start = view.bucket_of(first);
+    let piece = pass_span(view);
+    for gap in seals.gaps(start, end) {
+        let mut at = gap.from;
+        while at < gap.to {
+            let to = (at + piece).min(gap.to);
+            due.gaps.push(Interval::new(at, to));
+            at = to;
+        }
+    }
+    Ok(due)
 }

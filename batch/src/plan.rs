@@ -12,6 +12,7 @@ use duet_config::types::parse_decimal;
 use duet_config::{
     CmpOp, DimKey, Filter, Literal, MeasureKind, Num, NumType, Row, State, ViewSpec,
 };
+use duet_lake::Interval;
 use polars::prelude::*;
 
 use crate::error::{Error, Result};
@@ -67,14 +68,13 @@ pub fn filter_expr(f: &Filter, scale_of: &dyn Fn(&str) -> Option<u8>) -> Expr {
     }
 }
 
-/// The deduplicated, exploded, filtered rows of `[from, to)` with `bucket` and `_d<i>`
+/// The deduplicated, exploded, filtered rows of the buckets in `ranges` with `bucket` and `_d<i>`
 /// (dimension text) columns.
 pub fn base(
     spec: &ViewSpec,
     files: &[String],
     scale_of: &dyn Fn(&str) -> Option<u8>,
-    from: i64,
-    to: i64,
+    ranges: &[Interval],
 ) -> PolarsResult<LazyFrame> {
     let paths = files.iter().map(|f| PlRefPath::from(f.as_str())).collect();
     // Partition columns are not needed (the event time is a column); Delta partition paths
@@ -108,9 +108,15 @@ pub fn base(
         .filter(t.clone().gt_eq(polars::prelude::lit(0i64)))
         .with_column((t.clone() - t % polars::prelude::lit(spec.bucket_ms)).alias("bucket"))
         .filter(
-            col("bucket")
-                .gt_eq(polars::prelude::lit(from))
-                .and(col("bucket").lt(polars::prelude::lit(to))),
+            ranges
+                .iter()
+                .map(|r| {
+                    col("bucket")
+                        .gt_eq(polars::prelude::lit(r.from))
+                        .and(col("bucket").lt(polars::prelude::lit(r.to)))
+                })
+                .reduce(Expr::or)
+                .unwrap_or_else(|| polars::prelude::lit(false)),
         );
     let dims: Vec<Expr> = spec
         .dimensions

@@ -27,6 +27,7 @@ pub mod filter;
 pub mod measure;
 pub mod model;
 pub mod sketch;
+pub mod time;
 pub mod types;
 mod validate;
 pub mod view;

@@ -141,7 +141,7 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
     {
         let state = duet_serving::AppState {
             cfg: cfg.clone(),
-            lake: lake.clone(),
+            lake: Arc::new(duet_serving::query::LakeReaders::new(&lake, &cfg)),
             store: store.clone(),
             counters,
             parts: parts.clone(),

@@ -317,7 +317,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
     let addr = listener.local_addr()?;
     let state = duet_serving::AppState {
         cfg: cfg.clone(),
-        lake: lake.clone(),
+        lake: Arc::new(duet_serving::query::LakeReaders::new(&lake, &cfg)),
         store: store.clone(),
         counters: counters.clone(),
         parts: Arc::default(),

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use duet_config::Config;
+use duet_lake::late::late_marks;
 use duet_lake::watermark::Watermarks;
-use duet_lake::{Lake, RawRecord, RawWriter};
+use duet_lake::{Lake, LedgerReader, RawRecord, RawWriter, SealLedger};
 use duet_speed::kafka::{AssignedConsumer, topic_partitions};
 use tokio::sync::watch;
 
@@ -66,6 +67,7 @@ pub async fn run(
     )
     .await?;
     tracing::info!(%group, ?topics, "Lake sink consuming.");
+    let mut ledger = LedgerReader::new(lake);
     let wait = Duration::from_millis(cfg.lake_flush_ms as u64);
     loop {
         let msgs = tokio::select! {
@@ -110,6 +112,25 @@ pub async fn run(
                 clock.set_caught_up(p, consumer.caught_up(&s.topic, p, at).await);
             }
             let records = per_source.remove(s.name.as_str()).unwrap_or_default();
+            // events for sealed (or sealable) buckets are marked late before they are written
+            let fresh = w.unwritten(&records).await?;
+            if !fresh.is_empty() {
+                let views: Vec<_> = cfg.views.iter().filter(|v| v.source == s.name).collect();
+                let marks = late_marks(
+                    &views,
+                    cfg.lateness_ms,
+                    w.watermark(),
+                    &*ledger.snapshot().await?,
+                    &fresh,
+                    |p| w.app(p),
+                    now,
+                );
+                if !marks.is_empty() {
+                    let events: i64 = marks.iter().map(|m| m.events).sum();
+                    tracing::info!(source = %s.name, buckets = marks.len(), events, "Late events for sealed buckets; marked for recompute.");
+                    SealLedger::new(lake).mark_late(&marks).await?;
+                }
+            }
             let v = w
                 .append(&records, clock.watermark(now))
                 .await

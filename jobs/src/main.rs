@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use duet_config::Config;
+use duet_config::time::iso;
 use duet_lake::Lake;
 
 use duet_jobs::REFERENCE_CONFIG as REFERENCE;
@@ -117,6 +118,10 @@ enum JobsCommand {
         /// End of the range, exclusive (RFC 3339 or epoch ms).
         #[arg(long)]
         to: Option<String>,
+        /// Seal buckets that may still receive events (ended less than [batch] lateness
+        /// before the clock or the lake's watermark).
+        #[arg(long)]
+        force: bool,
         /// The config file.
         #[arg(long, short, default_value = "duet.toml")]
         config: PathBuf,
@@ -236,26 +241,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let cfg = Config::load_with_env(&config, std::env::vars())?;
             let lake = Lake::open(&cfg.lake.url)?;
-            let seals = duet_lake::SealLedger::new(&lake).seals(None).await?;
-            let iso = |ms: i64| {
-                chrono::DateTime::from_timestamp_millis(ms)
-                    .unwrap_or_default()
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            };
-            println!("view\tsealed_until\tseals\tversion\tlast_sealed_at");
+            let ledger = duet_lake::SealLedger::new(&lake).snapshot().await?;
+            println!("view\tsealed_until\tgaps\tdirty\tlate_pending\tversion\tlast_sealed_at");
             for v in &cfg.views {
-                let mine: Vec<_> = seals.iter().filter(|s| s.view == v.name).cloned().collect();
-                match (duet_lake::ledger::sealed_until(&mine), mine.last()) {
-                    (Some(until), Some(last)) => println!(
-                        "{}\t{}\t{}\t{}\t{}",
-                        v.name,
-                        iso(until),
-                        mine.len(),
-                        last.version,
-                        iso(last.sealed_at)
-                    ),
-                    _ => println!("{}\t-\t0\t-\t-", v.name),
-                }
+                let seals = ledger.view(&v.name);
+                let Some(until) = seals.sealed_until() else {
+                    println!("{}\t-\t0\t0\t0\t-\t-", v.name);
+                    continue;
+                };
+                let dirty = seals.dirty();
+                let (version, at) = seals
+                    .last
+                    .as_ref()
+                    .map_or(("-".to_string(), "-".to_string()), |s| {
+                        (s.version.to_string(), iso(s.sealed_at))
+                    });
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    v.name,
+                    iso(until),
+                    seals.sealed.len() - 1,
+                    dirty.len(),
+                    dirty.values().sum::<i64>(),
+                    version,
+                    at
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -265,6 +275,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     view,
                     from,
                     to,
+                    force,
                     config,
                 },
         } => {
@@ -281,29 +292,75 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })?;
             let lake = Lake::open(&cfg.lake.url)?;
             let now = duet_speed::now_ms();
-            let range = match (from, to) {
-                (Some(f), Some(t)) => Some((parse_time(&f)?, parse_time(&t)?)),
-                (None, None) => duet_batch::due_range(&lake, &cfg, spec, now).await?,
+            let ranges = match (from, to) {
+                (Some(f), Some(t)) => {
+                    let (f, t) = (parse_time(&f)?, parse_time(&t)?);
+                    if f >= t {
+                        anyhow::bail!("--from ({}) must be before --to ({})", iso(f), iso(t));
+                    }
+                    let to = spec.bucket_of(t - 1) + spec.bucket_ms;
+                    let watermark = duet_lake::raw::raw_snapshot(&lake, &spec.source, None)
+                        .await?
+                        .watermark;
+                    let limit = duet_batch::sealable_until(&cfg, spec, now, watermark);
+                    if !force && limit.is_none_or(|l| to > l) {
+                        let why = match watermark {
+                            None => "the lake has no events of this source yet".to_string(),
+                            Some(w) if w < now => {
+                                format!("the lake's watermark for `{}` is {}", spec.source, iso(w))
+                            }
+                            Some(_) => format!("it is {}", iso(now)),
+                        };
+                        anyhow::bail!(
+                            "refusing to seal buckets up to {}: the last bucket that may be sealed now ends at {} \
+                             ({why}, and [batch] lateness is {}); events for later buckets may still be arriving, \
+                             and a sealed bucket is served from the batch layer. Pass --force to seal them anyway \
+                             (late events will then mark them for recompute).",
+                            iso(to),
+                            limit.map_or("-".to_string(), iso),
+                            duet_config::duration::format_millis(cfg.lateness_ms)
+                        );
+                    }
+                    vec![duet_lake::Interval::new(f, t)]
+                }
+                (None, None) => duet_batch::due(&lake, &cfg, spec, now)
+                    .await?
+                    .passes(duet_batch::pass_span(spec))
+                    .into_iter()
+                    .flatten()
+                    .collect(),
                 _ => anyhow::bail!("give both --from and --to, or neither"),
             };
-            let Some((from, to)) = range else {
+            if ranges.is_empty() {
                 println!("{view}: nothing due");
                 return Ok(ExitCode::SUCCESS);
-            };
-            let r = duet_batch::recompute(&lake, &cfg, spec, from, to, now).await?;
-            println!(
-                "{}: sealed [{}, {}) with {} rows as version {} of views/{}",
-                r.view,
-                chrono::DateTime::from_timestamp_millis(r.from)
-                    .unwrap_or_default()
-                    .to_rfc3339(),
-                chrono::DateTime::from_timestamp_millis(r.to)
-                    .unwrap_or_default()
-                    .to_rfc3339(),
-                r.rows,
-                r.version,
-                r.view
-            );
+            }
+            let passes = duet_batch::Due {
+                gaps: ranges,
+                dirty: Vec::new(),
+            }
+            .passes(duet_batch::pass_span(spec));
+            for pass in passes {
+                let r = duet_batch::recompute_ranges(&lake, &cfg, spec, &pass, now).await?;
+                let sealed: Vec<String> = r
+                    .ranges
+                    .iter()
+                    .map(|i| format!("[{}, {})", iso(i.from), iso(i.to)))
+                    .collect();
+                println!(
+                    "{}: sealed {} with {} rows as version {} of views/{}{}",
+                    r.view,
+                    sealed.join(", "),
+                    r.rows,
+                    r.version,
+                    r.view,
+                    if r.resolved > 0 {
+                        format!(" ({} late marks resolved)", r.resolved)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

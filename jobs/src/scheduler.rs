@@ -1,5 +1,7 @@
-//! The in-process scheduler: each `[[jobs]]` entry's cron expression (UTC) triggers a seal of
-//! its views' due buckets (see [`duet_batch::due_range`]).
+//! The in-process scheduler: each `[[jobs]]` entry's cron expression (UTC) triggers a run of
+//! its views: the dirty buckets (late events pending) and every unsealed gap up to what may be
+//! sealed now are recomputed and sealed (see [`duet_batch::due`]); then closed raw hours and
+//! the ledger are compacted. Only the scheduler compacts.
 
 use std::str::FromStr;
 
@@ -10,7 +12,8 @@ use duet_config::Config;
 use duet_lake::Lake;
 use tokio::sync::watch;
 
-/// Seals what is due for every view of `views`, logging (not failing on) per-view errors.
+/// Recomputes and seals what is due for every view of `views`, logging (not failing on)
+/// per-view errors: a view that fails is tried again at the next run.
 pub async fn seal_due(
     cfg: &Config,
     lake: &Lake,
@@ -20,19 +23,21 @@ pub async fn seal_due(
     let mut out = Vec::new();
     for name in views {
         let Some(view) = cfg.view(name) else { continue };
-        let result = async {
-            match duet_batch::due_range(lake, cfg, view, now_ms).await? {
-                Some((from, to)) => duet_batch::recompute(lake, cfg, view, from, to, now_ms)
-                    .await
-                    .map(Some),
-                None => Ok(None),
+        let due = match duet_batch::due(lake, cfg, view, now_ms).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(view = %name, error = %e, "Scheduled seal failed.");
+                continue;
             }
-        }
-        .await;
-        match result {
-            Ok(Some(r)) => out.push(r),
-            Ok(None) => {}
-            Err(e) => tracing::error!(view = %name, error = %e, "Scheduled seal failed."),
+        };
+        for pass in due.passes(duet_batch::pass_span(view)) {
+            match duet_batch::recompute_ranges(lake, cfg, view, &pass, now_ms).await {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    tracing::error!(view = %name, error = %e, "Scheduled seal failed.");
+                    break;
+                }
+            }
         }
     }
     out
@@ -91,15 +96,26 @@ pub async fn run(cfg: &Config, lake: &Lake, mut shutdown: watch::Receiver<bool>)
             _ = shutdown.wait_for(|s| *s) => break,
             () = tokio::time::sleep(wait) => {}
         }
-        for (i, (s, views, name)) in jobs.iter().enumerate() {
-            if i == idx || s.after(&now).next() == Some(at) {
-                let done = seal_due(cfg, lake, views, at.timestamp_millis()).await;
-                tracing::info!(job = %name, sealed = done.len(), "Job ran.");
-                let compacted = compact_closed_hours(cfg, lake, at.timestamp_millis()).await;
-                if compacted > 0 {
-                    tracing::info!(partitions = compacted, "Compacted raw partitions.");
+        // a run stopped half-way is safe: a view commit without its ledger entry leaves the
+        // range open, and the next run seals it again
+        let run = async {
+            for (i, (s, views, name)) in jobs.iter().enumerate() {
+                if i == idx || s.after(&now).next() == Some(at) {
+                    let done = seal_due(cfg, lake, views, at.timestamp_millis()).await;
+                    tracing::info!(job = %name, sealed = done.len(), "Job ran.");
+                    let compacted = compact_closed_hours(cfg, lake, at.timestamp_millis()).await;
+                    if compacted > 0 {
+                        tracing::info!(partitions = compacted, "Compacted raw partitions.");
+                    }
+                    if let Err(e) = duet_lake::SealLedger::new(lake).compact().await {
+                        tracing::warn!(error = %e, "Ledger compaction failed; will retry.");
+                    }
                 }
             }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            () = run => {}
         }
     }
     Ok(())

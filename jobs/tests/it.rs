@@ -80,25 +80,35 @@ fn jobs_list_and_errors() {
     .unwrap();
     let (code, out) = duet(&["jobs", "status", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("gmv_per_minute\t-\t0\t-\t-"), "{out}");
-    // seal an empty range by hand, then status shows it
-    let (code, out) = duet(&[
-        "jobs",
-        "run",
-        "gmv_per_minute",
-        "--from",
-        "2026-11-25T10:00:00Z",
-        "--to",
-        "2026-11-25T10:05:00Z",
-        "-c",
-        cfg.to_str().unwrap(),
-    ]);
+    assert!(out.contains("gmv_per_minute\t-\t0\t0\t0\t-\t-"), "{out}");
+    // a manual run ahead of what may be sealed is refused, and says why
+    let run = |from: &str, to: &str, force: bool| {
+        let mut args = vec!["jobs", "run", "gmv_per_minute", "--from", from, "--to", to];
+        if force {
+            args.push("--force");
+        }
+        args.extend(["-c", cfg.to_str().unwrap()]);
+        duet(&args)
+    };
+    let (code, out) = run("2026-11-25T10:10:00Z", "2026-11-25T10:15:00Z", false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("refusing to seal buckets up to 2026-11-25T10:15:00.000Z")
+            && out.contains("the lake has no events of this source yet")
+            && out.contains("--force"),
+        "{out}"
+    );
+    // forced: sealed, and a second range after a gap
+    let (code, out) = run("2026-11-25T10:10:00Z", "2026-11-25T10:15:00Z", true);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("gmv_per_minute: sealed [2026-11-25T10:00:00+00:00, 2026-11-25T10:05:00+00:00) with 0 rows as version 1"), "{out}");
+    assert!(out.contains("gmv_per_minute: sealed [2026-11-25T10:10:00.000Z, 2026-11-25T10:15:00.000Z) with 0 rows as version 1"), "{out}");
+    let (code, out) = run("2026-11-25T10:00:00Z", "2026-11-25T10:05:00Z", true);
+    assert_eq!(code, 0, "{out}");
     let (code, out) = duet(&["jobs", "status", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
+    // sealed until the end of the first contiguous range, with one gap
     assert!(
-        out.contains("gmv_per_minute\t2026-11-25T10:05:00Z\t1\t1\t"),
+        out.contains("gmv_per_minute\t2026-11-25T10:05:00.000Z\t1\t0\t0\t2\t"),
         "{out}"
     );
     let (code, out) = duet(&["jobs", "run", "nope", "-c", REFERENCE]);

@@ -7,18 +7,22 @@
 mod arrow_util;
 mod commit;
 pub mod error;
+pub mod late;
 pub mod ledger;
 pub mod raw;
 pub mod views;
+mod watch;
 pub mod watermark;
 
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use url::Url;
 
 pub use error::{Error, Result};
-pub use ledger::{Seal, SealLedger};
+pub use ledger::{
+    AppOffset, Interval, LateMark, LedgerReader, LedgerSnapshot, Seal, SealLedger, ViewSeals,
+};
 pub use raw::{RawRecord, RawWriter};
-pub use views::{ViewRow, ViewTable};
+pub use views::{ViewReader, ViewRow, ViewTable};
 
 /// A lake: a root URL under which Duet keeps its tables.
 #[derive(Debug, Clone)]

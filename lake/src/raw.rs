@@ -18,6 +18,7 @@ use url::Url;
 use crate::arrow_util::{self, ActiveFile, active_files, arrow_type, timestamp_type};
 use crate::commit::{self, TableLayout, TxnExpectation, txn_version, write_files, writer_schema};
 use crate::error::{Error, Result};
+use crate::ledger::Interval;
 use crate::{Lake, load_or_create, local_path, try_load};
 
 /// Raw tables: a commit per flush of the lake sink (seconds apart), a checkpoint every 100.
@@ -67,7 +68,7 @@ fn partition_values(time_ms: i64) -> (String, String) {
 
 /// The `txn` app id recording the last offset of one Kafka partition written by one consumer
 /// group: offsets only mean something for one group on one cluster.
-fn txn_app(group: &str, source: &str, partition: i32) -> String {
+pub fn txn_app(group: &str, source: &str, partition: i32) -> String {
     format!("{group}/{source}/{partition}")
 }
 
@@ -120,6 +121,29 @@ impl RawWriter {
         Ok(v)
     }
 
+    /// The records not written yet: those above their partition's committed offset, each
+    /// offset once.
+    pub async fn unwritten<'a>(&mut self, records: &'a [RawRecord]) -> Result<Vec<&'a RawRecord>> {
+        let mut out = Vec::new();
+        let mut last: HashMap<i32, i64> = HashMap::new();
+        for r in records {
+            let done = self.committed_offset(r.partition).await?;
+            if done.is_some_and(|d| r.offset <= d)
+                || last.get(&r.partition).is_some_and(|l| r.offset <= *l)
+            {
+                continue;
+            }
+            last.insert(r.partition, r.offset);
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// The `txn` app id recording this writer's offsets of a Kafka partition.
+    pub fn app(&self, partition: i32) -> String {
+        txn_app(&self.group, &self.source.name, partition)
+    }
+
     /// Appends records in one Delta commit; records at or below a partition's committed
     /// offset are skipped (re-delivery). `watermark` is the source's event-time watermark after
     /// these records (see [`crate::watermark`]); it is recorded in the same commit when it is
@@ -132,13 +156,7 @@ impl RawWriter {
     ) -> Result<Option<i64>> {
         let mut rows = Vec::with_capacity(records.len());
         let mut last: HashMap<i32, i64> = HashMap::new();
-        for r in records {
-            let done = self.committed_offset(r.partition).await?;
-            if done.is_some_and(|d| r.offset <= d)
-                || last.get(&r.partition).is_some_and(|l| r.offset <= *l)
-            {
-                continue;
-            }
+        for r in self.unwritten(records).await? {
             last.insert(r.partition, r.offset);
             rows.push(self.row(r));
         }
@@ -203,6 +221,7 @@ impl RawWriter {
 /// What the batch layer reads of a raw table.
 #[derive(Debug, Clone, Default)]
 pub struct RawSnapshot {
+    table: Option<DeltaTable>,
     /// Table version read (`None`: no table yet).
     pub version: Option<i64>,
     /// Local paths of the Parquet files to scan.
@@ -214,16 +233,25 @@ pub struct RawSnapshot {
     pub first_date_ms: Option<i64>,
 }
 
+impl RawSnapshot {
+    /// The last Kafka offset the snapshot holds for a lake sink's `txn` app id (see
+    /// [`txn_app`]); `None` if it holds none.
+    pub async fn committed(&self, app: &str) -> Result<Option<i64>> {
+        match &self.table {
+            Some(t) => txn_version(t, app).await,
+            None => Ok(None),
+        }
+    }
+}
+
 /// Which rows the batch layer will read: those whose int field `field` (a dotted path) lies
-/// in `[from, to)`.
+/// in one of `ranges`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeRange<'a> {
     /// The view's time field.
     pub field: &'a str,
-    /// First time (inclusive), epoch ms.
-    pub from: i64,
-    /// End (exclusive), epoch ms.
-    pub to: i64,
+    /// The ranges of time.
+    pub ranges: &'a [Interval],
 }
 
 /// Whether a file whose statistics are `stats` can hold a row with `range.field` in the range:
@@ -240,7 +268,7 @@ fn may_hold(stats: Option<&str>, range: &TimeRange<'_>) -> bool {
             .and_then(J::as_i64)
     };
     match (at("minValues"), at("maxValues")) {
-        (Some(min), Some(max)) => min < range.to && max >= range.from,
+        (Some(min), Some(max)) => range.ranges.iter().any(|r| min < r.to && max >= r.from),
         _ => {
             // no min/max: either not collected (keep) or every value is null (no bucket)
             let rows = stats["numRecords"].as_i64();
@@ -289,6 +317,7 @@ pub async fn raw_snapshot(
         version: table.version().map(|v| v as i64),
         files,
         watermark: txn_version(&table, &watermark_app(source)).await?,
+        table: Some(table),
         first_date_ms: first.and_then(|d| {
             chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d")
                 .ok()?
@@ -456,22 +485,22 @@ mod tests {
         assert_eq!(w.watermark(), Some(1_700_000_000_009));
         assert_eq!(raw_count(&lake, "clicks").await.unwrap(), 8);
         // the files' statistics prune by any int field
-        let range = |from, to| TimeRange {
-            field: "ts",
-            from,
-            to,
-        };
-        let files = async |r| {
+        let files = async |from, to| {
+            let ranges = [Interval::new(from, to)];
+            let r = TimeRange {
+                field: "ts",
+                ranges: &ranges,
+            };
             raw_snapshot(&lake, "clicks", Some(r))
                 .await
                 .unwrap()
                 .files
                 .len()
         };
-        assert_eq!(files(range(1_700_000_000_000, 1_700_000_000_001)).await, 1);
-        assert_eq!(files(range(1_700_000_000_004, 1_700_000_000_006)).await, 2);
-        assert_eq!(files(range(1_700_000_000_008, i64::MAX)).await, 0);
-        assert_eq!(files(range(0, 1_700_000_000_000)).await, 0);
+        assert_eq!(files(1_700_000_000_000, 1_700_000_000_001).await, 1);
+        assert_eq!(files(1_700_000_000_004, 1_700_000_000_006).await, 2);
+        assert_eq!(files(1_700_000_000_008, i64::MAX).await, 0);
+        assert_eq!(files(0, 1_700_000_000_000).await, 0);
         assert_eq!(snap.first_date_ms, Some(1_699_920_000_000));
 
         // three commits in one hour partition: compaction leaves one file, the same rows and

@@ -6,7 +6,8 @@
 //! one readable column per measure (for any Delta reader), and `_state`: the exact partial
 //! states (JSON), which serving renders with the same algebra as the speed layer's states.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{Array, AsArray};
@@ -18,6 +19,8 @@ use url::Url;
 use crate::arrow_util::{ActiveFile, active_files, json_rows_to_batch, read_files, timestamp_type};
 use crate::commit::{self, TableLayout, writer_schema};
 use crate::error::{Error, Result};
+use crate::ledger::Interval;
+use crate::watch::TableWatch;
 use crate::{Lake, load_or_create, try_load};
 
 /// View tables: a commit per recompute (up to one a minute per view), a checkpoint every 20;
@@ -94,6 +97,88 @@ fn files_on_dates(
         .collect())
 }
 
+/// Cached rows of one `bucket_date` partition: valid while the partition has these files.
+#[derive(Debug)]
+struct CachedDate {
+    files: Vec<object_store::path::Path>,
+    rows: Arc<Vec<ViewRow>>,
+    used: u64,
+}
+
+/// Most `bucket_date` partitions a [`ViewReader`] keeps in memory.
+pub const CACHED_DATES: usize = 64;
+
+/// A reader of a view table for serving: it follows the table's versions (one metadata request
+/// per read while nothing moved), keeps the rows of the last [`CACHED_DATES`] partitions read,
+/// and re-reads a partition only when its files changed. One read sees one version.
+#[derive(Debug)]
+pub struct ViewReader {
+    table: ViewTable,
+    watch: TableWatch,
+    dates: HashMap<String, CachedDate>,
+}
+
+impl ViewReader {
+    /// The rows with a bucket in `[from, to)` at the table's latest version, and that version
+    /// (`None` when the view has never been computed).
+    pub async fn read_range(&mut self, from: i64, to: i64) -> Result<(Option<i64>, Vec<ViewRow>)> {
+        self.watch.refresh().await?;
+        let Some(table) = self.watch.table() else {
+            return Ok((None, Vec::new()));
+        };
+        let dates = dates_in(from, to);
+        let mut by_date: BTreeMap<String, Vec<object_store::path::Path>> =
+            dates.iter().map(|d| (d.clone(), Vec::new())).collect();
+        for f in files_on_dates(table, &dates)? {
+            if let Some(files) = f.partition("bucket_date").and_then(|d| by_date.get_mut(d)) {
+                files.push(f.path);
+            }
+        }
+        let tick = self.dates.values().map(|c| c.used).max().unwrap_or(0) + 1;
+        let mut rows = Vec::new();
+        for (date, mut files) in by_date {
+            files.sort();
+            let cached = match self.dates.get_mut(&date) {
+                Some(c) if c.files == files => {
+                    c.used = tick;
+                    c.rows.clone()
+                }
+                _ => {
+                    let fresh = Arc::new(self.table.decode(read_files(table, &files).await?)?);
+                    self.dates.insert(
+                        date,
+                        CachedDate {
+                            files,
+                            rows: fresh.clone(),
+                            used: tick,
+                        },
+                    );
+                    fresh
+                }
+            };
+            rows.extend(
+                cached
+                    .iter()
+                    .filter(|r| r.bucket >= from && r.bucket < to)
+                    .cloned(),
+            );
+        }
+        while self.dates.len() > CACHED_DATES {
+            let Some(oldest) = self
+                .dates
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(d, _)| d.clone())
+            else {
+                break;
+            };
+            self.dates.remove(&oldest);
+        }
+        rows.sort_by(|a, b| (a.bucket, &a.dims).cmp(&(b.bucket, &b.dims)));
+        Ok((table.version().map(|v| v as i64), rows))
+    }
+}
+
 /// The batch table of one view.
 #[derive(Debug, Clone)]
 pub struct ViewTable {
@@ -138,11 +223,11 @@ impl ViewTable {
         Ok(J::Object(m))
     }
 
-    /// Replaces the buckets in `[from, to)` with `rows` (all of which must lie in the range)
-    /// in one Delta commit. Returns the new table version. When another recompute committed
-    /// to the same dates first, the rows outside the range are read again from the new
-    /// version and the commit is retried.
-    pub async fn replace_range(&self, from: i64, to: i64, rows: &[ViewRow]) -> Result<i64> {
+    /// Replaces the buckets in `ranges` with `rows` (all of which must lie in them) in one
+    /// Delta commit. Returns the new table version. When another recompute committed to the
+    /// same dates first, the rows outside the ranges are read again from the new version and
+    /// the commit is retried.
+    pub async fn replace_ranges(&self, ranges: &[Interval], rows: &[ViewRow]) -> Result<i64> {
         let mut table = load_or_create(
             &self.url,
             &view_schema(&self.spec),
@@ -152,7 +237,7 @@ impl ViewTable {
         .await?;
         let mut attempt = 0;
         loop {
-            match self.try_replace(&mut table, from, to, rows).await {
+            match self.try_replace(&mut table, ranges, rows).await {
                 Err(Error::Conflict { .. }) if attempt < 5 => {
                     attempt += 1;
                     table
@@ -168,17 +253,17 @@ impl ViewTable {
     async fn try_replace(
         &self,
         table: &mut deltalake::DeltaTable,
-        from: i64,
-        to: i64,
+        ranges: &[Interval],
         rows: &[ViewRow],
     ) -> Result<i64> {
         let name = self.url.to_string();
-        let touched = files_on_dates(table, &dates_in(from, to))?;
+        let dates: BTreeSet<String> = ranges.iter().flat_map(|r| dates_in(r.from, r.to)).collect();
+        let touched = files_on_dates(table, &dates)?;
         let paths: Vec<_> = touched.iter().map(|f| f.path.clone()).collect();
         let kept: Vec<ViewRow> = self
             .decode(read_files(table, &paths).await?)?
             .into_iter()
-            .filter(|r| r.bucket < from || r.bucket >= to)
+            .filter(|r| !ranges.iter().any(|i| r.bucket >= i.from && r.bucket < i.to))
             .collect();
         let json = kept
             .iter()
@@ -190,7 +275,11 @@ impl ViewTable {
         } else {
             vec![json_rows_to_batch(&name, writer_schema(table)?, &json)?]
         };
-        let predicate = format!("bucket >= {from}ms AND bucket < {to}ms");
+        let predicate = ranges
+            .iter()
+            .map(|r| format!("(bucket >= {}ms AND bucket < {}ms)", r.from, r.to))
+            .collect::<Vec<_>>()
+            .join(" OR ");
         commit::replace(table, touched, batches, Some(predicate)).await
     }
 
@@ -212,6 +301,16 @@ impl ViewTable {
             .collect();
         rows.sort_by(|a, b| (a.bucket, &a.dims).cmp(&(b.bucket, &b.dims)));
         Ok((table.version().map(|v| v as i64), rows))
+    }
+
+    /// A reader of this table that caches each `bucket_date` partition's rows by the files
+    /// holding them (see [`ViewReader`]).
+    pub fn reader(&self) -> ViewReader {
+        ViewReader {
+            table: self.clone(),
+            watch: TableWatch::new(self.url.clone()),
+            dates: HashMap::new(),
+        }
     }
 
     fn decode(

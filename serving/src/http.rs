@@ -9,23 +9,23 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::Uri;
 use axum::routing::get;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::DateTime;
+use duet_config::time::iso;
 use duet_config::{Config, duration::format_millis};
-use duet_lake::Lake;
 use duet_speed::{SpeedCounters, ViewStore};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::health::{PartState, Parts};
-use crate::query::{Provenance, merged};
+use crate::query::{LakeReaders, Provenance, merged};
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     /// The deployment.
     pub cfg: Arc<Config>,
-    /// The lake (batch tables, seal ledger).
-    pub lake: Lake,
+    /// The lake (batch tables, seal ledger), read through version-following readers.
+    pub lake: Arc<LakeReaders>,
     /// The speed store (read side).
     pub store: Arc<dyn ViewStore>,
     /// The speed layer's running totals, read for `/metrics`.
@@ -51,12 +51,6 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|uri: Uri| async move { Error::NotFound(uri.to_string()) })
         .with_state(state)
-}
-
-fn iso(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Latest time accepted in a query: 9999-12-31T23:59:59.999Z.
@@ -273,6 +267,9 @@ async fn query_view(
             if r.source == Provenance::Batch {
                 o["batch_version"] = json!(m.batch_version);
             }
+            if let Some(n) = r.late_pending {
+                o["late_pending"] = json!(n);
+            }
             o
         })
         .collect();
@@ -284,7 +281,8 @@ async fn query_view(
         "rows": rows,
         "provenance": {
             "batch_version": m.batch_version,
-            "sealed": m.sealed.iter().map(|(f, t)| json!({"from": iso(*f), "to": iso(*t)})).collect::<Vec<_>>(),
+            "sealed": m.sealed.iter().map(|i| json!({"from": iso(i.from), "to": iso(i.to)})).collect::<Vec<_>>(),
+            "late_pending": m.late_pending.iter().map(|(b, n)| json!({"bucket": iso(*b), "events": n})).collect::<Vec<_>>(),
             "speed_watermark": m.speed_watermark.map(iso),
             "freshness_ms": m.speed_watermark.map(|w| (now - w).max(0)),
         },
@@ -328,6 +326,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use duet_config::{Num, State};
+    use duet_lake::Lake;
     use duet_speed::{EmbeddedStore, SpeedBatch};
     use tower::ServiceExt;
 
@@ -359,8 +358,8 @@ mod tests {
         store.commit(b).await.unwrap();
         let lake = Lake::open(dir.join("lake").to_str().unwrap()).unwrap();
         router(AppState {
+            lake: Arc::new(LakeReaders::new(&lake, &cfg)),
             cfg: Arc::new(cfg),
-            lake,
             store: Arc::new(store),
             counters: Arc::default(),
             parts: Arc::default(),

@@ -1,9 +1,19 @@
 //! The merged read: per bucket, sealed buckets from the batch table, open ones from the
-//! speed store, never both.
+//! speed store, never both. Sealed buckets that late events made dirty are flagged with the
+//! number of late events pending until the scheduler recomputes them.
+//!
+//! The ledger and the view tables are read through readers that follow the tables' versions
+//! and re-read only what changed (see [`duet_lake::LedgerReader`], [`duet_lake::ViewReader`]),
+//! so a query costs the same on a fresh lake as after a day of seals. The ledger is read
+//! before the view table: every seal it lists was committed to the view table before, so the
+//! view rows read are at least as new as the seals.
 
-use duet_config::{Row, ViewSpec};
-use duet_lake::{Lake, SealLedger, ViewTable};
+use std::collections::{BTreeMap, HashMap};
+
+use duet_config::{Config, Row, ViewSpec};
+use duet_lake::{Interval, Lake, LedgerReader, ViewReader, ViewTable};
 use duet_speed::ViewStore;
+use tokio::sync::Mutex;
 
 use crate::error::Result;
 
@@ -24,6 +34,8 @@ pub struct MergedRow {
     pub row: Row,
     /// Where it came from.
     pub source: Provenance,
+    /// Late events received for this sealed bucket and not yet recomputed into it.
+    pub late_pending: Option<i64>,
 }
 
 /// The merged answer for a range.
@@ -33,57 +45,64 @@ pub struct Merged {
     pub rows: Vec<MergedRow>,
     /// Version of `views/<view>` read (if any bucket was sealed).
     pub batch_version: Option<i64>,
-    /// Sealed intervals intersecting the range, coalesced.
-    pub sealed: Vec<(i64, i64)>,
+    /// Sealed intervals intersecting the range, clipped and coalesced.
+    pub sealed: Vec<Interval>,
+    /// Sealed buckets of the range with late events pending: bucket start → events.
+    pub late_pending: BTreeMap<i64, i64>,
     /// Highest event time the speed layer applied for the view's source.
     pub speed_watermark: Option<i64>,
 }
 
-/// Coalesces seal intervals into sorted, disjoint ones.
-fn coalesce(mut v: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
-    v.sort_unstable();
-    let mut out: Vec<(i64, i64)> = Vec::new();
-    for (f, t) in v {
-        match out.last_mut() {
-            Some(last) if f <= last.1 => last.1 = last.1.max(t),
-            _ => out.push((f, t)),
-        }
-    }
-    out
+/// The lake as serving reads it: the ledger and every view's table, each followed by version.
+#[derive(Debug)]
+pub struct LakeReaders {
+    ledger: Mutex<LedgerReader>,
+    views: HashMap<String, Mutex<ViewReader>>,
 }
 
-fn covered(sealed: &[(i64, i64)], from: i64, to: i64) -> bool {
-    let i = sealed.partition_point(|(_, t)| *t < to);
-    sealed.get(i).is_some_and(|(f, t)| *f <= from && to <= *t)
+impl LakeReaders {
+    /// Readers for the ledger and the tables of every view of `cfg`.
+    pub fn new(lake: &Lake, cfg: &Config) -> LakeReaders {
+        LakeReaders {
+            ledger: Mutex::new(LedgerReader::new(lake)),
+            views: cfg
+                .views
+                .iter()
+                .map(|v| (v.name.clone(), Mutex::new(ViewTable::new(lake, v).reader())))
+                .collect(),
+        }
+    }
 }
 
 /// Reads `[from, to)` of `view` from both layers and merges them per bucket.
 pub async fn merged(
-    lake: &Lake,
+    lake: &LakeReaders,
     store: &dyn ViewStore,
     view: &ViewSpec,
     from: i64,
     to: i64,
 ) -> Result<Merged> {
-    let seals = SealLedger::new(lake).seals(Some(&view.name)).await?;
-    let sealed = coalesce(
-        seals
-            .iter()
-            .filter(|s| s.from < to && from < s.to)
-            .map(|s| (s.from, s.to))
-            .collect(),
-    );
+    let seals = lake.ledger.lock().await.snapshot().await?.view(&view.name);
+    let sealed = seals.sealed_within(from, to);
+    let late_pending: BTreeMap<i64, i64> = seals
+        .dirty()
+        .into_iter()
+        .filter(|(b, _)| *b >= from && *b < to)
+        .collect();
     let w = view.bucket_ms;
     let mut rows = Vec::new();
     let mut batch_version = None;
-    if !sealed.is_empty() {
-        let (version, batch_rows) = ViewTable::new(lake, view).read_range(from, to).await?;
+    if !sealed.is_empty()
+        && let Some(reader) = lake.views.get(&view.name)
+    {
+        let (version, batch_rows) = reader.lock().await.read_range(from, to).await?;
         batch_version = version;
         rows.extend(
             batch_rows
                 .into_iter()
-                .filter(|r| covered(&sealed, r.bucket, r.bucket + w))
+                .filter(|r| seals.covers(r.bucket, r.bucket + w))
                 .map(|row| MergedRow {
+                    late_pending: late_pending.get(&row.bucket).copied(),
                     row,
                     source: Provenance::Batch,
                 }),
@@ -94,10 +113,11 @@ pub async fn merged(
             .read(&view.name, from, to)
             .await?
             .into_iter()
-            .filter(|r| !covered(&sealed, r.bucket, r.bucket + w))
+            .filter(|r| !seals.covers(r.bucket, r.bucket + w))
             .map(|row| MergedRow {
                 row,
                 source: Provenance::Speed,
+                late_pending: None,
             }),
     );
     rows.sort_by(|a, b| (a.row.bucket, &a.row.dims).cmp(&(b.row.bucket, &b.row.dims)));
@@ -106,23 +126,7 @@ pub async fn merged(
         rows,
         batch_version,
         sealed,
+        late_pending,
         speed_watermark,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn coverage_is_per_bucket() {
-        let s = coalesce(vec![(120, 180), (0, 60), (60, 120), (300, 360)]);
-        assert_eq!(s, vec![(0, 180), (300, 360)]);
-        assert!(covered(&s, 0, 60));
-        assert!(covered(&s, 120, 180));
-        assert!(!covered(&s, 180, 240));
-        assert!(!covered(&s, 150, 210));
-        assert!(covered(&s, 300, 360));
-        assert!(!covered(&[], 0, 60));
-    }
 }

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::support::{Key, Truth, generated, ground_truth, reference_config};
 
-/// 2026-11-25T10:00:00Z.
+/// 2026-11-30T10:00:00Z.
 const T0: i64 = 1_796_032_800_000;
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -181,7 +181,7 @@ async fn run() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = duet_serving::AppState {
         cfg: cfg.clone(),
-        lake: lake.clone(),
+        lake: Arc::new(duet_serving::query::LakeReaders::new(&lake, &cfg)),
         store: store.clone(),
         counters: counters.clone(),
         parts: Arc::default(),

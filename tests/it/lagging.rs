@@ -53,6 +53,7 @@ async fn run() {
         rx,
     ));
     let views: Vec<String> = cfg.views.iter().map(|v| v.name.clone()).collect();
+    let readers = duet_serving::query::LakeReaders::new(&lake, &cfg);
     let mut produced: BTreeMap<String, u64> = BTreeMap::new();
     let mut sealed_any = false;
     for round in 0..ROUNDS {
@@ -93,7 +94,7 @@ async fn run() {
             duet_jobs::scheduler::seal_due(&cfg, &lake, &views, T0 + 30 * 86_400_000).await;
         sealed_any |= !sealed.is_empty();
         for v in &cfg.views {
-            let m = merged(&lake, &store, v, T0 - 3_600_000, T0 + 3 * 3_600_000)
+            let m = merged(&readers, &store, v, T0 - 3_600_000, T0 + 3 * 3_600_000)
                 .await
                 .unwrap();
             for r in m.rows.iter().filter(|r| r.source == Provenance::Batch) {

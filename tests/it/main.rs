@@ -1,6 +1,7 @@
 //! Duet's end-to-end tests: real parts on 127.0.0.1, asserted on what a user sees.
 
 mod agreement;
+mod dirty;
 mod e2e;
 mod lagging;
 mod late;
