@@ -136,6 +136,88 @@ fn keys(spec: &ViewSpec) -> Vec<Expr> {
         .collect()
 }
 
+/// The split used for exact decimal sums: each value's units are `hi · SPLIT + lo` with
+/// `0 <= lo < SPLIT`, so that the sums of `hi` and of `lo` cannot overflow 128 bits for any
+/// realistic number of rows, and the exact total is assembled with checked arithmetic.
+const SPLIT: i128 = 1_000_000_000_000_000_000;
+
+fn i128_lit(v: i128) -> Expr {
+    polars::prelude::lit(Scalar::new(DataType::Int128, AnyValue::Int128(v)))
+}
+
+/// Aggregates giving an exact, overflow-checked sum of `x` (of type `t`) as columns named
+/// after `name`: ints summed in 128 bits, decimals as two 128-bit sums of their units split
+/// in two (see [`SPLIT`]), floats as they are. [`read_sum`] turns them into a [`Num`].
+fn sum_aggs(x: Expr, t: NumType, name: &str) -> Vec<Expr> {
+    match t {
+        NumType::Int => vec![x.cast(DataType::Int128).sum().alias(name)],
+        NumType::Float => vec![x.sum().alias(name)],
+        NumType::Decimal(_) => {
+            let units = x.to_physical();
+            let hi = units.clone().floor_div(i128_lit(SPLIT));
+            let lo = units - hi.clone() * i128_lit(SPLIT);
+            vec![
+                hi.sum().alias(format!("{name}_hi")),
+                lo.sum().alias(format!("{name}_lo")),
+            ]
+        }
+    }
+}
+
+/// The text columns holding the sum that [`sum_aggs`] computed.
+struct SumCols {
+    t: NumType,
+    main: StringChunked,
+    lo: Option<StringChunked>,
+}
+
+impl SumCols {
+    fn new(df: &DataFrame, t: NumType, name: &str) -> PolarsResult<SumCols> {
+        Ok(match t {
+            NumType::Decimal(_) => SumCols {
+                t,
+                main: text_col(df, &format!("{name}_hi"))?,
+                lo: Some(text_col(df, &format!("{name}_lo"))?),
+            },
+            _ => SumCols {
+                t,
+                main: text_col(df, name)?,
+                lo: None,
+            },
+        })
+    }
+
+    /// The sum at row `r` (zero for a group without values), an overflow when it leaves the
+    /// type's range; `None` when the plan produced text that is not a number.
+    fn get(&self, r: usize) -> Option<Num> {
+        let int =
+            |c: &StringChunked| -> Option<i128> { c.get(r).map_or(Some(0), |v| v.parse().ok()) };
+        Some(match self.t {
+            NumType::Int => {
+                let v = int(&self.main)?;
+                i64::try_from(v).map_or(Num::Overflow, Num::Int)
+            }
+            NumType::Float => match self.main.get(r) {
+                None => Num::Float(0.0),
+                Some(v) => {
+                    let f: f64 = v.parse().ok()?;
+                    if f.is_finite() {
+                        Num::Float(f)
+                    } else {
+                        Num::Overflow
+                    }
+                }
+            },
+            NumType::Decimal(_) => {
+                let (hi, lo) = (int(&self.main)?, int(self.lo.as_ref()?)?);
+                hi.checked_mul(SPLIT)
+                    .and_then(|h| h.checked_add(lo))
+                    .map_or(Num::Overflow, Num::Dec)
+            }
+        })
+    }
+}
+
 /// The main aggregation (every measure but top-k) and one frame per top-k measure.
 pub fn aggregate(spec: &ViewSpec, base: LazyFrame) -> (LazyFrame, Vec<(usize, LazyFrame)>) {
     let mut aggs = vec![len().alias("_rows")];
@@ -145,30 +227,24 @@ pub fn aggregate(spec: &ViewSpec, base: LazyFrame) -> (LazyFrame, Vec<(usize, La
         let name = format!("_m{i}");
         match (&m.kind, x) {
             (MeasureKind::Count, _) => aggs.push(len().alias(name)),
-            (MeasureKind::Sum(_), Some(x)) => aggs.push(x.sum().alias(name)),
+            (MeasureKind::Sum(t), Some(x)) => aggs.extend(sum_aggs(x, *t, &name)),
             (MeasureKind::Min(_), Some(x)) => aggs.push(x.min().alias(name)),
             (MeasureKind::Max(_), Some(x)) => aggs.push(x.max().alias(name)),
-            (MeasureKind::Avg(_), Some(x)) => {
-                aggs.push(x.clone().sum().alias(format!("{name}_s")));
+            (MeasureKind::Avg(t), Some(x)) => {
+                aggs.extend(sum_aggs(x.clone(), *t, &format!("{name}_s")));
                 aggs.push(x.count().alias(format!("{name}_c")));
             }
             (MeasureKind::DistinctCount, Some(x)) => {
                 aggs.push(x.cast(DataType::String).drop_nulls().unique().alias(name));
             }
-            (MeasureKind::TopK { .. }, Some(x)) => {
+            (MeasureKind::TopK { weight, .. }, Some(x)) => {
                 let w = match m.by.as_deref() {
-                    Some(b) => path_expr(b).sum(),
-                    None => len(),
+                    Some(b) => sum_aggs(path_expr(b), *weight, "_w"),
+                    None => vec![len().cast(DataType::Int128).alias("_w")],
                 };
                 let mut by = keys(spec);
                 by.push(x.clone().cast(DataType::String).alias("_k"));
-                topk.push((
-                    i,
-                    base.clone()
-                        .filter(x.is_not_null())
-                        .group_by(by)
-                        .agg([w.alias("_w")]),
-                ));
+                topk.push((i, base.clone().filter(x.is_not_null()).group_by(by).agg(w)));
             }
             _ => {}
         }
@@ -228,16 +304,25 @@ pub fn collect_rows(
             NumType::Decimal(s) => parse_decimal(v, s).map(Num::Dec).ok_or_else(|| bad(m, v)),
         }
     };
+    let count = |c: &StringChunked, m: &str, r: usize| -> Result<i64> {
+        c.get(r).map_or(Ok(0), |v| v.parse().map_err(|_| bad(m, v)))
+    };
+    // per measure: its text column, its exact sum, or its list of distinct values
     let mut cols: Vec<Option<StringChunked>> = Vec::new();
-    let mut extra: Vec<Option<StringChunked>> = Vec::new();
+    let mut sums: Vec<Option<SumCols>> = Vec::new();
     let mut lists: Vec<Option<ListChunked>> = Vec::new();
     for (i, m) in spec.measures.iter().enumerate() {
         let name = format!("_m{i}");
-        let (c, e, l) = match m.kind {
+        let (c, sum, l) = match m.kind {
             MeasureKind::TopK { .. } => (None, None, None),
-            MeasureKind::Avg(_) => (
-                Some(text_col(&df, &format!("{name}_s")).map_err(polars_err)?),
+            MeasureKind::Sum(t) => (
+                None,
+                Some(SumCols::new(&df, t, &name).map_err(polars_err)?),
+                None,
+            ),
+            MeasureKind::Avg(t) => (
                 Some(text_col(&df, &format!("{name}_c")).map_err(polars_err)?),
+                Some(SumCols::new(&df, t, &format!("{name}_s")).map_err(polars_err)?),
                 None,
             ),
             MeasureKind::DistinctCount => (
@@ -255,36 +340,35 @@ pub fn collect_rows(
             _ => (Some(text_col(&df, &name).map_err(polars_err)?), None, None),
         };
         cols.push(c);
-        extra.push(e);
+        sums.push(sum);
         lists.push(l);
     }
     for r in 0..df.height() {
         let mut states = Vec::with_capacity(spec.measures.len());
         for (i, m) in spec.measures.iter().enumerate() {
             let text = cols[i].as_ref().and_then(|c| c.get(r));
+            let sum = || {
+                sums[i]
+                    .as_ref()
+                    .and_then(|s| s.get(r))
+                    .ok_or_else(|| bad(&m.name, "a sum"))
+            };
             let state = match &m.kind {
-                MeasureKind::Count => State::Count(
-                    text.map_or(Ok(Num::Int(0)), |v| num(NumType::Int, &m.name, v))?
-                        .to_i64(),
-                ),
-                MeasureKind::Sum(t) => State::Sum(match text {
-                    Some(v) => num(*t, &m.name, v)?,
-                    None => Num::zero(*t),
+                MeasureKind::Count => State::Count(match &cols[i] {
+                    Some(c) => count(c, &m.name, r)?,
+                    None => 0,
                 }),
+                MeasureKind::Sum(_) => State::Sum(sum()?),
                 MeasureKind::Min(t) => State::Min(text.map(|v| num(*t, &m.name, v)).transpose()?),
                 MeasureKind::Max(t) => State::Max(text.map(|v| num(*t, &m.name, v)).transpose()?),
                 MeasureKind::Avg(t) => {
-                    let count = extra[i]
-                        .as_ref()
-                        .and_then(|c| c.get(r))
-                        .map_or(Ok(Num::Int(0)), |v| num(NumType::Int, &m.name, v))?;
-                    let sum = match text {
-                        Some(v) if count.to_i64() > 0 => num(*t, &m.name, v)?,
-                        _ => Num::zero(*t),
+                    let n = match &cols[i] {
+                        Some(c) => count(c, &m.name, r)?,
+                        None => 0,
                     };
                     State::Avg {
-                        sum,
-                        count: count.to_i64(),
+                        sum: if n > 0 { sum()? } else { Num::zero(*t) },
+                        count: n,
                     }
                 }
                 MeasureKind::DistinctCount => {
@@ -311,12 +395,13 @@ pub fn collect_rows(
         let df = lf.collect().map_err(polars_err)?;
         let (b, d) = key_cols(&df).map_err(polars_err)?;
         let k = text_col(&df, "_k").map_err(polars_err)?;
-        let w = text_col(&df, "_w").map_err(polars_err)?;
+        let t = if m.by.is_some() { weight } else { NumType::Int };
+        let w = SumCols::new(&df, t, "_w").map_err(polars_err)?;
         for r in 0..df.height() {
-            let (Some(key), Some(wt)) = (k.get(r), w.get(r)) else {
+            let Some(key) = k.get(r) else {
                 continue;
             };
-            let wt = num(weight, &m.name, wt)?;
+            let wt = w.get(r).ok_or_else(|| bad(&m.name, "a weight"))?;
             let states = rows
                 .entry(key_at(&b, &d, r))
                 .or_insert_with(|| spec.identity());
@@ -333,18 +418,4 @@ pub fn collect_rows(
             states,
         })
         .collect())
-}
-
-trait ToI64 {
-    fn to_i64(self) -> i64;
-}
-
-impl ToI64 for Num {
-    fn to_i64(self) -> i64 {
-        match self {
-            Num::Int(i) => i,
-            Num::Float(f) => f as i64,
-            Num::Dec(d) => d as i64,
-        }
-    }
 }

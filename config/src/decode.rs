@@ -1,11 +1,13 @@
 //! Decoding raw JSON bytes into typed [`Event`]s against a source's declared schema.
 //!
 //! Pure: both the speed consumer and the lake sink decode with this, so they agree on what
-//! is valid and on every value (decimals are parsed from the number's text, never via f64).
+//! is valid and on every value. Values are read from the JSON text itself (the parser keeps
+//! each field's raw text): decimals and integers are parsed exactly from their digits, never
+//! through a float, so `12345678901234567890.12` stays exact; floats must be finite.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use serde_json::Value as J;
+use serde_json::value::RawValue;
 
 use crate::types::{FieldType, Value, parse_decimal};
 use crate::view::{Event, Source};
@@ -41,80 +43,132 @@ pub enum DecodeError {
         /// What it held.
         found: String,
     },
+    /// The event time is further in the future than the source allows.
+    #[error(
+        "event time `{field}` is {ahead_ms} ms ahead of the time the message was produced, more than max_future ({limit_ms} ms)"
+    )]
+    Future {
+        /// The time field.
+        field: String,
+        /// How far ahead of the reference time it is.
+        ahead_ms: i64,
+        /// The source's `max_future`.
+        limit_ms: i64,
+    },
     /// The source's `check` filter did not hold.
     #[error("check `{0}` does not hold")]
     Check(String),
 }
 
-fn json_kind(v: &J) -> &'static str {
-    match v {
-        J::Null => "null",
-        J::Bool(_) => "a boolean",
-        J::Number(_) => "a number",
-        J::String(_) => "a string",
-        J::Array(_) => "an array",
-        J::Object(_) => "an object",
+fn json_kind(raw: &str) -> &'static str {
+    match raw.as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
     }
 }
 
-fn decode_value(path: &str, t: &FieldType, v: &J) -> Result<Value, DecodeError> {
+/// What a mismatched value held, for messages: short strings and numbers verbatim.
+fn found(raw: &str) -> String {
+    match raw.as_bytes().first() {
+        Some(b'"') => match serde_json::from_str::<String>(raw) {
+            Ok(s) if s.chars().count() <= 40 => format!("the string {s:?}"),
+            _ => "a string".to_string(),
+        },
+        Some(b'-' | b'0'..=b'9') if raw.len() <= 40 => format!("the number {raw}"),
+        _ => json_kind(raw).to_string(),
+    }
+}
+
+fn is_number(raw: &str) -> bool {
+    matches!(raw.as_bytes().first(), Some(b'-' | b'0'..=b'9'))
+}
+
+fn decode_value(path: &str, t: &FieldType, raw: &RawValue) -> Result<Value, DecodeError> {
+    let text = raw.get();
     let mismatch = || DecodeError::Type {
         path: path.to_string(),
         expected: t.to_string(),
-        found: match v {
-            J::Number(n) => format!("the number {n}"),
-            J::String(s) if s.len() <= 40 => format!("the string {s:?}"),
-            other => json_kind(other).to_string(),
-        },
+        found: found(text),
     };
-    if v.is_null() {
+    if text == "null" {
         return Ok(Value::Null);
     }
     Ok(match t {
-        FieldType::String => Value::Str(v.as_str().ok_or_else(mismatch)?.to_string()),
-        FieldType::Bool => Value::Bool(v.as_bool().ok_or_else(mismatch)?),
-        FieldType::Int => match v {
-            J::Number(n) => Value::Int(
-                n.as_i64()
-                    .or_else(|| {
-                        n.as_f64()
-                            .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
-                            .map(|f| f as i64)
-                    })
-                    .ok_or_else(mismatch)?,
-            ),
+        FieldType::String => {
+            if !text.starts_with('"') {
+                return Err(mismatch());
+            }
+            Value::Str(serde_json::from_str(text).map_err(|_| mismatch())?)
+        }
+        FieldType::Bool => match text {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
             _ => return Err(mismatch()),
         },
-        FieldType::Float => Value::Float(v.as_f64().ok_or_else(mismatch)?),
-        FieldType::Decimal(scale) => {
-            let text = match v {
-                J::Number(n) => n.to_string(),
-                J::String(s) => s.clone(),
-                _ => return Err(mismatch()),
+        // an integer, or a number with only zeros after the point (`3.0`, `3e2`)
+        FieldType::Int => {
+            if !is_number(text) {
+                return Err(mismatch());
+            }
+            let units = match text.parse::<i64>() {
+                Ok(i) => i128::from(i),
+                Err(_) => parse_decimal(text, 0).ok_or_else(mismatch)?,
             };
-            let units = parse_decimal(&text, *scale).ok_or_else(mismatch)?;
+            Value::Int(i64::try_from(units).map_err(|_| mismatch())?)
+        }
+        FieldType::Float => {
+            if !is_number(text) {
+                return Err(mismatch());
+            }
+            Value::Float(
+                text.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .ok_or_else(mismatch)?,
+            )
+        }
+        // from the number's digits, or from a string such as "6999.00"
+        FieldType::Decimal(scale) => {
+            let digits = if is_number(text) {
+                text.to_string()
+            } else if text.starts_with('"') {
+                serde_json::from_str::<String>(text).map_err(|_| mismatch())?
+            } else {
+                return Err(mismatch());
+            };
             Value::Decimal {
-                units,
+                units: parse_decimal(&digits, *scale).ok_or_else(mismatch)?,
                 scale: *scale,
             }
         }
         FieldType::Array(inner) => {
-            let items = v.as_array().ok_or_else(mismatch)?;
+            if !text.starts_with('[') {
+                return Err(mismatch());
+            }
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| mismatch())?;
             let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
+            for (i, item) in items.into_iter().enumerate() {
                 out.push(decode_value(&format!("{path}[{i}]"), inner, item)?);
             }
             Value::Array(out)
         }
         FieldType::Struct(fields) => {
-            let obj = v.as_object().ok_or_else(mismatch)?;
+            if !text.starts_with('{') {
+                return Err(mismatch());
+            }
+            let obj: HashMap<String, &RawValue> =
+                serde_json::from_str(text).map_err(|_| mismatch())?;
             let mut out = BTreeMap::new();
             for (name, ft) in fields {
-                let val = obj.get(name).unwrap_or(&J::Null);
-                out.insert(
-                    name.clone(),
-                    decode_value(&format!("{path}.{name}"), ft, val)?,
-                );
+                let v = match obj.get(name) {
+                    Some(raw) => decode_value(&format!("{path}.{name}"), ft, raw)?,
+                    None => Value::Null,
+                };
+                out.insert(name.clone(), v);
             }
             Value::Struct(out)
         }
@@ -122,18 +176,40 @@ fn decode_value(path: &str, t: &FieldType, v: &J) -> Result<Value, DecodeError> 
 }
 
 impl Source {
+    /// Decodes one message value produced at `produced_ms` (the Kafka message timestamp, or
+    /// the time it was received when the message has none) into an event, or says why it is
+    /// refused: [`Source::decode`], and an event time more than the source's `max_future`
+    /// ahead of `produced_ms` is refused too. Both layers decide by the message's own
+    /// timestamp, so they refuse the same events.
+    pub fn decode_at(&self, bytes: &[u8], produced_ms: i64) -> Result<Event, DecodeError> {
+        let e = self.decode(bytes)?;
+        let ahead = e.time_ms.saturating_sub(produced_ms);
+        if ahead > self.max_future_ms {
+            return Err(DecodeError::Future {
+                field: self.event_time.clone(),
+                ahead_ms: ahead,
+                limit_ms: self.max_future_ms,
+            });
+        }
+        Ok(e)
+    }
+
     /// Decodes one message value into an event, or says why it is refused.
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
-        let json: J =
+        let top: &RawValue =
             serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
-        let obj = match &json {
-            J::Object(o) => o,
-            other => return Err(DecodeError::NotObject(json_kind(other))),
-        };
+        if !top.get().starts_with('{') {
+            return Err(DecodeError::NotObject(json_kind(top.get())));
+        }
+        let obj: HashMap<String, &RawValue> =
+            serde_json::from_str(top.get()).map_err(|e| DecodeError::Json(e.to_string()))?;
         let mut fields = BTreeMap::new();
         for (name, t) in &self.fields {
-            let v = obj.get(name).unwrap_or(&J::Null);
-            fields.insert(name.clone(), decode_value(name, t, v)?);
+            let v = match obj.get(name) {
+                Some(raw) => decode_value(name, t, raw)?,
+                None => Value::Null,
+            };
+            fields.insert(name.clone(), v);
         }
         let event = Event {
             id: String::new(),
@@ -234,6 +310,47 @@ mod tests {
     }
 
     #[test]
+    fn decodes_big_and_exotic_numbers_exactly() {
+        let s = orders();
+        let e = s
+            .decode(
+                br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":5e2,
+                         "totalAmount":12345678901234567890.12}"#,
+            )
+            .unwrap();
+        assert_eq!(e.time_ms, 500);
+        assert_eq!(
+            e.get("totalAmount"),
+            &Value::Decimal {
+                units: 1_234_567_890_123_456_789_012,
+                scale: 2
+            }
+        );
+        let e = s
+            .decode(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":7,"totalAmount":1.2e2}"#)
+            .unwrap();
+        assert_eq!(
+            e.get("totalAmount"),
+            &Value::Decimal {
+                units: 12_000,
+                scale: 2
+            }
+        );
+        // escaped keys and strings
+        let e = s
+            .decode(br#"{"order\u0049d":"o\n1","orderStatus":"paid","userId":"u","createTime":7,"totalAmount":1}"#)
+            .unwrap();
+        assert_eq!(e.id, "o\n1|paid");
+        // an event time too far ahead of the message's production time
+        let ok = br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":7200000,"totalAmount":1}"#;
+        assert!(s.decode_at(ok, 3_600_000).is_ok());
+        assert_eq!(
+            s.decode_at(ok, 3_599_999).unwrap_err().to_string(),
+            "event time `createTime` is 3600001 ms ahead of the time the message was produced, more than max_future (3600000 ms)"
+        );
+    }
+
+    #[test]
     fn refuses_bad_events_with_a_reason() {
         let s = orders();
         let reason = |b: &[u8]| s.decode(b).unwrap_err().to_string();
@@ -267,6 +384,14 @@ mod tests {
         assert_eq!(
             reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":5,"totalAmount":3,"items":[{"quantity":"x"}]}"#),
             "field `items[0].quantity`: expected int, found the string \"x\""
+        );
+        assert_eq!(
+            reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":5.5,"totalAmount":3}"#),
+            "field `createTime`: expected int, found the number 5.5"
+        );
+        assert_eq!(
+            reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":99999999999999999999,"totalAmount":3}"#),
+            "field `createTime`: expected int, found the number 99999999999999999999"
         );
     }
 }

@@ -64,10 +64,11 @@ impl MeasureKind {
                 n.map_or(J::Null, |n| n.to_json(*t))
             }
             (MeasureKind::Avg(t), State::Avg { sum, count }) => {
-                if *count == 0 {
+                if *count == 0 || sum.out_of_range() {
                     J::Null
                 } else {
-                    serde_json::Number::from_f64(sum.to_f64(*t) / *count as f64)
+                    sum.to_f64(*t)
+                        .and_then(|s| serde_json::Number::from_f64(s / *count as f64))
                         .map_or(J::Null, J::Number)
                 }
             }
@@ -80,6 +81,32 @@ impl MeasureKind {
             ),
             _ => J::Null,
         }
+    }
+}
+
+impl MeasureKind {
+    /// Why the value of `state` cannot be shown, if it cannot: a sum or weight that left its
+    /// type's range. The value is then `null`, and this message says why.
+    pub fn problem(&self, state: &State) -> Option<String> {
+        let overflowed = match state {
+            State::Sum(n) => n.out_of_range(),
+            State::Avg { sum, .. } => sum.out_of_range(),
+            State::TopK(m) => m.values().any(|w| w.out_of_range()),
+            _ => false,
+        };
+        overflowed.then(|| {
+            let range = match self {
+                MeasureKind::Sum(t) | MeasureKind::Avg(t) | MeasureKind::TopK { weight: t, .. } => {
+                    match t {
+                        NumType::Int => "the 64-bit integer range",
+                        NumType::Float => "the finite float range",
+                        NumType::Decimal(_) => "38 digits",
+                    }
+                }
+                _ => "its range",
+            };
+            format!("the sum overflowed {range} in this bucket")
+        })
     }
 }
 
@@ -133,7 +160,7 @@ impl State {
     pub fn merge(&mut self, other: State) -> Result<()> {
         let left = self.kind_name();
         match (self, other) {
-            (State::Count(a), State::Count(b)) => *a += b,
+            (State::Count(a), State::Count(b)) => *a = a.saturating_add(b),
             (State::Sum(a), State::Sum(b)) => *a = *a + b,
             (State::Min(a), State::Min(b)) => {
                 *a = pick(*a, b, |x, y| x.cmp_total(y).is_le());
@@ -143,7 +170,7 @@ impl State {
             }
             (State::Avg { sum, count }, State::Avg { sum: s2, count: c2 }) => {
                 *sum = *sum + s2;
-                *count += c2;
+                *count = count.saturating_add(c2);
             }
             (State::Distinct(a), State::Distinct(b)) => a.merge(b),
             (State::TopK(a), State::TopK(b)) => {
@@ -165,11 +192,11 @@ impl State {
     /// returns false for measures without one.
     pub fn retract(&mut self, other: &State) -> bool {
         match (self, other) {
-            (State::Count(a), State::Count(b)) => *a -= b,
+            (State::Count(a), State::Count(b)) => *a = a.saturating_sub(*b),
             (State::Sum(a), State::Sum(b)) => *a = *a - *b,
             (State::Avg { sum, count }, State::Avg { sum: s2, count: c2 }) => {
                 *sum = *sum - *s2;
-                *count -= c2;
+                *count = count.saturating_sub(*c2);
             }
             _ => return false,
         }
@@ -290,8 +317,21 @@ mod tests {
         let sum = MeasureKind::Sum(NumType::Decimal(2));
         assert_eq!(
             sum.render(&State::Sum(Num::Dec(699_950))).to_string(),
-            "6999.5"
+            "\"6999.50\""
         );
+        assert_eq!(sum.problem(&State::Sum(Num::Dec(699_950))), None);
+        let over = State::Sum(Num::Dec(crate::types::DECIMAL_LIMIT));
+        assert!(sum.render(&over).is_null());
+        assert_eq!(
+            sum.problem(&over).as_deref(),
+            Some("the sum overflowed 38 digits in this bucket")
+        );
+        let mut s = State::Sum(Num::Float(f64::MAX));
+        s.merge(State::Sum(Num::Float(f64::MAX))).unwrap();
+        assert_eq!(s, State::Sum(Num::Overflow));
+        // an overflowed state survives being stored
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<State>(&text).unwrap(), s);
         let avg = MeasureKind::Avg(NumType::Int);
         assert_eq!(
             avg.render(&State::Avg {

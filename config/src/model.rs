@@ -223,6 +223,14 @@ pub struct SourceConfig {
     pub required: Vec<String>,
     /// A filter every valid event must pass, or it is quarantined (`totalAmount > 0`).
     pub check: Option<String>,
+    /// Events whose time is further than this ahead of the time their message was produced
+    /// are quarantined (`1h`).
+    #[serde(default = "default_max_future")]
+    pub max_future: String,
+}
+
+fn default_max_future() -> String {
+    "1h".into()
 }
 
 /// One measure of a view.

@@ -269,15 +269,24 @@ impl Value {
     }
 }
 
+/// The largest magnitude a decimal may have: 38 digits of units (Delta's `decimal(38, s)`).
+pub const DECIMAL_LIMIT: i128 = 10i128.pow(38);
+
 /// A number inside a measure state. Which variant is used follows the measure's [`NumType`].
+///
+/// Arithmetic is checked: a sum that leaves its type's range (i64 for ints, 38 digits for
+/// decimals, finite values for floats) becomes [`Num::Overflow`], which absorbs everything
+/// added to it, so the bucket's value is reported as an error instead of a wrapped number.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Num {
     /// Integer.
     Int(i64),
-    /// Float.
+    /// Float (always finite).
     Float(f64),
     /// Decimal units (scale from the field type).
     Dec(i128),
+    /// A sum left the range of its type.
+    Overflow,
 }
 
 impl Num {
@@ -295,68 +304,106 @@ impl Num {
             Num::Int(i) => i as f64,
             Num::Float(f) => f,
             Num::Dec(d) => d as f64,
+            Num::Overflow => f64::INFINITY,
         }
     }
 
-    /// Total order (floats by `total_cmp`).
+    /// Total order (floats by `total_cmp`; an overflow above everything).
     pub fn cmp_total(&self, other: &Num) -> std::cmp::Ordering {
         match (self, other) {
             (Num::Int(a), Num::Int(b)) => a.cmp(b),
             (Num::Dec(a), Num::Dec(b)) => a.cmp(b),
+            (Num::Overflow, Num::Overflow) => std::cmp::Ordering::Equal,
+            (Num::Overflow, _) => std::cmp::Ordering::Greater,
+            (_, Num::Overflow) => std::cmp::Ordering::Less,
             (a, b) => a.as_f64_raw().total_cmp(&b.as_f64_raw()),
         }
     }
 
-    /// The value as f64, decimals divided by 10^scale.
-    pub fn to_f64(self, t: NumType) -> f64 {
-        match (self, t) {
-            (Num::Dec(d), NumType::Decimal(s)) => format_decimal(d, s).parse().unwrap_or(f64::NAN),
-            (n, _) => n.as_f64_raw(),
+    /// Whether the value cannot be shown as its type: an overflow, or a decimal of more than
+    /// 38 digits.
+    pub fn out_of_range(self) -> bool {
+        match self {
+            Num::Overflow => true,
+            Num::Dec(d) => d.unsigned_abs() >= DECIMAL_LIMIT.unsigned_abs(),
+            _ => false,
         }
     }
 
-    /// JSON rendering: ints as integers, decimals and floats as numbers.
-    pub fn to_json(self, t: NumType) -> serde_json::Value {
-        match self {
-            Num::Int(i) => serde_json::Value::from(i),
-            n => serde_json::Number::from_f64(n.to_f64(t))
-                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+    /// The value as f64, decimals divided by 10^scale (`None` for an overflow).
+    pub fn to_f64(self, t: NumType) -> Option<f64> {
+        match (self, t) {
+            (Num::Overflow, _) => None,
+            (Num::Dec(d), NumType::Decimal(s)) => format_decimal(d, s).parse().ok(),
+            (n, _) => Some(n.as_f64_raw()),
         }
+    }
+
+    /// JSON rendering: ints as integers, floats as numbers, decimals as strings with exactly
+    /// `scale` digits after the point (`"6999.00"`, exact at any size); `null` when out of range.
+    pub fn to_json(self, t: NumType) -> serde_json::Value {
+        use serde_json::Value as J;
+        if self.out_of_range() {
+            return J::Null;
+        }
+        match (self, t) {
+            (Num::Int(i), _) => J::from(i),
+            (Num::Dec(d), NumType::Decimal(s)) => J::String(format_decimal(d, s)),
+            (n, _) => serde_json::Number::from_f64(n.as_f64_raw()).map_or(J::Null, J::Number),
+        }
+    }
+
+    /// The text of the value for a typed column (`6999.00` for decimals), `None` when out of
+    /// range.
+    pub fn to_text(self, t: NumType) -> Option<String> {
+        if self.out_of_range() {
+            return None;
+        }
+        Some(match (self, t) {
+            (Num::Dec(d), NumType::Decimal(s)) => format_decimal(d, s),
+            (Num::Int(i), _) => i.to_string(),
+            (n, _) => n.as_f64_raw().to_string(),
+        })
     }
 }
 
 impl std::ops::Add for Num {
     type Output = Num;
-    /// Sum of two numbers of the same variant (mixed variants go through f64).
+    /// Checked sum of two numbers of the same variant; anything else is an overflow.
     fn add(self, other: Num) -> Num {
         match (self, other) {
-            (Num::Int(a), Num::Int(b)) => Num::Int(a.wrapping_add(b)),
-            (Num::Dec(a), Num::Dec(b)) => Num::Dec(a.wrapping_add(b)),
-            (Num::Float(a), Num::Float(b)) => Num::Float(a + b),
-            (a, b) => Num::Float(a.as_f64_raw() + b.as_f64_raw()),
+            (Num::Int(a), Num::Int(b)) => a.checked_add(b).map_or(Num::Overflow, Num::Int),
+            (Num::Dec(a), Num::Dec(b)) => a.checked_add(b).map_or(Num::Overflow, Num::Dec),
+            (Num::Float(a), Num::Float(b)) => Some(a + b)
+                .filter(|f| f.is_finite())
+                .map_or(Num::Overflow, Num::Float),
+            _ => Num::Overflow,
         }
     }
 }
 
 impl std::ops::Sub for Num {
     type Output = Num;
-    /// Difference (the inverse used by count and sum).
+    /// Checked difference (the inverse used by count and sum); an overflow stays one.
     fn sub(self, other: Num) -> Num {
         match (self, other) {
-            (Num::Int(a), Num::Int(b)) => Num::Int(a.wrapping_sub(b)),
-            (Num::Dec(a), Num::Dec(b)) => Num::Dec(a.wrapping_sub(b)),
-            (a, b) => Num::Float(a.as_f64_raw() - b.as_f64_raw()),
+            (Num::Int(a), Num::Int(b)) => a.checked_sub(b).map_or(Num::Overflow, Num::Int),
+            (Num::Dec(a), Num::Dec(b)) => a.checked_sub(b).map_or(Num::Overflow, Num::Dec),
+            (Num::Float(a), Num::Float(b)) => Some(a - b)
+                .filter(|f| f.is_finite())
+                .map_or(Num::Overflow, Num::Float),
+            _ => Num::Overflow,
         }
     }
 }
 
 /// Formats decimal units with `scale` digits after the point (`699900`, 2 → `6999.00`).
 pub fn format_decimal(units: i128, scale: u8) -> String {
-    if scale == 0 {
-        return units.to_string();
-    }
     let neg = units < 0;
     let digits = units.unsigned_abs().to_string();
+    if scale == 0 {
+        return format!("{}{digits}", if neg { "-" } else { "" });
+    }
     let s = scale as usize;
     let padded = if digits.len() <= s {
         format!("{}{digits}", "0".repeat(s + 1 - digits.len()))
@@ -367,39 +414,64 @@ pub fn format_decimal(units: i128, scale: u8) -> String {
     format!("{}{int}.{frac}", if neg { "-" } else { "" })
 }
 
-/// Parses decimal text (`6999.00`, `-1.5`, `12`) into units at `scale`; `None` if it has
-/// more digits after the point than `scale` allows or is not a number.
+/// Parses decimal text exactly into units at `scale`: `6999.00`, `-1.5`, `12`, `1.2e3`,
+/// `5E-2`. `None` if it is not a number, has more significant digits after the point than
+/// `scale` allows (never rounded), or has 38 digits of units or more.
 pub fn parse_decimal(text: &str, scale: u8) -> Option<i128> {
     let t = text.trim();
     let (neg, t) = match t.strip_prefix('-') {
         Some(r) => (true, r),
-        None => (false, t),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
     };
-    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
-    if int.is_empty() && frac.is_empty() {
+    let (mantissa, exp) = match t.find(['e', 'E']) {
+        Some(i) => {
+            let e: i32 = t[i + 1..].parse().ok()?;
+            (&t[..i], e)
+        }
+        None => (t, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
-    if !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let frac = frac.trim_end_matches('0');
-    if frac.len() > scale as usize {
-        return None;
-    }
-    let mut units: i128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    for _ in 0..scale {
-        units = units.checked_mul(10)?;
-    }
-    let mut f: i128 = if frac.is_empty() {
+    // digits · 10^(exp − frac.len()) = units · 10^(−scale)
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let shift = i64::from(exp) - frac.len() as i64 + i64::from(scale);
+    let units: i128 = if digits.is_empty() {
         0
+    } else if shift >= 0 {
+        if digits.len() as i64 + shift > 38 {
+            return None;
+        }
+        let mut u: i128 = digits.parse().ok()?;
+        for _ in 0..shift {
+            u = u.checked_mul(10)?;
+        }
+        u
     } else {
-        frac.parse().ok()?
+        let cut = (-shift) as usize;
+        let keep = digits.len().saturating_sub(cut);
+        let (head, dropped) = digits.split_at(keep);
+        if dropped.bytes().any(|b| b != b'0') {
+            return None;
+        }
+        if head.len() > 38 {
+            return None;
+        }
+        if head.is_empty() {
+            0
+        } else {
+            head.parse().ok()?
+        }
     };
-    for _ in frac.len()..scale as usize {
-        f *= 10;
+    if units >= DECIMAL_LIMIT {
+        return None;
     }
-    let v = units.checked_add(f)?;
-    Some(if neg { -v } else { v })
+    Some(if neg { -units } else { units })
 }
 
 #[cfg(test)]
@@ -429,6 +501,45 @@ mod tests {
         assert_eq!(parse_decimal("-12", 2), Some(-1200));
         assert_eq!(parse_decimal("1.234", 2), None);
         assert_eq!(parse_decimal("abc", 2), None);
-        assert_eq!(Num::Dec(699900).to_f64(NumType::Decimal(2)), 6999.0);
+        assert_eq!(Num::Dec(699900).to_f64(NumType::Decimal(2)), Some(6999.0));
+        // exact at any size, exponents included, never rounded
+        assert_eq!(
+            parse_decimal("12345678901234567890.12", 2),
+            Some(1_234_567_890_123_456_789_012)
+        );
+        assert_eq!(parse_decimal("1.5e3", 2), Some(150_000));
+        assert_eq!(parse_decimal("125E-2", 2), Some(125));
+        assert_eq!(parse_decimal("1.250e-1", 3), Some(125));
+        assert_eq!(parse_decimal("1e-3", 2), None);
+        assert_eq!(parse_decimal("0.000", 0), Some(0));
+        assert_eq!(parse_decimal("1e37", 0), Some(10i128.pow(37)));
+        assert_eq!(parse_decimal("1e38", 0), None, "39 digits");
+        assert_eq!(parse_decimal("1e36", 2), None, "39 digits of units");
+        assert_eq!(parse_decimal("1e999999", 2), None);
+        assert_eq!(parse_decimal("5e-999999", 2), None);
+        assert_eq!(parse_decimal("0e-999999", 2), Some(0));
+        assert_eq!(parse_decimal("-", 2), None);
+        assert_eq!(parse_decimal(".5", 1), Some(5));
+        assert_eq!(format_decimal(-5, 0), "-5");
+        assert_eq!(format_decimal(i128::MIN, 3).len(), 41);
+    }
+
+    #[test]
+    fn arithmetic_is_checked() {
+        assert_eq!(Num::Int(i64::MAX) + Num::Int(1), Num::Overflow);
+        assert_eq!(Num::Overflow + Num::Int(1), Num::Overflow);
+        assert_eq!(Num::Int(5) - Num::Int(7), Num::Int(-2));
+        assert_eq!(Num::Dec(i128::MAX) + Num::Dec(1), Num::Overflow);
+        assert_eq!(Num::Float(f64::MAX) + Num::Float(f64::MAX), Num::Overflow);
+        assert!(Num::Dec(DECIMAL_LIMIT).out_of_range());
+        assert!(!Num::Dec(DECIMAL_LIMIT - 1).out_of_range());
+        assert_eq!(
+            Num::Dec(DECIMAL_LIMIT).to_json(NumType::Decimal(2)),
+            serde_json::Value::Null
+        );
+        assert_eq!(
+            Num::Dec(12_345_678_901_234_567_890).to_json(NumType::Decimal(2)),
+            serde_json::json!("123456789012345678.90")
+        );
     }
 }

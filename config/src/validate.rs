@@ -325,7 +325,9 @@ fn resolve_source(path: &str, s: SourceConfig, p: &mut Problems) -> Option<Sourc
     let check = s.check.as_ref().and_then(|text| {
         check_filter(text, &format!("{path}.check"), &|f| lookup(f), p).map(|f| (f, text.clone()))
     });
+    let max_future_ms = duration(&s.max_future, &format!("{path}.max_future"), p);
     (p.0.len() == before).then_some(Source {
+        max_future_ms,
         name: s.name,
         topic: s.topic,
         event_id,

@@ -24,6 +24,8 @@ pub struct Source {
     pub required: Vec<String>,
     /// Validity check, parsed and as written.
     pub check: Option<(Filter, String)>,
+    /// How far ahead of its message's production time an event may be (ms).
+    pub max_future_ms: i64,
 }
 
 /// One decoded, valid event.

@@ -26,7 +26,7 @@ use crate::generator::Generator;
 
 /// Most events `duet bench` produces (the embedded broker's retention).
 pub const MAX_EVENTS: usize = 60_000;
-const T0: i64 = 1_796_032_800_000;
+const T0: i64 = 1_793_440_800_000;
 
 /// Options of a benchmark run.
 #[derive(Debug, Clone)]

@@ -79,7 +79,7 @@ pub async fn run(
         for m in &msgs {
             next.insert((m.topic.clone(), m.partition), m.offset + 1);
             for s in cfg.sources.iter().filter(|s| s.topic == m.topic) {
-                let decoded = s.decode(&m.payload);
+                let decoded = s.decode_at(&m.payload, m.produced_ms(now));
                 if let Some(c) = clocks.get_mut(&s.name) {
                     c.observe(m.partition, decoded.as_ref().ok().map(|e| e.time_ms), now);
                 }

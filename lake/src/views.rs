@@ -38,6 +38,8 @@ pub fn dim_column(path: &str) -> String {
     path.replace('.', "_")
 }
 
+/// The readable column of a measure: ints as Int64, decimals as Decimal128(38, scale) (exact),
+/// floats and averages as Float64, top-k as JSON text; `null` where the value overflowed.
 fn measure_type(kind: &MeasureKind) -> DataType {
     use duet_config::NumType;
     match kind {
@@ -45,6 +47,9 @@ fn measure_type(kind: &MeasureKind) -> DataType {
         MeasureKind::Sum(NumType::Int)
         | MeasureKind::Min(NumType::Int)
         | MeasureKind::Max(NumType::Int) => DataType::Int64,
+        MeasureKind::Sum(NumType::Decimal(s))
+        | MeasureKind::Min(NumType::Decimal(s))
+        | MeasureKind::Max(NumType::Decimal(s)) => DataType::Decimal128(38, *s as i8),
         MeasureKind::TopK { .. } => DataType::Utf8,
         _ => DataType::Float64,
     }

@@ -270,6 +270,15 @@ async fn query_view(
             if let Some(n) = r.late_pending {
                 o["late_pending"] = json!(n);
             }
+            let errors: serde_json::Map<String, Value> = spec
+                .measures
+                .iter()
+                .zip(&r.row.states)
+                .filter_map(|(m, st)| m.kind.problem(st).map(|p| (m.name.clone(), json!(p))))
+                .collect();
+            if !errors.is_empty() {
+                o["errors"] = Value::Object(errors);
+            }
             o
         })
         .collect();
@@ -354,6 +363,11 @@ mod tests {
             ("gmv".into(), 60_000, vec![Some("Hangzhou".into())]),
             vec![State::Sum(Num::Dec(12_990)), State::Count(1)],
         );
+        // a bucket whose sum overflowed 38 digits
+        b.deltas.insert(
+            ("gmv".into(), 120_000, vec![Some("Hangzhou".into())]),
+            vec![State::Sum(Num::Overflow), State::Count(2)],
+        );
         b.watermarks.insert("orders".into(), 120_000);
         store.commit(b).await.unwrap();
         let lake = Lake::open(dir.join("lake").to_str().unwrap()).unwrap();
@@ -386,7 +400,10 @@ mod tests {
         assert_eq!(
             body["rows"],
             json!([{"bucket": "1970-01-01T00:01:00.000Z", "bucket_ms": 60000, "dims": {"city": "Hangzhou"},
-                    "values": {"gmv": 129.9, "n": 1}, "source": "speed"}])
+                    "values": {"gmv": "129.90", "n": 1}, "source": "speed"},
+                   {"bucket": "1970-01-01T00:02:00.000Z", "bucket_ms": 120000, "dims": {"city": "Hangzhou"},
+                    "values": {"gmv": null, "n": 2}, "source": "speed",
+                    "errors": {"gmv": "the sum overflowed 38 digits in this bucket"}}])
         );
         assert_eq!(body["provenance"]["sealed"], json!([]));
         let (s, body) = get(&app, "/v1/views").await;

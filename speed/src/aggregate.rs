@@ -75,7 +75,7 @@ impl Aggregator {
                 m.offset + 1,
             );
             for source in self.by_topic.get(&m.topic).into_iter().flatten() {
-                match source.decode(&m.payload) {
+                match source.decode_at(&m.payload, m.produced_ms(now_ms)) {
                     Err(e) => {
                         tracing::warn!(source = %source.name, topic = %m.topic, partition = m.partition,
                             offset = m.offset, error = %e, "Quarantined event.");

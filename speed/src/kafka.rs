@@ -27,6 +27,15 @@ pub struct Msg {
     pub offset: i64,
     /// Value bytes (empty for a null value).
     pub payload: Vec<u8>,
+    /// The message's timestamp (epoch ms, as the producer or broker set it), if it has one.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Msg {
+    /// When the message was produced: its timestamp, or `received_ms` if it has none.
+    pub fn produced_ms(&self, received_ms: i64) -> i64 {
+        self.timestamp_ms.unwrap_or(received_ms)
+    }
 }
 
 /// librdkafka settings for a client of `bootstrap` in `group`, with the config's pass-through
@@ -109,6 +118,7 @@ impl AssignedConsumer {
                     partition: m.partition(),
                     offset: m.offset(),
                     payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    timestamp_ms: m.timestamp().to_millis().filter(|t| *t >= 0),
                 }),
             }
         }

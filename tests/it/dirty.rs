@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::support::{Truth, generated, ground_truth, reference_config};
 
-const T0: i64 = 1_796_058_000_000;
+const T0: i64 = 1_793_466_000_000;
 /// A clock far ahead: only the lake's watermark limits what is sealed.
 const LATER: i64 = T0 + 30 * 86_400_000;
 

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 
 use crate::support::{Key, Truth, generated, ground_truth, reference_config};
 
-/// 2026-11-30T10:00:00Z.
-const T0: i64 = 1_796_032_800_000;
+/// 2026-10-31T10:00:00Z.
+const T0: i64 = 1_793_440_800_000;
 const WAIT: Duration = Duration::from_secs(90);
 
 /// The known stream: generated seed-shaped events over three minutes, a duplicate of a

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::support::{generated, ground_truth, reference_config};
 
-const T0: i64 = 1_796_050_000_000;
+const T0: i64 = 1_793_458_000_000;
 const ROUNDS: usize = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

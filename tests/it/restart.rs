@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::support::{Key, generated, ground_truth, reference_config};
 
-const T0: i64 = 1_796_040_000_000;
+const T0: i64 = 1_793_448_000_000;
 
 async fn produce(
     p: &rdkafka::producer::FutureProducer,

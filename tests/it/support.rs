@@ -41,8 +41,14 @@ fn cents(v: &Value) -> Option<i64> {
     v.as_f64().map(|f| (f * 100.0).round() as i64)
 }
 
+/// Money as the API renders decimal(2) values: exact text with two decimals.
 fn money(c: i64) -> Value {
-    json!(c as f64 / 100.0)
+    json!(format!(
+        "{}{}.{:02}",
+        if c < 0 { "-" } else { "" },
+        c.abs() / 100,
+        c.abs() % 100
+    ))
 }
 
 /// Expected rows per view: (view, bucket, dims) → values, computed with plain JSON logic
