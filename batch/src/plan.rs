@@ -105,7 +105,12 @@ pub fn base(
     }
     let t = path_expr(&spec.time_field);
     lf = lf
-        .filter(t.clone().gt_eq(polars::prelude::lit(0i64)))
+        .filter(
+            t.clone().gt_eq(polars::prelude::lit(0i64)).and(
+                t.clone()
+                    .lt_eq(polars::prelude::lit(duet_config::time::MAX_TIME_MS)),
+            ),
+        )
         .with_column((t.clone() - t % polars::prelude::lit(spec.bucket_ms)).alias("bucket"))
         .filter(
             ranges

@@ -35,8 +35,10 @@ pub enum DecodeError {
     /// A required field (id, time or `required`) is missing or null.
     #[error("required field `{0}` is missing or null")]
     Missing(String),
-    /// The event time is not a positive epoch-millisecond integer.
-    #[error("event time `{field}` must be a positive epoch-millisecond integer, found {found}")]
+    /// The event time is not a positive epoch-millisecond integer before the year 10000.
+    #[error(
+        "event time `{field}` must be a positive epoch-millisecond integer before the year 10000, found {found}"
+    )]
     Time {
         /// The time field.
         field: String,
@@ -222,7 +224,7 @@ impl Source {
             }
         }
         let time_ms = match event.get(&self.event_time) {
-            Value::Int(t) if *t > 0 => *t,
+            Value::Int(t) if *t > 0 && *t <= crate::time::MAX_TIME_MS => *t,
             Value::Null => return Err(DecodeError::Missing(self.event_time.clone())),
             other => {
                 return Err(DecodeError::Time {
@@ -350,6 +352,71 @@ mod tests {
         );
     }
 
+    /// JSON-ish text built from pieces that matter to the decoder: the source's field names,
+    /// numbers of every shape and size, strings with escapes, nesting, and broken syntax.
+    fn jsonish() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let scalar = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("-0".to_string()),
+            Just("1e400".to_string()),
+            Just("-1e-400".to_string()),
+            Just("99999999999999999999999999999999999999999".to_string()),
+            Just("\"6999.00\"".to_string()),
+            Just("\"\\u00e9\\n\"".to_string()),
+            any::<i64>().prop_map(|i| i.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:e}")),
+            "[0-9]{1,30}(\\.[0-9]{0,30})?([eE][-+]?[0-9]{1,4})?",
+            "\"\\PC{0,8}\"",
+        ];
+        scalar.prop_recursive(4, 64, 6, |inner| {
+            let key = prop_oneof![
+                Just("orderId"),
+                Just("orderStatus"),
+                Just("userId"),
+                Just("createTime"),
+                Just("totalAmount"),
+                Just("items"),
+                Just("productId"),
+                Just("quantity"),
+                Just("x"),
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec((key, inner), 0..8).prop_map(|kv| {
+                    let body: Vec<String> = kv
+                        .into_iter()
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect();
+                    format!("{{{}}}", body.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// Any bytes decode to an event or a reason; nothing panics.
+        #[test]
+        fn any_bytes_decode_or_are_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = orders().decode(&bytes);
+        }
+
+        /// Any JSON-ish text decodes or is refused with a reason, and what decodes has the
+        /// view contributions of a valid event (no panic either).
+        #[test]
+        fn jsonish_events_decode_or_are_refused(text in jsonish(), produced in proptest::prelude::any::<i64>()) {
+            let s = orders();
+            if let Ok(e) = s.decode_at(text.as_bytes(), produced) {
+                proptest::prop_assert!(e.time_ms > 0);
+                proptest::prop_assert!(!e.id.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn refuses_bad_events_with_a_reason() {
         let s = orders();
@@ -367,7 +434,7 @@ mod tests {
         );
         assert_eq!(
             reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":-1,"totalAmount":1}"#),
-            "event time `createTime` must be a positive epoch-millisecond integer, found -1"
+            "event time `createTime` must be a positive epoch-millisecond integer before the year 10000, found -1"
         );
         assert_eq!(
             reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":5,"totalAmount":1.234}"#),

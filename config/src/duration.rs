@@ -2,7 +2,10 @@
 
 use crate::error::{Error, Result};
 
-/// Parses a duration such as `1m` into milliseconds.
+/// The longest duration accepted: 100 years.
+pub const MAX_MS: i64 = 100 * 366 * 86_400_000;
+
+/// Parses a duration such as `1m` into milliseconds (positive, at most [`MAX_MS`]).
 pub fn parse_millis(text: &str) -> Result<i64> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -19,7 +22,7 @@ pub fn parse_millis(text: &str) -> Result<i64> {
         _ => return Err(Error::Duration { text: text.into() }),
     };
     n.checked_mul(factor)
-        .filter(|v| *v > 0)
+        .filter(|v| *v > 0 && *v <= MAX_MS)
         .ok_or_else(|| Error::Duration { text: text.into() })
 }
 
@@ -55,7 +58,17 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "m", "10", "1w", "-1s", "0s", "1.5m"] {
+        for bad in [
+            "",
+            "m",
+            "10",
+            "1w",
+            "-1s",
+            "0s",
+            "1.5m",
+            "99999999999d",
+            "٣s",
+        ] {
             assert!(parse_millis(bad).is_err(), "{bad}");
         }
     }

@@ -54,7 +54,9 @@ pub enum Error {
         at: usize,
     },
     /// A duration such as `1m` could not be parsed.
-    #[error("duration `{text}`: expected a number followed by ms, s, m, h or d (e.g. `30s`, `1m`)")]
+    #[error(
+        "duration `{text}`: expected a number followed by ms, s, m, h or d (e.g. `30s`, `1m`), at most 100 years"
+    )]
     Duration {
         /// The text that failed to parse.
         text: String,

@@ -73,7 +73,11 @@ pub enum Literal {
 impl Filter {
     /// Parses a filter expression.
     pub fn parse(expr: &str) -> Result<Filter> {
-        let mut p = Parser { s: expr, i: 0 };
+        let mut p = Parser {
+            s: expr,
+            i: 0,
+            depth: 0,
+        };
         let f = p.or()?;
         p.ws();
         if p.i < p.s.len() {
@@ -119,6 +123,34 @@ impl Filter {
     }
 }
 
+impl std::fmt::Display for Filter {
+    /// The canonical text of the filter: fully parenthesised, single spaces, `==` for
+    /// equality. Two filters that parse alike print alike.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Filter::And(a, b) => write!(f, "({a} and {b})"),
+            Filter::Or(a, b) => write!(f, "({a} or {b})"),
+            Filter::Not(a) => write!(f, "not {a}"),
+            Filter::Cmp { path, op, lit } => {
+                let op = match op {
+                    CmpOp::Eq => "==",
+                    CmpOp::Ne => "!=",
+                    CmpOp::Lt => "<",
+                    CmpOp::Le => "<=",
+                    CmpOp::Gt => ">",
+                    CmpOp::Ge => ">=",
+                };
+                match lit {
+                    Literal::Str(s) if s.contains('\'') => write!(f, "{path} {op} \"{s}\""),
+                    Literal::Str(s) => write!(f, "{path} {op} '{s}'"),
+                    Literal::Number(n) => write!(f, "{path} {op} {n}"),
+                    Literal::Bool(b) => write!(f, "{path} {op} {b}"),
+                }
+            }
+        }
+    }
+}
+
 /// Compares a value with a literal; `None` if the value is null or of another type.
 fn compare(v: &Value, lit: &Literal) -> Option<Ordering> {
     match (v, lit) {
@@ -135,7 +167,10 @@ fn compare(v: &Value, lit: &Literal) -> Option<Ordering> {
 
 struct Parser<'a> {
     s: &'a str,
+    /// Byte offset, always on a character boundary.
     i: usize,
+    /// Current nesting of `not` and parentheses.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -143,26 +178,38 @@ impl Parser<'_> {
         Error::Filter {
             expr: self.s.into(),
             message: message.into(),
-            at: self.i,
+            at: self.s[..self.i].chars().count(),
         }
     }
+    fn rest(&self) -> &str {
+        &self.s[self.i..]
+    }
+    /// Advances over the characters of the rest that satisfy `f`; returns what it passed.
+    fn take_while(&mut self, f: impl Fn(char) -> bool) -> &str {
+        let start = self.i;
+        let len: usize = self
+            .rest()
+            .chars()
+            .take_while(|c| f(*c))
+            .map(char::len_utf8)
+            .sum();
+        self.i += len;
+        &self.s[start..self.i]
+    }
     fn ws(&mut self) {
-        while self.s[self.i..].starts_with(|c: char| c.is_whitespace()) {
-            self.i += 1;
-        }
+        self.take_while(char::is_whitespace);
     }
     fn keyword(&mut self, kw: &str) -> bool {
         self.ws();
-        let rest = &self.s[self.i..];
-        if rest.len() >= kw.len()
-            && rest[..kw.len()].eq_ignore_ascii_case(kw)
-            && !rest[kw.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
-        {
+        let rest = self.rest();
+        let matches = rest
+            .get(..kw.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(kw))
+            && !rest[kw.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_');
+        if matches {
             self.i += kw.len();
-            true
-        } else {
-            false
         }
+        matches
     }
     fn or(&mut self) -> Result<Filter> {
         let mut left = self.and()?;
@@ -181,15 +228,24 @@ impl Parser<'_> {
         Ok(left)
     }
     fn unary(&mut self) -> Result<Filter> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.err("nested too deeply"));
+        }
+        self.depth += 1;
+        let f = self.unary_inner();
+        self.depth -= 1;
+        f
+    }
+    fn unary_inner(&mut self) -> Result<Filter> {
         if self.keyword("not") {
             return Ok(Filter::Not(Box::new(self.unary()?)));
         }
         self.ws();
-        if self.s[self.i..].starts_with('(') {
+        if self.rest().starts_with('(') {
             self.i += 1;
             let f = self.or()?;
             self.ws();
-            if !self.s[self.i..].starts_with(')') {
+            if !self.rest().starts_with(')') {
                 return Err(self.err("expected `)`"));
             }
             self.i += 1;
@@ -202,18 +258,14 @@ impl Parser<'_> {
     }
     fn path(&mut self) -> Result<String> {
         self.ws();
-        let start = self.i;
-        while self.s[self.i..].starts_with(|c: char| c.is_alphanumeric() || c == '_' || c == '.') {
-            self.i += 1;
-        }
-        if start == self.i {
+        let p = self.take_while(|c| c.is_alphanumeric() || c == '_' || c == '.');
+        if p.is_empty() {
             return Err(self.err("expected a field name"));
         }
-        Ok(self.s[start..self.i].to_string())
+        Ok(p.to_string())
     }
     fn op(&mut self) -> Result<CmpOp> {
         self.ws();
-        let rest = &self.s[self.i..];
         for (text, op) in [
             ("==", CmpOp::Eq),
             ("!=", CmpOp::Ne),
@@ -223,7 +275,7 @@ impl Parser<'_> {
             (">", CmpOp::Gt),
             ("=", CmpOp::Eq),
         ] {
-            if rest.starts_with(text) {
+            if self.rest().starts_with(text) {
                 self.i += text.len();
                 return Ok(op);
             }
@@ -232,14 +284,19 @@ impl Parser<'_> {
     }
     fn literal(&mut self) -> Result<Literal> {
         self.ws();
-        let rest = &self.s[self.i..];
-        if let Some(q) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') {
-            let body = &rest[1..];
+        if let Some(q) = self
+            .rest()
+            .chars()
+            .next()
+            .filter(|c| *c == '\'' || *c == '"')
+        {
+            let body = &self.rest()[1..];
             let end = body
                 .find(q)
                 .ok_or_else(|| self.err("unterminated string"))?;
+            let text = body[..end].to_string();
             self.i += end + 2;
-            return Ok(Literal::Str(body[..end].to_string()));
+            return Ok(Literal::Str(text));
         }
         if self.keyword("true") {
             return Ok(Literal::Bool(true));
@@ -248,17 +305,19 @@ impl Parser<'_> {
             return Ok(Literal::Bool(false));
         }
         let start = self.i;
-        while self.s[self.i..].starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-') {
-            self.i += 1;
-        }
-        let text = &self.s[start..self.i];
+        let text = self
+            .take_while(|c| c.is_ascii_digit() || c == '.' || c == '-')
+            .to_string();
         if text.is_empty() || text.parse::<f64>().is_err() {
             self.i = start;
             return Err(self.err("expected a quoted string, a number, true or false"));
         }
-        Ok(Literal::Number(text.to_string()))
+        Ok(Literal::Number(text))
     }
 }
+
+/// How deeply `not` and parentheses may nest (a bound against stack exhaustion).
+const MAX_DEPTH: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -296,6 +355,13 @@ mod tests {
     }
 
     #[test]
+    fn prints_canonically() {
+        let f = Filter::parse("NOT  a = 'x' and (b>1 OR c == \"it's\")").unwrap();
+        assert_eq!(f.to_string(), "(not a == 'x' and (b > 1 or c == \"it's\"))");
+        assert_eq!(Filter::parse(&f.to_string()).unwrap(), f);
+    }
+
+    #[test]
     fn reports_position_of_errors() {
         match Filter::parse("status == ").unwrap_err() {
             Error::Filter { at, .. } => assert_eq!(at, 10),
@@ -304,5 +370,44 @@ mod tests {
         assert!(Filter::parse("status 'paid'").is_err());
         assert!(Filter::parse("(status == 'a'").is_err());
         assert!(Filter::parse("status == 'a' trailing").is_err());
+        // non-ASCII text anywhere: an error or a filter, never a panic
+        assert!(Filter::parse("status\u{a0}== 'paid'").is_ok());
+        assert!(Filter::parse("статус == 'é'").is_ok());
+        assert!(Filter::parse("é").is_err());
+        match Filter::parse("é == ").unwrap_err() {
+            Error::Filter { at, .. } => assert_eq!(at, 5, "characters, not bytes"),
+            e => panic!("{e}"),
+        }
+        assert!(Filter::parse(&"(".repeat(10_000)).is_err());
+        assert!(Filter::parse(&"not ".repeat(10_000)).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Any text parses or is refused with a position inside it; nothing panics.
+        #[test]
+        fn any_text_parses_or_is_refused(text in ".{0,60}") {
+            match Filter::parse(&text) {
+                Ok(f) => { let _ = f.paths(); }
+                Err(Error::Filter { at, .. }) => proptest::prop_assert!(at <= text.chars().count()),
+                Err(e) => proptest::prop_assert!(false, "unexpected error {e}"),
+            }
+        }
+
+        /// Text made of the grammar's own pieces, in any order.
+        #[test]
+        fn grammar_soup_parses_or_is_refused(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "a", "b.c", "==", "!=", "<", ">=", "=", "'x'", "\"y", "1", "-2.5", "true",
+                    "and", "or", "not", "(", ")", " ", "\u{a0}", "é", "\t", "'", "\"",
+                ]),
+                0..24,
+            )
+        ) {
+            let text: String = parts.concat();
+            let _ = Filter::parse(&text);
+        }
     }
 }

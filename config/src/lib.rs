@@ -42,7 +42,9 @@ pub use model::{
     BatchConfig, JobConfig, KafkaConfig, LakeConfig, ServingConfig, SpeedConfig, StoreConfig,
 };
 pub use types::{FieldType, Num, NumType, Value};
-pub use view::{Contribution, DimKey, Event, MeasureSpec, Row, Source, ViewSpec};
+pub use view::{
+    Contribution, DimKey, Event, MeasureSpec, Row, STATE_FORMAT, Source, ViewDefinition, ViewSpec,
+};
 
 /// A loaded, validated deployment.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,6 +1,10 @@
 //! How Duet prints a point in time, everywhere (HTTP API, CLI, logs): RFC 3339 in UTC with
 //! milliseconds, `2026-11-25T10:00:00.000Z`.
 
+/// The latest time Duet accepts anywhere (event times, bucket times, query ranges):
+/// 9999-12-31T23:59:59.999Z. Arithmetic on times up to it cannot overflow.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
 /// Formats epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC; proleptic Gregorian, so any
 /// `i64` prints, years beyond 9999 with more digits).
 pub fn iso(ms: i64) -> String {

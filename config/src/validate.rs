@@ -783,6 +783,80 @@ mod tests {
         assert!(e.contains("lake.nope: unknown field `nope`"), "{e}");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Arbitrary text: a config or a list of problems, never a panic.
+        #[test]
+        fn any_text_loads_or_is_refused(text in "\\PC{0,200}") {
+            let _ = load(&text, Path::new("fuzz.toml"), &[]);
+        }
+
+        /// The reference config with one span replaced by arbitrary text: reaches the
+        /// validation of every section (types, filters, durations, cron, paths).
+        #[test]
+        fn mutated_configs_load_or_are_refused(
+            at in 0usize..2_000,
+            len in 0usize..12,
+            with in "\\PC{0,12}",
+        ) {
+            let chars: Vec<char> = GOOD.chars().collect();
+            let at = at.min(chars.len());
+            let end = (at + len).min(chars.len());
+            let text: String = chars[..at]
+                .iter()
+                .chain(with.chars().collect::<Vec<_>>().iter())
+                .chain(chars[end..].iter())
+                .collect();
+            if let Err(Error::Invalid { problems, .. }) = load(&text, Path::new("fuzz.toml"), &[]) {
+                proptest::prop_assert!(!problems.is_empty());
+            }
+        }
+
+        /// Environment overrides with arbitrary names and values.
+        #[test]
+        fn any_environment_loads_or_is_refused(key in "[A-Z_]{0,20}", value in "\\PC{0,20}") {
+            let env = vec![(format!("DUET_{key}"), value)];
+            let _ = load(GOOD, Path::new("fuzz.toml"), &env);
+        }
+    }
+
+    #[test]
+    fn hostile_values_are_refused_with_a_path() {
+        for (find, replace, needle) in [
+            ("orderStatus == 'paid'", "orderStatus\u{a0}== 'paid'", ""),
+            (
+                "bucket = \"1m\"",
+                "bucket = \"99999999999999d\"",
+                "views[0].bucket",
+            ),
+            (
+                "bucket = \"1m\"",
+                "bucket = \"1\u{661}m\"",
+                "views[0].bucket",
+            ),
+            (
+                "orderStatus == 'paid'",
+                "((((orderStatus == 'paid'",
+                "views[0].filter",
+            ),
+            (
+                "\"decimal(2)\"",
+                "\"decimal(\u{a0}2)\"",
+                "sources[0].fields.totalAmount",
+            ),
+        ] {
+            assert!(GOOD.contains(find), "{find}");
+            let text = GOOD.replace(find, replace);
+            let p = problems(&text);
+            if needle.is_empty() {
+                assert!(p.is_empty(), "{p:?}");
+            } else {
+                assert!(p.iter().any(|x| x.starts_with(needle)), "{needle}: {p:?}");
+            }
+        }
+    }
+
     #[test]
     fn the_error_names_the_file() {
         let e = load("[kafka]\npartitions = 0\n", Path::new("conf/x.toml"), &[])

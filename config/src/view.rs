@@ -88,6 +88,78 @@ pub struct ViewSpec {
     pub measures: Vec<MeasureSpec>,
 }
 
+/// Version of the state format: stored states carry it inside their view's fingerprint, so
+/// states written by a Duet that encoded them differently are never merged with new ones.
+pub const STATE_FORMAT: u32 = 2;
+
+/// What defines a view's stored states: the source, filter, time field, bucket, explode,
+/// dimensions and measures (with their input types), and the state format. States written
+/// under one definition cannot be merged with states of another (a measure reordered, added
+/// or of another kind would be merged by position into the wrong one), so both layers store
+/// the definition's fingerprint with their states and refuse to mix them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ViewDefinition {
+    /// State format version ([`STATE_FORMAT`]).
+    pub format: u32,
+    /// Source name.
+    pub source: String,
+    /// The filter, canonical text.
+    pub filter: Option<String>,
+    /// The time field.
+    pub time: String,
+    /// Bucket width.
+    pub bucket: String,
+    /// The exploded array field.
+    pub explode: Option<String>,
+    /// Dimension paths.
+    pub dimensions: Vec<String>,
+    /// Each measure as `name = kind(field: type, by: type)`.
+    pub measures: Vec<String>,
+}
+
+impl ViewDefinition {
+    /// A short stable fingerprint of the definition (16 hex digits).
+    pub fn fingerprint(&self) -> String {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        format!("{:016x}", crate::sketch::hash_key(&text))
+    }
+
+    /// What changed from `self` (stored) to `now` (configured), one line per difference.
+    pub fn changes(&self, now: &ViewDefinition) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut field = |name: &str, was: String, is: String| {
+            if was != is {
+                out.push(format!("{name}: was {was}, now {is}"));
+            }
+        };
+        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "none".into());
+        field(
+            "state format",
+            self.format.to_string(),
+            now.format.to_string(),
+        );
+        field("source", self.source.clone(), now.source.clone());
+        field("filter", opt(&self.filter), opt(&now.filter));
+        field("time", self.time.clone(), now.time.clone());
+        field("bucket", self.bucket.clone(), now.bucket.clone());
+        field("explode", opt(&self.explode), opt(&now.explode));
+        field(
+            "dimensions",
+            format!("{:?}", self.dimensions),
+            format!("{:?}", now.dimensions),
+        );
+        for i in 0..self.measures.len().max(now.measures.len()) {
+            let m = |v: &[String]| v.get(i).cloned().unwrap_or_else(|| "absent".into());
+            field(
+                &format!("measures[{i}]"),
+                m(&self.measures),
+                m(&now.measures),
+            );
+        }
+        out
+    }
+}
+
 /// Dimension values of one row: the canonical text of each, `None` for null.
 pub type DimKey = Vec<Option<String>>;
 
@@ -115,6 +187,44 @@ pub struct Contribution {
 }
 
 impl ViewSpec {
+    /// What defines this view's stored states (see [`ViewDefinition`]).
+    pub fn definition(&self) -> ViewDefinition {
+        ViewDefinition {
+            format: STATE_FORMAT,
+            source: self.source.clone(),
+            filter: self.filter.as_ref().map(ToString::to_string),
+            time: self.time_field.clone(),
+            bucket: crate::duration::format_millis(self.bucket_ms),
+            explode: self.explode.clone(),
+            dimensions: self.dimensions.clone(),
+            measures: self
+                .measures
+                .iter()
+                .map(|m| {
+                    use crate::measure::MeasureKind as K;
+                    let t = |t: &crate::types::NumType| match t {
+                        crate::types::NumType::Int => "int".to_string(),
+                        crate::types::NumType::Float => "float".to_string(),
+                        crate::types::NumType::Decimal(s) => format!("decimal({s})"),
+                    };
+                    let field = m.field.clone().unwrap_or_default();
+                    let input = match &m.kind {
+                        K::Count => String::new(),
+                        K::Sum(n) | K::Min(n) | K::Max(n) | K::Avg(n) => {
+                            format!("{field}: {}", t(n))
+                        }
+                        K::DistinctCount => field,
+                        K::TopK { weight, .. } => match &m.by {
+                            Some(by) => format!("{field}, by {by}: {}", t(weight)),
+                            None => field,
+                        },
+                    };
+                    format!("{} = {}({input})", m.name, m.kind.name())
+                })
+                .collect(),
+        }
+    }
+
     /// Start of the bucket holding time `t` (epoch ms).
     pub fn bucket_of(&self, t: i64) -> i64 {
         t - t.rem_euclid(self.bucket_ms)
@@ -169,11 +279,12 @@ impl ViewSpec {
             {
                 continue;
             }
-            // rows without a time, or before the epoch, belong to no bucket (in both layers)
+            // rows without a time, before the epoch or after 9999 belong to no bucket (in both
+            // layers)
             let Value::Int(t) = resolve(&self.time_field) else {
                 continue;
             };
-            if *t < 0 {
+            if *t < 0 || *t > crate::time::MAX_TIME_MS {
                 continue;
             }
             let dims = self
@@ -233,6 +344,70 @@ fn measure_input(kind: &MeasureKind, v: &Value, by: Option<&Value>) -> State {
 #[cfg(test)]
 mod tests {
     use crate::{Config, State, types::Num};
+
+    #[test]
+    fn definitions_name_what_changed() {
+        let load = |measures: &str, filter: &str| {
+            Config::from_toml_str(
+                &format!(
+                    r#"
+                    [[sources]]
+                    name = "o"
+                    topic = "o"
+                    event_id = "id"
+                    event_time = "t"
+                    fields = {{ id = "string", t = "int", amount = "decimal(2)", s = "string" }}
+
+                    [[views]]
+                    name = "v"
+                    source = "o"
+                    bucket = "1m"
+                    filter = "{filter}"
+                    measures = [{measures}]
+                    "#
+                ),
+                "t.toml".as_ref(),
+            )
+            .unwrap()
+            .views[0]
+                .definition()
+        };
+        let a = load(
+            r#"{ name = "n", kind = "count" }, { name = "gmv", kind = "sum", field = "amount" }"#,
+            "s == 'paid'",
+        );
+        // the same view written differently: the same fingerprint
+        let same = load(
+            r#"{ name = "n", kind = "count" }, { name = "gmv", kind = "sum", field = "amount" }"#,
+            "s  =  'paid'",
+        );
+        assert_eq!(a.fingerprint(), same.fingerprint());
+        // two measures swapped
+        let b = load(
+            r#"{ name = "gmv", kind = "sum", field = "amount" }, { name = "n", kind = "count" }"#,
+            "s == 'paid'",
+        );
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(
+            a.changes(&b),
+            vec![
+                "measures[0]: was n = count(), now gmv = sum(amount: decimal(2))",
+                "measures[1]: was gmv = sum(amount: decimal(2)), now n = count()",
+            ]
+        );
+        let c = load(
+            r#"{ name = "n", kind = "count" }, { name = "gmv", kind = "avg", field = "amount" }, { name = "x", kind = "count" }"#,
+            "s == 'new'",
+        );
+        assert_eq!(
+            a.changes(&c),
+            vec![
+                "filter: was s == 'paid', now s == 'new'",
+                "measures[1]: was gmv = sum(amount: decimal(2)), now gmv = avg(amount: decimal(2))",
+                "measures[2]: was absent, now x = count()",
+            ]
+        );
+    }
 
     #[test]
     fn contributions_explode_filter_and_bucket() {

@@ -19,6 +19,17 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A query parameter the endpoint does not take.
+    #[error("unknown query parameter `{name}` (expected {expected})")]
+    UnknownParam {
+        /// The parameter.
+        name: String,
+        /// The parameters the endpoint takes.
+        expected: &'static str,
+    },
+    /// The query string could not be read at all.
+    #[error("malformed query string: {0}")]
+    BadQuery(String),
     /// No such route.
     #[error("no route for {0}")]
     NotFound(String),
@@ -59,7 +70,9 @@ impl IntoResponse for Error {
         let (status, code) = match &self {
             Error::UnknownView(_) => (StatusCode::NOT_FOUND, "unknown_view"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            Error::BadParam { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::BadParam { .. } | Error::UnknownParam { .. } | Error::BadQuery(_) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
             Error::Lake(_) | Error::Store(_) | Error::Serve { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

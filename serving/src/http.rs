@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::Uri;
 use axum::routing::get;
 use chrono::DateTime;
-use duet_config::time::iso;
+use duet_config::time::{MAX_TIME_MS, iso};
 use duet_config::{Config, duration::format_millis};
 use duet_speed::{SpeedCounters, ViewStore};
 use serde_json::{Value, json};
@@ -53,9 +53,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Latest time accepted in a query: 9999-12-31T23:59:59.999Z.
-const MAX_TIME_MS: i64 = 253_402_300_799_999;
-
 /// Parses a time parameter: epoch milliseconds or RFC 3339, from 1970 to 9999.
 fn parse_time(name: &'static str, v: &str) -> Result<i64> {
     let ms = match v.parse::<i64>() {
@@ -73,10 +70,7 @@ fn parse_time(name: &'static str, v: &str) -> Result<i64> {
 }
 
 fn bad_query(e: QueryRejection) -> Error {
-    Error::BadParam {
-        name: "query",
-        message: e.body_text(),
-    }
+    Error::BadQuery(e.body_text())
 }
 
 /// Prometheus text exposition of the speed layer's totals and each source's watermark.
@@ -211,13 +205,11 @@ async fn query_view(
         .cfg
         .view(&view)
         .ok_or_else(|| Error::UnknownView(view.clone()))?;
-    for k in q.keys() {
-        if k != "from" && k != "to" {
-            return Err(Error::BadParam {
-                name: "query",
-                message: format!("unknown parameter `{k}` (expected from, to)"),
-            });
-        }
+    if let Some(k) = q.keys().find(|k| *k != "from" && *k != "to") {
+        return Err(Error::UnknownParam {
+            name: k.clone(),
+            expected: "from, to",
+        });
     }
     let now = duet_speed::now_ms();
     let to = q
@@ -462,6 +454,47 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Any query string on the query endpoints gets a 200 or a 4xx with a JSON message;
+        /// never a 5xx, never a panic.
+        #[test]
+        fn any_query_string_gets_an_answer(
+            q in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["from", "to", "limit", "x", "", "from[]"]),
+                    proptest::prop_oneof![
+                        "[-0-9]{0,22}",
+                        "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{0,12}(Z|[+-][0-9]{2}:[0-9]{2})?",
+                        "%[0-9A-Fa-f]{2}|%|%zz|\\PC{0,6}",
+                    ],
+                ),
+                0..4,
+            ),
+            path in proptest::sample::select(vec!["/v1/views/gmv", "/v1/quarantine", "/v1/views/%E2%80%AE"]),
+        ) {
+            let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let uri = format!("{path}?{}", query.join("&"));
+            let Ok(request) = Request::get(&uri).body(Body::empty()) else {
+                return Ok(()); // not a URI a client could send
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let (status, body) = rt.block_on(async {
+                let app = app(dir.path()).await;
+                let r = app.oneshot(request).await.unwrap();
+                let status = r.status();
+                (status, axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap())
+            });
+            proptest::prop_assert!(status.is_success() || status.is_client_error(), "{uri}: {status}");
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            if !status.is_success() {
+                proptest::prop_assert!(body["error"]["message"].is_string(), "{uri}: {body}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn bad_requests_get_json_errors() {
         let dir = tempfile::tempdir().unwrap();
@@ -501,7 +534,7 @@ mod tests {
                 "/v1/views/gmv?form=1",
                 StatusCode::BAD_REQUEST,
                 "bad_request",
-                "unknown parameter `form`",
+                "unknown query parameter `form` (expected from, to)",
             ),
             (
                 "/v1/quarantine?limit=0",
