@@ -27,7 +27,7 @@ impl fmt::Display for Problem {
 #[non_exhaustive]
 pub enum Error {
     /// The configuration file could not be read.
-    #[error("cannot read config file {}: {source}", file.display())]
+    #[error("cannot read config file {}", file.display())]
     Read {
         /// The file.
         file: PathBuf,

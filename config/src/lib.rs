@@ -43,7 +43,8 @@ pub use model::{
 };
 pub use types::{FieldType, Num, NumType, Value};
 pub use view::{
-    Contribution, DimKey, Event, MeasureSpec, Row, STATE_FORMAT, Source, ViewDefinition, ViewSpec,
+    Contribution, DimKey, Event, MeasureSpec, Row, STATE_FORMAT, Source, ViewDefinition,
+    ViewMismatch, ViewSpec,
 };
 
 /// A loaded, validated deployment.
@@ -77,8 +78,6 @@ pub struct Config {
     pub speed_batch_ms: i64,
     /// `[batch] lateness` in ms.
     pub lateness_ms: i64,
-    /// `[speed] dedup_retention` in ms.
-    pub dedup_retention_ms: i64,
 }
 
 impl Config {

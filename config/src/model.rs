@@ -114,14 +114,6 @@ pub struct SpeedConfig {
     /// Longest wait before a partial batch is applied (`200ms`).
     #[serde(default = "default_batch_interval")]
     pub batch_interval: String,
-    /// How long event ids are remembered for dedup, behind the source's event-time watermark
-    /// (`7d`; the seed keeps state 7–30 days). Older re-deliveries are not recognised.
-    #[serde(default = "default_dedup_retention")]
-    pub dedup_retention: String,
-}
-
-fn default_dedup_retention() -> String {
-    "7d".into()
 }
 
 fn default_batch_max() -> usize {
@@ -136,7 +128,6 @@ impl Default for SpeedConfig {
         SpeedConfig {
             batch_max: default_batch_max(),
             batch_interval: default_batch_interval(),
-            dedup_retention: default_dedup_retention(),
         }
     }
 }

@@ -160,6 +160,27 @@ impl ViewDefinition {
     }
 }
 
+/// A view whose stored states were written under another definition than the configured one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewMismatch {
+    /// View name.
+    pub view: String,
+    /// What changed, one line each (see [`ViewDefinition::changes`]).
+    pub changes: Vec<String>,
+}
+
+impl std::fmt::Display for ViewMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "view `{}` changed since its state was written ({}); `duet views reset {}` drops its state and rebuilds it from the lake",
+            self.view,
+            self.changes.join("; "),
+            self.view
+        )
+    }
+}
+
 /// Dimension values of one row: the canonical text of each, `None` for null.
 pub type DimKey = Vec<Option<String>>;
 

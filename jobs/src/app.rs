@@ -36,9 +36,45 @@ pub async fn speed(
     bootstrap: String,
     store: Arc<dyn ViewStore>,
     counters: Arc<SpeedCounters>,
+    sealed: duet_speed::SealedUntil,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    Ok(duet_speed::run(&cfg, &bootstrap, store, counters, shutdown).await?)
+    Ok(duet_speed::run(&cfg, &bootstrap, store, counters, sealed, shutdown).await?)
+}
+
+/// A sealed-frontier channel that never moves (for tests and tools that seal nothing).
+pub fn no_seals() -> duet_speed::SealedUntil {
+    watch::channel(std::collections::BTreeMap::new()).1
+}
+
+/// Checks that every view's stored state (speed store and batch table) was written under its
+/// current definition; records the definition where nothing is stored yet. The error names
+/// each changed view, what changed, and the command that resets it.
+pub async fn check_views(cfg: &Config, lake: &Lake, store: &dyn ViewStore) -> Result<()> {
+    let mut problems = Vec::new();
+    if let Err(e) = duet_speed::store::check_definitions(store, &cfg.views).await {
+        match e {
+            duet_speed::Error::ViewChanged { mismatches, .. } => {
+                problems.extend(mismatches.iter().map(|m| format!("speed store: {m}")));
+            }
+            other => return Err(other.into()),
+        }
+    }
+    for v in &cfg.views {
+        if let Some(m) = duet_lake::ViewTable::new(lake, v)
+            .check_definition()
+            .await?
+        {
+            problems.push(format!("views/{}: {m}", v.name));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to start: stored state was written under another view definition:\n  {}",
+        problems.join("\n  ")
+    )
 }
 
 /// The lake sink as an owned future, ready to spawn.
@@ -81,6 +117,7 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
         EmbeddedStore::open(Path::new(&cfg.store.path))
             .with_context(|| format!("open the view store at {}", cfg.store.path))?,
     );
+    check_views(&cfg, &lake, store.as_ref()).await?;
     let listener = tokio::net::TcpListener::bind(&cfg.serving.bind)
         .await
         .with_context(|| format!("bind the HTTP API to {}", cfg.serving.bind))?;
@@ -90,6 +127,8 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
     let mut tasks = JoinSet::new();
     let counters = Arc::new(SpeedCounters::default());
     let backoff = Backoff::default();
+    let (sealed_tx, sealed_rx) = watch::channel(std::collections::BTreeMap::new());
+    let sealed_tx = Arc::new(sealed_tx);
     let mut spawn = |name: &'static str, start: Box<dyn FnMut() -> PartFuture + Send>| {
         tasks.spawn(supervise(name, parts.clone(), backoff, rx.clone(), start));
     };
@@ -109,6 +148,7 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
                     bootstrap.clone(),
                     store.clone(),
                     counters.clone(),
+                    sealed_rx.clone(),
                     rx.clone(),
                 ))
             }),
@@ -133,8 +173,9 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
         spawn(
             "scheduler",
             Box::new(move || {
-                let (cfg, lake, rx) = (cfg.clone(), lake.clone(), rx.clone());
-                Box::pin(async move { crate::scheduler::run(&cfg, &lake, rx).await })
+                let (cfg, lake, rx, sealed) =
+                    (cfg.clone(), lake.clone(), rx.clone(), sealed_tx.clone());
+                Box::pin(async move { crate::scheduler::run(&cfg, &lake, &sealed, rx).await })
             }),
         );
     }

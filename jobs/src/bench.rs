@@ -241,6 +241,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
         bootstrap.clone(),
         store.clone(),
         counters.clone(),
+        crate::app::no_seals(),
         rx.clone(),
     ));
     let group = duet_speed::group(&cfg);

@@ -15,9 +15,14 @@ use duet_jobs::REFERENCE_CONFIG as REFERENCE;
 #[command(
     name = "duet",
     version,
-    about = "Duet: one view declared once, kept by a speed and a batch layer, served merged."
+    about = "Duet: one view declared once, kept by a speed and a batch layer, served merged.",
+    after_help = "Every command reads its config from --config FILE, else $DUET_CONFIG, else ./duet.toml \
+                  (`duet demo` uses the built-in reference deployment unless --config is given)."
 )]
 struct Cli {
+    /// The config file (default: $DUET_CONFIG, else duet.toml).
+    #[arg(long, short, global = true, env = "DUET_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,17 +42,11 @@ enum Command {
         /// Address of the HTTP API.
         #[arg(long)]
         http: Option<String>,
-        /// Use this config instead of the built-in reference (its Kafka is replaced by the embedded one).
-        #[arg(long)]
-        config: Option<PathBuf>,
     },
-    /// Run a deployment from a config file (Kafka from [kafka], embedded if absent).
+    /// Run a deployment from its config file (Kafka from [kafka], embedded if absent).
     ///
     /// Example: duet run --config config/examples/ecommerce.toml
     Run {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Also generate seed-shaped events at this rate per second.
         #[arg(long)]
         generate: Option<u32>,
@@ -71,10 +70,15 @@ enum Command {
         #[arg(long, default_value = "bench-report.md")]
         out: PathBuf,
     },
-    /// Batch jobs: list them, or recompute and seal a view's buckets by hand.
+    /// Batch jobs: list them, show how far each view is sealed, or recompute by hand.
     Jobs {
         #[command(subcommand)]
         command: JobsCommand,
+    },
+    /// Views: list them with their definitions, or reset one whose definition changed.
+    Views {
+        #[command(subcommand)]
+        command: ViewsCommand,
     },
 }
 
@@ -84,30 +88,22 @@ enum ConfigCommand {
     ///
     /// Example: duet config check config/examples/ecommerce.toml
     Check {
-        /// The config file.
-        file: PathBuf,
+        /// The config file (default: --config, $DUET_CONFIG, duet.toml).
+        file: Option<PathBuf>,
     },
 }
 
 #[derive(Subcommand)]
 enum JobsCommand {
     /// List the scheduled jobs and the views they seal.
-    List {
-        /// The config file.
-        #[arg(long, short, default_value = "duet.toml")]
-        config: PathBuf,
-    },
-    /// Show, per view, how far it is sealed and by which version of its batch table.
+    List,
+    /// Show, per view, how far it is sealed, its gaps and dirty buckets, its batch version.
     ///
     /// Example: duet jobs status -c duet.toml
-    Status {
-        /// The config file.
-        #[arg(long, short, default_value = "duet.toml")]
-        config: PathBuf,
-    },
+    Status,
     /// Recompute a view's buckets from the lake and seal them.
     ///
-    /// Without --from/--to it seals what is due (like the scheduler).
+    /// Without --from/--to it recomputes what is due (like the scheduler).
     /// Example: duet jobs run gmv_per_minute --from 2026-11-25T10:00:00Z --to 2026-11-25T11:00:00Z -c duet.toml
     Run {
         /// The view.
@@ -122,10 +118,60 @@ enum JobsCommand {
         /// before the clock or the lake's watermark).
         #[arg(long)]
         force: bool,
-        /// The config file.
-        #[arg(long, short, default_value = "duet.toml")]
-        config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ViewsCommand {
+    /// List the views with their definition fingerprints.
+    List,
+    /// Drop a view's state (speed store, batch table, seals) and rebuild it from the lake.
+    ///
+    /// Needed after a change to what defines the view (source, filter, time, bucket,
+    /// dimensions, measures). Stop the deployment first: the embedded store is one process's.
+    /// Example: duet views reset gmv_per_minute -c duet.toml
+    Reset {
+        /// The view.
+        view: String,
+    },
+}
+
+/// The config file a command reads: --config, $DUET_CONFIG (clap reads it into --config),
+/// else `duet.toml`.
+fn config_path(cli_config: &Option<PathBuf>) -> PathBuf {
+    cli_config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("duet.toml"))
+}
+
+/// Loads the config of a command, saying how to name another file when it is missing.
+fn load_config(path: &std::path::Path) -> Result<Config> {
+    Config::load_with_env(path, std::env::vars()).map_err(|e| {
+        let missing = matches!(&e, duet_config::Error::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(e);
+        if missing {
+            e.context("no config file (pass --config FILE or set DUET_CONFIG)")
+        } else {
+            e
+        }
+    })
+}
+
+/// The error and its causes on one line, each cause once (a message that already ends with
+/// its cause's text does not repeat it).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn parse_time(v: &str) -> Result<i64> {
@@ -157,7 +203,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::from(1)
         }
     }
@@ -165,33 +211,32 @@ async fn main() -> ExitCode {
 
 #[allow(clippy::print_stdout)]
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = config_path(&cli.config);
     match cli.command {
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => match Config::load_with_env(&file, std::env::vars()) {
-            Ok(cfg) => {
-                println!(
-                    "{}: ok ({} sources, {} views, {} jobs)",
-                    file.display(),
-                    cfg.sources.len(),
-                    cfg.views.len(),
-                    cfg.jobs.len()
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                println!("{e}");
-                Ok(ExitCode::from(2))
-            }
-        },
-        Command::Demo {
-            rate,
-            data,
-            http,
-            config,
         } => {
-            let mut cfg = match config {
-                Some(f) => Config::load_with_env(&f, std::env::vars())?,
+            let file = file.unwrap_or(config);
+            match load_config(&file) {
+                Ok(cfg) => {
+                    println!(
+                        "{}: ok ({} sources, {} views, {} jobs)",
+                        file.display(),
+                        cfg.sources.len(),
+                        cfg.views.len(),
+                        cfg.jobs.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("{}", chain(&e));
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Demo { rate, data, http } => {
+            let mut cfg = match &cli.config {
+                Some(f) => load_config(f)?,
                 None => Config::from_toml_str_with_env(
                     REFERENCE,
                     "config/examples/ecommerce.toml".as_ref(),
@@ -224,22 +269,73 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("(written to {})", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, generate } => {
-            serve(Config::load_with_env(&config, std::env::vars())?, generate).await
-        }
+        Command::Run { generate } => serve(load_config(&config)?, generate).await,
         Command::Jobs {
-            command: JobsCommand::List { config },
+            command: JobsCommand::List,
         } => {
-            let cfg = Config::load_with_env(&config, std::env::vars())?;
+            let cfg = load_config(&config)?;
             for j in &cfg.jobs {
                 println!("{}\t{}\t{}", j.name, j.schedule, j.all_views().join(","));
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Jobs {
-            command: JobsCommand::Status { config },
+        Command::Views {
+            command: ViewsCommand::List,
         } => {
-            let cfg = Config::load_with_env(&config, std::env::vars())?;
+            let cfg = load_config(&config)?;
+            println!("view\tsource\tbucket\tfingerprint");
+            for v in &cfg.views {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    v.name,
+                    v.source,
+                    duet_config::duration::format_millis(v.bucket_ms),
+                    v.definition().fingerprint()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Views {
+            command: ViewsCommand::Reset { view },
+        } => {
+            let cfg = load_config(&config)?;
+            let spec = find_view(&cfg, &view)?;
+            let store = duet_speed::EmbeddedStore::open(std::path::Path::new(&cfg.store.path))
+                .with_context(|| {
+                    format!(
+                        "open the view store {} (stop the deployment that uses it first)",
+                        cfg.store.path
+                    )
+                })?;
+            let lake = Lake::open(&cfg.lake.url)?;
+            let table = duet_lake::ViewTable::new(&lake, spec);
+            duet_speed::ViewStore::drop_view(&store, &view).await?;
+            table.delete().await?;
+            duet_lake::SealLedger::new(&lake).forget_view(&view).await?;
+            duet_speed::ViewStore::record_definitions(
+                &store,
+                std::collections::BTreeMap::from([(view.clone(), spec.definition())]),
+            )
+            .await?;
+            let now = duet_speed::now_ms();
+            let runs =
+                duet_jobs::scheduler::seal_due(&cfg, &lake, std::slice::from_ref(&view), now).await;
+            let rows: usize = runs.iter().map(|r| r.rows).sum();
+            let until = duet_lake::SealLedger::new(&lake)
+                .snapshot()
+                .await?
+                .view(&view)
+                .sealed_until();
+            println!(
+                "{view}: state dropped; rebuilt from the lake: {rows} rows, sealed until {} (later buckets are counted by the speed layer from now on)",
+                until.map_or("-".to_string(), iso)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs {
+            command: JobsCommand::Status,
+        } => {
+            let cfg = load_config(&config)?;
             let lake = Lake::open(&cfg.lake.url)?;
             let ledger = duet_lake::SealLedger::new(&lake).snapshot().await?;
             println!("view\tsealed_until\tgaps\tdirty\tlate_pending\tversion\tlast_sealed_at");
@@ -276,20 +372,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     from,
                     to,
                     force,
-                    config,
                 },
         } => {
-            let cfg = Config::load_with_env(&config, std::env::vars())?;
-            let spec = cfg.view(&view).with_context(|| {
-                format!(
-                    "unknown view `{view}` (views: {})",
-                    cfg.views
-                        .iter()
-                        .map(|v| v.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
+            let cfg = load_config(&config)?;
+            let spec = find_view(&cfg, &view)?;
             let lake = Lake::open(&cfg.lake.url)?;
             let now = duet_speed::now_ms();
             let ranges = match (from, to) {
@@ -364,6 +450,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn find_view<'a>(cfg: &'a Config, view: &str) -> Result<&'a duet_config::ViewSpec> {
+    cfg.view(view).with_context(|| {
+        format!(
+            "unknown view `{view}` (views: {})",
+            cfg.views
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
 }
 
 #[allow(clippy::print_stdout)]

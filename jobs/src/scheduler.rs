@@ -3,6 +3,7 @@
 //! sealed now are recomputed and sealed (see [`duet_batch::due`]); then closed raw hours and
 //! the ledger are compacted. Only the scheduler compacts.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use anyhow::Result;
@@ -66,8 +67,36 @@ pub async fn compact_closed_hours(cfg: &Config, lake: &Lake, now_ms: i64) -> usi
     done
 }
 
-/// Runs the jobs' schedules until `shutdown` turns true.
-pub async fn run(cfg: &Config, lake: &Lake, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+/// Publishes each view's sealed frontier (the end of its contiguous sealed range) from the
+/// ledger, for the speed layer to forget dedup ids no open bucket needs.
+pub async fn publish_sealed(
+    cfg: &Config,
+    lake: &Lake,
+    sealed: &watch::Sender<BTreeMap<String, i64>>,
+) -> Result<()> {
+    let ledger = duet_lake::SealLedger::new(lake).snapshot().await?;
+    let frontiers: BTreeMap<String, i64> = cfg
+        .views
+        .iter()
+        .filter_map(|v| Some((v.name.clone(), ledger.view(&v.name).sealed_until()?)))
+        .collect();
+    sealed.send_if_modified(|old| {
+        let changed = *old != frontiers;
+        *old = frontiers;
+        changed
+    });
+    Ok(())
+}
+
+/// Runs the jobs' schedules until `shutdown` turns true; after each run (and at start) the
+/// views' sealed frontiers are published on `sealed`.
+pub async fn run(
+    cfg: &Config,
+    lake: &Lake,
+    sealed: &watch::Sender<BTreeMap<String, i64>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    publish_sealed(cfg, lake, sealed).await?;
     let jobs: Vec<(Schedule, Vec<String>, String)> = cfg
         .jobs
         .iter()
@@ -109,6 +138,9 @@ pub async fn run(cfg: &Config, lake: &Lake, mut shutdown: watch::Receiver<bool>)
                     }
                     if let Err(e) = duet_lake::SealLedger::new(lake).compact().await {
                         tracing::warn!(error = %e, "Ledger compaction failed; will retry.");
+                    }
+                    if let Err(e) = publish_sealed(cfg, lake, sealed).await {
+                        tracing::warn!(error = %e, "Could not read the ledger; will retry.");
                     }
                 }
             }

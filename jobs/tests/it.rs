@@ -52,10 +52,34 @@ fn config_check_lists_every_problem_and_exits_2() {
     }
     let (code, out) = duet(&["config", "check", "/no/such/file.toml"]);
     assert_eq!(code, 2, "{out}");
+    // the cause once, and what to do
     assert!(
-        out.contains("cannot read config file /no/such/file.toml"),
+        out.contains("no config file (pass --config FILE or set DUET_CONFIG): cannot read config file /no/such/file.toml: No such file or directory (os error 2)\n"),
         "{out}"
     );
+    assert_eq!(out.matches("os error 2").count(), 1, "{out}");
+    // one rule for every command: --config, $DUET_CONFIG, ./duet.toml
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["jobs", "list"][..], &["run"][..], &["views", "list"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_duet"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("DUET_CONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        assert!(
+            text.contains("cannot read config file duet.toml"),
+            "{args:?}: {text}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_duet"))
+        .args(["jobs", "list"])
+        .env("DUET_CONFIG", REFERENCE)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
 }
 
 #[test]
@@ -125,6 +149,81 @@ fn jobs_list_and_errors() {
     ]);
     assert_eq!(code, 1);
     assert!(out.contains("give both --from and --to"), "{out}");
+}
+
+/// A view whose definition changed is refused at start with what changed, until
+/// `duet views reset` drops its state and rebuilds it from the lake.
+#[test]
+fn a_changed_view_is_refused_until_it_is_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = std::fs::read_to_string(REFERENCE)
+        .unwrap()
+        .replace(
+            "url = \"duet-data/lake\"",
+            &format!("url = {:?}", dir.path().join("lake").to_str().unwrap()),
+        )
+        .replace(
+            "path = \"duet-data/store.redb\"",
+            &format!(
+                "path = {:?}",
+                dir.path().join("store.redb").to_str().unwrap()
+            ),
+        )
+        .replace("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"");
+    let file = dir.path().join("duet.toml");
+    std::fs::write(&file, &reference).unwrap();
+    let cfg = file.to_str().unwrap();
+    // state under the first definition: a batch table and speed states
+    let (code, out) = duet(&[
+        "jobs",
+        "run",
+        "gmv_per_minute",
+        "--from",
+        "2026-11-25T10:00:00Z",
+        "--to",
+        "2026-11-25T10:05:00Z",
+        "--force",
+        "-c",
+        cfg,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let first = duet_config::Config::load(&file).unwrap();
+    rt.block_on(async {
+        let store = duet_speed::EmbeddedStore::open(first.store.path.as_ref()).unwrap();
+        duet_speed::store::check_definitions(&store, &first.views)
+            .await
+            .unwrap();
+    });
+    // the measures of gmv_per_minute swapped
+    let changed = reference.replace(
+        "  { name = \"gmv\", kind = \"sum\", field = \"totalAmount\" },\n  { name = \"paid_orders\", kind = \"count\" },",
+        "  { name = \"paid_orders\", kind = \"count\" },\n  { name = \"gmv\", kind = \"sum\", field = \"totalAmount\" },",
+    );
+    assert_ne!(changed, reference);
+    std::fs::write(&file, &changed).unwrap();
+    let (code, out) = duet(&["run", "-c", cfg]);
+    assert_eq!(code, 1, "{out}");
+    for needle in [
+        "refusing to start",
+        "speed store: view `gmv_per_minute` changed since its state was written (measures[0]: was gmv = sum(totalAmount: decimal(2)), now paid_orders = count()",
+        "views/gmv_per_minute: view `gmv_per_minute` changed",
+        "`duet views reset gmv_per_minute`",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+    assert!(!out.contains("orders_per_minute"), "{out}");
+    let (code, out) = duet(&["views", "reset", "gmv_per_minute", "-c", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("gmv_per_minute: state dropped"), "{out}");
+    let second = duet_config::Config::load(&file).unwrap();
+    rt.block_on(async {
+        let store = duet_speed::EmbeddedStore::open(second.store.path.as_ref()).unwrap();
+        let lake = duet_lake::Lake::open(&second.lake.url).unwrap();
+        duet_jobs::app::check_views(&second, &lake, &store)
+            .await
+            .unwrap();
+    });
 }
 
 /// `GET` over a plain TCP connection; returns the body.

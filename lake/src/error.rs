@@ -42,6 +42,9 @@ pub enum Error {
         /// The `txn` app id.
         app: String,
     },
+    /// A view table was written under another definition than the configured one.
+    #[error("{0}")]
+    ViewChanged(duet_config::ViewMismatch),
     /// Building or reading Arrow data failed.
     #[error("arrow data of table {table}: {source}")]
     Arrow {

@@ -382,7 +382,7 @@ impl SealLedger {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut table = load_or_create(&self.url, &schema(), &[], LEDGER_LAYOUT).await?;
+        let mut table = load_or_create(&self.url, &schema(), &[], LEDGER_LAYOUT, &[]).await?;
         let rows: Vec<_> = entries.iter().map(row).collect();
         let batch = json_rows_to_batch(self.url.as_str(), writer_schema(&table)?, &rows)?;
         let adds = write_files(&table, vec![batch]).await?;
@@ -406,6 +406,36 @@ impl SealLedger {
     pub async fn mark_late(&self, marks: &[LateMark]) -> Result<()> {
         let entries: Vec<Entry> = marks.iter().cloned().map(Entry::Late).collect();
         self.append(&entries).await
+    }
+
+    /// Removes every entry of `view` (seals, late marks) in one commit: its state is being
+    /// rebuilt from scratch. Run with the deployment stopped.
+    pub async fn forget_view(&self, view: &str) -> Result<()> {
+        let Some(mut table) = try_load(&self.url).await? else {
+            return Ok(());
+        };
+        let files = active_files(&table)?;
+        let paths: Vec<_> = files.iter().map(|f| f.path.clone()).collect();
+        let kept: Vec<_> = decode(read_files(&table, &paths).await?)?
+            .into_iter()
+            .filter(|e| match e {
+                Entry::Seal(s) => s.view != view,
+                Entry::Late(m) => m.view != view,
+                Entry::Resolved { view: v, .. } => v != view,
+            })
+            .map(|e| row(&e))
+            .collect();
+        let batches = if kept.is_empty() {
+            Vec::new()
+        } else {
+            vec![json_rows_to_batch(
+                self.url.as_str(),
+                writer_schema(&table)?,
+                &kept,
+            )?]
+        };
+        commit::replace(&mut table, files, batches, None).await?;
+        Ok(())
     }
 
     /// The ledger at its latest version.

@@ -106,13 +106,14 @@ pub(crate) async fn try_load(url: &Url) -> Result<Option<DeltaTable>> {
     Ok(Some(table))
 }
 
-/// Loads the table at `url`, creating it with `schema`, `partitions` and the properties of
-/// `layout` if missing.
+/// Loads the table at `url`, creating it with `schema`, `partitions`, the properties of
+/// `layout` and `properties` if missing.
 pub(crate) async fn load_or_create(
     url: &Url,
     schema: &deltalake::arrow::datatypes::Schema,
     partitions: &[&str],
     layout: commit::TableLayout,
+    properties: &[(&str, String)],
 ) -> Result<DeltaTable> {
     if let Some(t) = try_load(url).await? {
         return Ok(t);
@@ -132,6 +133,13 @@ pub(crate) async fn load_or_create(
         .with_columns(kernel.fields().cloned())
         .with_partition_columns(partitions.iter().map(|p| p.to_string()))
         .with_configuration(layout.properties())
+        // Duet's own properties (`duet.*`) are not Delta's
+        .with_raise_if_key_not_exists(false)
+        .with_configuration(
+            properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), Some(v.clone()))),
+        )
         .with_save_mode(deltalake::protocol::SaveMode::Ignore)
         .await
         .map_err(delta_err)

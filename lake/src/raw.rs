@@ -93,7 +93,7 @@ impl RawWriter {
     /// whose offsets the table's `txn` actions record.
     pub async fn open(lake: &Lake, source: &Source, group: &str) -> Result<RawWriter> {
         let url = lake.raw_table_url(&source.name);
-        let table = load_or_create(&url, &raw_schema(source), &PARTITIONS, RAW_LAYOUT).await?;
+        let table = load_or_create(&url, &raw_schema(source), &PARTITIONS, RAW_LAYOUT, &[]).await?;
         let schema = writer_schema(&table)?;
         let watermark = txn_version(&table, &watermark_app(&source.name)).await?;
         Ok(RawWriter {

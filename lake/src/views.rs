@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
-use duet_config::{MeasureKind, State, ViewSpec};
+use duet_config::{MeasureKind, State, ViewDefinition, ViewMismatch, ViewSpec};
 use serde_json::{Map, Value as J};
 use url::Url;
 
@@ -29,6 +29,27 @@ const VIEW_LAYOUT: TableLayout = TableLayout {
     checkpoint_every: 20,
     log_retention: "interval 2 days",
 };
+
+/// Table property holding the definition the table was written under (JSON).
+pub const DEFINITION_KEY: &str = "duet.view.definition";
+/// Table property holding that definition's fingerprint.
+pub const FINGERPRINT_KEY: &str = "duet.view.fingerprint";
+
+/// The object store of a table URL and the table's path inside it.
+fn object_store_for(
+    url: &Url,
+) -> Result<(
+    deltalake::logstore::ObjectStoreRef,
+    object_store::path::Path,
+)> {
+    let table = deltalake::DeltaTableBuilder::from_url(url.clone())
+        .and_then(|b| b.build())
+        .map_err(|source| Error::Delta {
+            table: url.to_string(),
+            source: Box::new(source),
+        })?;
+    Ok((table.object_store(), object_store::path::Path::from("")))
+}
 
 /// One row of a view (the type both layers share).
 pub type ViewRow = duet_config::Row;
@@ -233,13 +254,25 @@ impl ViewTable {
     /// same dates first, the rows outside the ranges are read again from the new version and
     /// the commit is retried.
     pub async fn replace_ranges(&self, ranges: &[Interval], rows: &[ViewRow]) -> Result<i64> {
+        let definition = self.spec.definition();
+        let properties = [
+            (
+                DEFINITION_KEY,
+                serde_json::to_string(&definition).unwrap_or_default(),
+            ),
+            (FINGERPRINT_KEY, definition.fingerprint()),
+        ];
         let mut table = load_or_create(
             &self.url,
             &view_schema(&self.spec),
             &["bucket_date"],
             VIEW_LAYOUT,
+            &properties,
         )
         .await?;
+        if let Some(m) = self.mismatch(&table)? {
+            return Err(Error::ViewChanged(m));
+        }
         let mut attempt = 0;
         loop {
             match self.try_replace(&mut table, ranges, rows).await {
@@ -306,6 +339,60 @@ impl ViewTable {
             .collect();
         rows.sort_by(|a, b| (a.bucket, &a.dims).cmp(&(b.bucket, &b.dims)));
         Ok((table.version().map(|v| v as i64), rows))
+    }
+
+    fn mismatch(&self, table: &deltalake::DeltaTable) -> Result<Option<ViewMismatch>> {
+        let snapshot = table.snapshot().map_err(crate::commit::delta_err(table))?;
+        let config = snapshot.metadata().configuration();
+        let now = self.spec.definition();
+        let changes = match config.get(DEFINITION_KEY) {
+            None => vec![
+                "its table was written by an earlier Duet that recorded no definition".to_string(),
+            ],
+            Some(text) => match serde_json::from_str::<ViewDefinition>(text) {
+                Ok(was) => was.changes(&now),
+                Err(e) => vec![format!("its recorded definition is unreadable ({e})")],
+            },
+        };
+        Ok((!changes.is_empty()).then(|| ViewMismatch {
+            view: self.spec.name.clone(),
+            changes,
+        }))
+    }
+
+    /// Whether the table (if it exists) was written under the view's current definition;
+    /// `Some` names what changed.
+    pub async fn check_definition(&self) -> Result<Option<ViewMismatch>> {
+        match try_load(&self.url).await? {
+            Some(table) => self.mismatch(&table),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes the table: every object under its folder.
+    pub async fn delete(&self) -> Result<()> {
+        use futures::TryStreamExt;
+        use object_store::{ObjectStore as _, ObjectStoreExt as _};
+        let (store, prefix) = object_store_for(&self.url)?;
+        let paths: Vec<object_store::path::Path> = store
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|source| Error::ObjectStore {
+                path: self.url.to_string(),
+                source,
+            })?;
+        for p in paths {
+            store
+                .delete(&p)
+                .await
+                .map_err(|source| Error::ObjectStore {
+                    path: p.to_string(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// A reader of this table that caches each `bucket_date` partition's rows by the files

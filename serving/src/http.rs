@@ -134,6 +134,32 @@ async fn metrics(
             );
         }
     }
+    let st = s.store.stats().await?;
+    for (name, kind, help, v) in [
+        (
+            "duet_speed_seen_ids",
+            "gauge",
+            "Event ids the speed layer remembers for dedup (until their buckets seal).",
+            st.seen_ids,
+        ),
+        (
+            "duet_speed_store_bytes",
+            "gauge",
+            "Size of the speed layer's view store.",
+            st.bytes,
+        ),
+        (
+            "duet_speed_corrupt_states",
+            "gauge",
+            "Stored states that could not be read and were set aside.",
+            st.corrupt,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
     for src in &s.cfg.sources {
         if let Some(w) = s.store.watermark(&src.name).await? {
             let _ = writeln!(
@@ -328,6 +354,7 @@ mod tests {
     use axum::http::{Request, StatusCode};
     use duet_config::{Num, State};
     use duet_lake::Lake;
+    use duet_speed::store::StateKey;
     use duet_speed::{EmbeddedStore, SpeedBatch};
     use tower::ServiceExt;
 
@@ -352,12 +379,20 @@ mod tests {
         let store = EmbeddedStore::open(&dir.join("s.redb")).unwrap();
         let mut b = SpeedBatch::default();
         b.deltas.insert(
-            ("gmv".into(), 60_000, vec![Some("Hangzhou".into())]),
+            StateKey {
+                view: "gmv".into(),
+                bucket: 60_000,
+                dims: vec![Some("Hangzhou".into())],
+            },
             vec![State::Sum(Num::Dec(12_990)), State::Count(1)],
         );
         // a bucket whose sum overflowed 38 digits
         b.deltas.insert(
-            ("gmv".into(), 120_000, vec![Some("Hangzhou".into())]),
+            StateKey {
+                view: "gmv".into(),
+                bucket: 120_000,
+                dims: vec![Some("Hangzhou".into())],
+            },
             vec![State::Sum(Num::Overflow), State::Count(2)],
         );
         b.watermarks.insert("orders".into(), 120_000);

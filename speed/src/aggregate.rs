@@ -8,7 +8,7 @@ use duet_config::{Config, Event, Source, ViewSpec};
 
 use crate::error::{Error, Result};
 use crate::kafka::Msg;
-use crate::store::{Quarantined, SpeedBatch, ViewStore};
+use crate::store::{PartitionKey, Quarantined, Release, SeenId, SpeedBatch, StateKey, ViewStore};
 
 /// Counts of what a batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,7 +26,6 @@ pub struct Aggregator {
     by_topic: HashMap<String, Vec<Source>>,
     by_source: HashMap<String, Vec<ViewSpec>>,
     group: String,
-    dedup_retention_ms: i64,
 }
 
 impl Aggregator {
@@ -47,7 +46,6 @@ impl Aggregator {
             by_topic,
             by_source,
             group: group.to_string(),
-            dedup_retention_ms: cfg.dedup_retention_ms,
         }
     }
 
@@ -58,20 +56,31 @@ impl Aggregator {
         t
     }
 
-    /// Builds the batch for `msgs`, consulting `store` for ids seen in earlier batches.
+    /// Builds the batch for `msgs`, consulting `store` for ids seen in earlier batches;
+    /// `sealed_until` (per view, the end of its contiguous sealed range) lets the store forget
+    /// ids no speed bucket needs any more.
     pub async fn build(
         &self,
         msgs: &[Msg],
         store: &dyn ViewStore,
         now_ms: i64,
+        sealed_until: &BTreeMap<String, i64>,
     ) -> Result<(SpeedBatch, BatchStats)> {
-        let mut batch = SpeedBatch::default();
+        let mut batch = SpeedBatch {
+            at_ms: now_ms,
+            sealed_until: sealed_until.clone(),
+            ..SpeedBatch::default()
+        };
         let mut stats = BatchStats::default();
         let mut fresh: Vec<(&Source, Event)> = Vec::new();
         let mut in_batch: HashSet<(&str, String)> = HashSet::new();
         for m in msgs {
             batch.offsets.insert(
-                (self.group.clone(), m.topic.clone(), m.partition),
+                PartitionKey {
+                    group: self.group.clone(),
+                    topic: m.topic.clone(),
+                    partition: m.partition,
+                },
                 m.offset + 1,
             );
             for source in self.by_topic.get(&m.topic).into_iter().flatten() {
@@ -107,8 +116,8 @@ impl Aggregator {
         }
         let mut dup = vec![false; fresh.len()];
         for (source, idx) in by_source {
-            let ids: Vec<&str> = idx.iter().map(|i| fresh[*i].1.id.as_str()).collect();
-            for (i, seen) in idx.iter().zip(store.seen(source, &ids).await?) {
+            let ids: Vec<String> = idx.iter().map(|i| fresh[*i].1.id.clone()).collect();
+            for (i, seen) in idx.iter().zip(store.seen(source, ids).await?) {
                 dup[*i] = seen;
             }
         }
@@ -118,17 +127,21 @@ impl Aggregator {
                 continue;
             }
             stats.applied += 1;
-            batch
-                .seen
-                .push((source.name.clone(), ev.id.clone(), ev.time_ms));
             let w = batch
                 .watermarks
                 .entry(source.name.clone())
                 .or_insert(ev.time_ms);
             *w = (*w).max(ev.time_ms);
+            let mut releases = Vec::new();
             for view in self.by_source.get(&source.name).into_iter().flatten() {
+                let mut last_end = None;
                 for c in view.contributions(&ev) {
-                    let key = (view.name.clone(), c.bucket, c.dims);
+                    last_end = last_end.max(Some(c.bucket + view.bucket_ms));
+                    let key = StateKey {
+                        view: view.name.clone(),
+                        bucket: c.bucket,
+                        dims: c.dims,
+                    };
                     match batch.deltas.get_mut(&key) {
                         Some(acc) => {
                             duet_config::measure::merge_row(acc, c.states).map_err(|source| {
@@ -143,12 +156,21 @@ impl Aggregator {
                         }
                     }
                 }
+                if let Some(bucket_end) = last_end {
+                    releases.push(Release {
+                        view: view.name.clone(),
+                        bucket_end,
+                    });
+                }
             }
-        }
-        for (source, w) in &batch.watermarks {
-            batch
-                .forget_seen_before
-                .insert(source.clone(), w.saturating_sub(self.dedup_retention_ms));
+            // an event that counts in no bucket needs no dedup: a copy would count in none
+            if !releases.is_empty() {
+                batch.seen.push(SeenId {
+                    source: source.name.clone(),
+                    id: ev.id,
+                    releases,
+                });
+            }
         }
         Ok((batch, stats))
     }

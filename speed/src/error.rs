@@ -1,11 +1,13 @@
 //! Errors of the speed layer.
 
+pub use duet_config::ViewMismatch;
+
 /// Errors of the `duet-speed` crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A Kafka client call failed.
-    #[error("kafka ({context}): {source}")]
+    #[error("kafka ({context})")]
     Kafka {
         /// What was being done.
         context: String,
@@ -24,29 +26,52 @@ pub enum Error {
         waited_ms: u64,
     },
     /// The embedded store failed.
-    #[error("view store {path}: {message}")]
+    #[error("view store {path}: {operation}")]
     Store {
         /// Store location.
         path: String,
-        /// What failed.
-        message: String,
+        /// What was being done.
+        operation: &'static str,
+        /// The store's error.
+        #[source]
+        source: Box<redb::Error>,
     },
-    /// A stored state or record could not be decoded.
-    #[error("view store: corrupt {what}: {message}")]
+    /// A blocking store task died.
+    #[error("view store {path}: {operation}: the task failed")]
+    Task {
+        /// Store location.
+        path: String,
+        /// What was being done.
+        operation: &'static str,
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A stored record could not be decoded.
+    #[error("view store: corrupt {what}")]
     Corrupt {
         /// What was being read.
         what: &'static str,
         /// The decode error.
-        message: String,
+        #[source]
+        source: serde_json::Error,
     },
-    /// Merging states failed (a view's measures changed under stored state).
-    #[error("view `{view}`: {source}")]
+    /// Merging states failed (states of different kinds).
+    #[error("view `{view}`: merging states")]
     Merge {
         /// View name.
         view: String,
         /// The algebra error.
         #[source]
         source: duet_config::Error,
+    },
+    /// Stored views were written under another definition than the configured one.
+    #[error("{store} holds views written under another definition:\n  {}", mismatches.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    ViewChanged {
+        /// Which store.
+        store: String,
+        /// Each view and what changed.
+        mismatches: Vec<ViewMismatch>,
     },
 }
 

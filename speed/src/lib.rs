@@ -6,7 +6,7 @@ pub mod error;
 pub mod kafka;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,7 +16,11 @@ use tokio::sync::watch;
 
 pub use aggregate::{Aggregator, BatchStats};
 pub use error::{Error, Result};
-pub use store::{EmbeddedStore, Quarantined, SpeedBatch, ViewStore};
+pub use store::{EmbeddedStore, Quarantined, SpeedBatch, StoreStats, ViewStore};
+
+/// Per view, the end of its contiguous sealed range, as the batch layer publishes it: the
+/// speed layer forgets dedup ids that no unsealed bucket needs.
+pub type SealedUntil = watch::Receiver<BTreeMap<String, i64>>;
 
 /// Running totals of the speed layer, for metrics.
 #[derive(Debug, Default)]
@@ -36,14 +40,17 @@ pub fn group(cfg: &Config) -> String {
     format!("{}-speed", cfg.kafka.group_prefix)
 }
 
-/// Runs the speed layer until `shutdown` turns true.
+/// Runs the speed layer until `shutdown` turns true. Refuses to start when the store holds
+/// states of a view written under another definition (see [`store::check_definitions`]).
 pub async fn run(
     cfg: &Config,
     bootstrap: &str,
     store: Arc<dyn ViewStore>,
     counters: Arc<SpeedCounters>,
+    sealed: SealedUntil,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
+    store::check_definitions(store.as_ref(), &cfg.views).await?;
     let group = group(cfg);
     let agg = Aggregator::new(cfg, &group);
     let topics = agg.topics();
@@ -73,11 +80,12 @@ pub async fn run(
             continue;
         }
         let now = now_ms();
-        let (batch, stats) = agg.build(&msgs, store.as_ref(), now).await?;
+        let frontiers = sealed.borrow().clone();
+        let (batch, stats) = agg.build(&msgs, store.as_ref(), now, &frontiers).await?;
         let progress: HashMap<(String, i32), i64> = batch
             .offsets
             .iter()
-            .map(|((_, t, p), o)| ((t.clone(), *p), *o))
+            .map(|(k, o)| ((k.topic.clone(), k.partition), *o))
             .collect();
         store.commit(batch).await?;
         consumer.commit_progress(&progress);

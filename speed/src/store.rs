@@ -6,9 +6,9 @@ pub mod embedded;
 
 use std::collections::{BTreeMap, HashMap};
 
-use duet_config::{DimKey, Row, State};
+use duet_config::{DimKey, Row, State, ViewDefinition, ViewSpec};
 
-use crate::error::Result;
+use crate::error::{Error, Result, ViewMismatch};
 
 pub use embedded::EmbeddedStore;
 
@@ -31,21 +31,80 @@ pub struct Quarantined {
     pub at_ms: i64,
 }
 
+/// The key of one partial-state row: a view, a bucket and the dimension values.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StateKey {
+    /// View name.
+    pub view: String,
+    /// Bucket start, epoch ms.
+    pub bucket: i64,
+    /// Dimension values.
+    pub dims: DimKey,
+}
+
+/// Where one consumer group stands in one Kafka partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionKey {
+    /// Consumer group.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+}
+
+/// A bucket of a view that an applied event contributed to, by its end: the event's id must
+/// be remembered (for dedup) until the view is sealed past it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Release {
+    /// View name.
+    pub view: String,
+    /// End of the latest bucket of the view the event contributed to, epoch ms.
+    pub bucket_end: i64,
+}
+
+/// An event id now seen, and the buckets it contributed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenId {
+    /// Source name.
+    pub source: String,
+    /// Event id.
+    pub id: String,
+    /// Per view, the end of the latest bucket it contributed to.
+    pub releases: Vec<Release>,
+}
+
 /// Everything one consumer batch changes, applied in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct SpeedBatch {
     /// Partial states to merge, per view, bucket and dimensions.
-    pub deltas: BTreeMap<(String, i64, DimKey), Vec<State>>,
-    /// Event ids now seen, per source, with their event time.
-    pub seen: Vec<(String, String, i64)>,
+    pub deltas: BTreeMap<StateKey, Vec<State>>,
+    /// Event ids now seen.
+    pub seen: Vec<SeenId>,
     /// Refused events.
     pub quarantine: Vec<Quarantined>,
-    /// Next offset to read, per (group, topic, partition).
-    pub offsets: BTreeMap<(String, String, i32), i64>,
+    /// Next offset to read, per consumer group, topic and partition.
+    pub offsets: BTreeMap<PartitionKey, i64>,
     /// Highest event time seen, per source.
     pub watermarks: BTreeMap<String, i64>,
-    /// Forget the seen ids of a source whose event time is before this (dedup retention).
-    pub forget_seen_before: BTreeMap<String, i64>,
+    /// Per view, the end of its contiguous sealed range: the ids of events whose buckets of
+    /// every view are all sealed are forgotten (no speed bucket they count in can change).
+    pub sealed_until: BTreeMap<String, i64>,
+    /// When the batch was applied, epoch ms.
+    pub at_ms: i64,
+}
+
+/// Sizes of a store, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Event ids remembered for dedup.
+    pub seen_ids: u64,
+    /// Size of the store on disk, bytes.
+    pub bytes: u64,
+    /// Stored states that could not be read and were set aside.
+    pub corrupt: u64,
+    /// When the last batch was applied, epoch ms.
+    pub last_commit_ms: Option<i64>,
 }
 
 /// A view store. The embedded store is the default; a Redis store serves production.
@@ -56,11 +115,61 @@ pub trait ViewStore: Send + Sync {
     /// The next offsets to read for a consumer group and topic, per partition.
     async fn offsets(&self, group: &str, topic: &str) -> Result<HashMap<i32, i64>>;
     /// Which of `ids` of `source` were already seen.
-    async fn seen(&self, source: &str, ids: &[&str]) -> Result<Vec<bool>>;
+    async fn seen(&self, source: &str, ids: Vec<String>) -> Result<Vec<bool>>;
     /// Rows of `view` with a bucket in `[from, to)`, by bucket then dimensions.
     async fn read(&self, view: &str, from: i64, to: i64) -> Result<Vec<Row>>;
     /// The newest quarantined events, newest first, at most `limit`.
     async fn quarantine(&self, limit: usize) -> Result<Vec<Quarantined>>;
     /// Highest event time applied for `source`.
     async fn watermark(&self, source: &str) -> Result<Option<i64>>;
+    /// Sizes, for metrics.
+    async fn stats(&self) -> Result<StoreStats>;
+    /// The definitions the stored views were written under.
+    async fn definitions(&self) -> Result<BTreeMap<String, ViewDefinition>>;
+    /// Records the definitions of views (their states are written under them from now on).
+    async fn record_definitions(&self, defs: BTreeMap<String, ViewDefinition>) -> Result<()>;
+    /// Drops everything stored of a view: its states, its definition, its share of the dedup ids.
+    async fn drop_view(&self, view: &str) -> Result<()>;
+}
+
+/// Checks that the store's states of each of `views` were written under the view's current
+/// definition; records the definition of views the store holds nothing of yet. Every view
+/// whose stored states were written under another definition (or by a Duet that recorded
+/// none) is named, with what changed, in [`Error::ViewChanged`].
+pub async fn check_definitions(store: &dyn ViewStore, views: &[ViewSpec]) -> Result<()> {
+    let stored = store.definitions().await?;
+    let mut mismatches = Vec::new();
+    let mut new = BTreeMap::new();
+    for v in views {
+        let now = v.definition();
+        match stored.get(&v.name) {
+            Some(was) if *was == now => {}
+            Some(was) => mismatches.push(ViewMismatch {
+                view: v.name.clone(),
+                changes: was.changes(&now),
+            }),
+            None => {
+                if store.read(&v.name, i64::MIN, i64::MAX).await?.is_empty() {
+                    new.insert(v.name.clone(), now);
+                } else {
+                    mismatches.push(ViewMismatch {
+                        view: v.name.clone(),
+                        changes: vec![
+                            "its stored states were written by an earlier Duet that recorded no definition".into(),
+                        ],
+                    });
+                }
+            }
+        }
+    }
+    if !mismatches.is_empty() {
+        return Err(Error::ViewChanged {
+            store: "the speed layer's view store".into(),
+            mismatches,
+        });
+    }
+    if !new.is_empty() {
+        store.record_definitions(new).await?;
+    }
+    Ok(())
 }

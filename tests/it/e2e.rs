@@ -169,6 +169,7 @@ async fn run() {
         bootstrap.clone(),
         store.clone(),
         counters.clone(),
+        duet_jobs::app::no_seals(),
         rx.clone(),
     ));
     let sink = tokio::spawn(duet_jobs::app::lake_sink(

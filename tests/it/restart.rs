@@ -62,6 +62,7 @@ fn spawn_speed(
         bootstrap.to_string(),
         store,
         Arc::default(),
+        duet_jobs::app::no_seals(),
         rx,
     ))
 }

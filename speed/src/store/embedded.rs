@@ -1,29 +1,45 @@
 //! The embedded store: one redb file (ACID, fsync on commit). Deltas, offsets, dedup ids,
-//! quarantine and watermarks of a batch go in one write transaction.
+//! quarantine and watermarks of a batch go in one write transaction. Every call runs on the
+//! blocking thread pool, never on the async runtime's threads.
+//!
+//! Dedup ids are kept while a bucket they count in can still change: each id is indexed by
+//! the end of the latest bucket it contributed to in each view, and forgotten once every view
+//! is sealed past those buckets (the speed layer's state of a sealed bucket is not served).
+//! A stored state that cannot be read is set aside in a table of its own, with the reason,
+//! and the bucket starts again from the new delta: the layer goes on, nothing is lost.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use duet_config::{DimKey, Row, State};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use duet_config::{DimKey, Row, State, ViewDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Quarantined, SpeedBatch, ViewStore};
+use super::{Quarantined, SpeedBatch, StoreStats, ViewStore};
 use crate::error::{Error, Result};
 
 /// (view, bucket, dims as JSON) → states as JSON.
 const VIEWS: TableDefinition<(&str, i64, &str), &[u8]> = TableDefinition::new("views");
 /// (group, topic, partition) → next offset.
 const OFFSETS: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("offsets");
-/// (source, event id) → event time.
-const SEEN: TableDefinition<(&str, &str), i64> = TableDefinition::new("seen");
-/// (source, event time, event id) → (): the seen ids by time, for the dedup retention.
-const SEEN_BY_TIME: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("seen_by_time");
+/// (source, event id) → number of index entries still holding it.
+const SEEN: TableDefinition<(&str, &str), u32> = TableDefinition::new("seen_ids");
+/// (view, bucket end, source, event id) → (): which ids a view's unsealed buckets hold.
+const SEEN_INDEX: TableDefinition<(&str, i64, &str, &str), ()> =
+    TableDefinition::new("seen_by_bucket");
+/// view → the sealed frontier its index entries were pruned to.
+const FRONTIERS: TableDefinition<&str, i64> = TableDefinition::new("frontiers");
 /// (at_ms, topic, partition, offset) → record as JSON.
 const QUARANTINE: TableDefinition<(i64, &str, i32, i64), &[u8]> =
     TableDefinition::new("quarantine");
 /// source → highest event time.
 const WATERMARKS: TableDefinition<&str, i64> = TableDefinition::new("watermarks");
+/// view → the definition its states were written under, as JSON.
+const DEFINITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("definitions");
+/// (at_ms, view, bucket, dims) → an unreadable state and why, as JSON.
+const CORRUPT: TableDefinition<(i64, &str, i64, &str), &[u8]> = TableDefinition::new("corrupt");
+/// Counters: `seen_ids`, `corrupt`, `last_commit_ms`.
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 
 /// The embedded, durable view store.
 #[derive(Clone)]
@@ -40,127 +56,24 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
-impl EmbeddedStore {
-    /// Opens (or creates) the store file.
-    pub fn open(path: &Path) -> Result<EmbeddedStore> {
-        let err = |m: String| Error::Store {
-            path: path.display().to_string(),
-            message: m,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-        }
-        let db = Database::create(path).map_err(|e| err(e.to_string()))?;
-        let store = EmbeddedStore {
-            db: Arc::new(db),
-            path: path.to_path_buf(),
-        };
-        // create the tables so that readers never meet a missing one
-        store.write(|_| Ok(()))?;
-        Ok(store)
-    }
+/// What the store was doing, for errors.
+struct Op<'a> {
+    path: &'a Path,
+    operation: &'static str,
+}
 
-    fn err(&self, e: impl std::fmt::Display) -> Error {
-        Error::Store {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        }
-    }
+/// Turns any redb error into the crate's, with the store's path and the operation.
+trait Ctx<T> {
+    fn ctx(self, op: &Op<'_>) -> Result<T>;
+}
 
-    fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<()>) -> Result<()> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            tx.open_table(VIEWS).map_err(|e| self.err(e))?;
-            tx.open_table(OFFSETS).map_err(|e| self.err(e))?;
-            tx.open_table(SEEN).map_err(|e| self.err(e))?;
-            tx.open_table(SEEN_BY_TIME).map_err(|e| self.err(e))?;
-            tx.open_table(QUARANTINE).map_err(|e| self.err(e))?;
-            tx.open_table(WATERMARKS).map_err(|e| self.err(e))?;
-        }
-        f(&tx)?;
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    fn apply(&self, batch: SpeedBatch) -> Result<()> {
-        self.write(|tx| {
-            let mut views = tx.open_table(VIEWS).map_err(|e| self.err(e))?;
-            for ((view, bucket, dims), delta) in batch.deltas {
-                let dims_json = dims_key(&dims);
-                let key = (view.as_str(), bucket, dims_json.as_str());
-                let mut states = match views.get(key).map_err(|e| self.err(e))? {
-                    Some(v) => decode_states(v.value())?,
-                    None => Vec::new(),
-                };
-                if states.is_empty() {
-                    states = delta;
-                } else {
-                    duet_config::measure::merge_row(&mut states, delta).map_err(|source| {
-                        Error::Merge {
-                            view: view.clone(),
-                            source,
-                        }
-                    })?;
-                }
-                let bytes = serde_json::to_vec(&states).map_err(|e| self.err(e))?;
-                views
-                    .insert(key, bytes.as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-            let mut offsets = tx.open_table(OFFSETS).map_err(|e| self.err(e))?;
-            for ((g, t, p), o) in &batch.offsets {
-                offsets
-                    .insert((g.as_str(), t.as_str(), *p), *o)
-                    .map_err(|e| self.err(e))?;
-            }
-            let mut seen = tx.open_table(SEEN).map_err(|e| self.err(e))?;
-            let mut by_time = tx.open_table(SEEN_BY_TIME).map_err(|e| self.err(e))?;
-            for (source, cutoff) in &batch.forget_seen_before {
-                let old: Vec<(i64, String)> = by_time
-                    .range((source.as_str(), i64::MIN, "")..(source.as_str(), *cutoff, ""))
-                    .map_err(|e| self.err(e))?
-                    .map(|item| item.map(|(k, _)| (k.value().1, k.value().2.to_string())))
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|e| self.err(e))?;
-                for (t, id) in old {
-                    by_time
-                        .remove((source.as_str(), t, id.as_str()))
-                        .map_err(|e| self.err(e))?;
-                    seen.remove((source.as_str(), id.as_str()))
-                        .map_err(|e| self.err(e))?;
-                }
-            }
-            for (s, id, t) in &batch.seen {
-                by_time
-                    .insert((s.as_str(), *t, id.as_str()), ())
-                    .map_err(|e| self.err(e))?;
-                seen.insert((s.as_str(), id.as_str()), *t)
-                    .map_err(|e| self.err(e))?;
-            }
-            let mut q = tx.open_table(QUARANTINE).map_err(|e| self.err(e))?;
-            for r in &batch.quarantine {
-                let bytes = serde_json::to_vec(r).map_err(|e| self.err(e))?;
-                q.insert(
-                    (r.at_ms, r.topic.as_str(), r.partition, r.offset),
-                    bytes.as_slice(),
-                )
-                .map_err(|e| self.err(e))?;
-            }
-            let mut w = tx.open_table(WATERMARKS).map_err(|e| self.err(e))?;
-            for (s, t) in &batch.watermarks {
-                let old = w
-                    .get(s.as_str())
-                    .map_err(|e| self.err(e))?
-                    .map(|v| v.value());
-                if old.is_none_or(|o| o < *t) {
-                    w.insert(s.as_str(), *t).map_err(|e| self.err(e))?;
-                }
-            }
-            Ok(())
+impl<T, E: Into<redb::Error>> Ctx<T> for std::result::Result<T, E> {
+    fn ctx(self, op: &Op<'_>) -> Result<T> {
+        self.map_err(|e| Error::Store {
+            path: op.path.display().to_string(),
+            operation: op.operation,
+            source: Box::new(e.into()),
         })
-    }
-
-    fn read_tx(&self) -> Result<redb::ReadTransaction> {
-        self.db.begin_read().map_err(|e| self.err(e))
     }
 }
 
@@ -169,109 +82,527 @@ fn dims_key(dims: &DimKey) -> String {
 }
 
 fn decode_states(bytes: &[u8]) -> Result<Vec<State>> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+    serde_json::from_slice(bytes).map_err(|source| Error::Corrupt {
         what: "view state",
-        message: e.to_string(),
+        source,
     })
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file. Fails if another process has it open.
+    pub fn open(path: &Path) -> Result<EmbeddedStore> {
+        let op = Op {
+            path,
+            operation: "open",
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(redb::Error::Io)
+                .ctx(&op)?;
+        }
+        let db = Database::create(path).ctx(&op)?;
+        let store = EmbeddedStore {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        };
+        // create the tables so that readers never meet a missing one
+        store.write("create tables", |_| Ok(()))?;
+        Ok(store)
+    }
+
+    fn err(&self, operation: &'static str) -> Op<'_> {
+        Op {
+            path: &self.path,
+            operation,
+        }
+    }
+
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&EmbeddedStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|source| Error::Task {
+                path: self.path.display().to_string(),
+                operation,
+                source,
+            })?
+    }
+
+    fn write(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
+    ) -> Result<()> {
+        let e = self.err(operation);
+        let tx = self.db.begin_write().ctx(&e)?;
+        {
+            tx.open_table(VIEWS).ctx(&e)?;
+            tx.open_table(OFFSETS).ctx(&e)?;
+            tx.open_table(SEEN).ctx(&e)?;
+            tx.open_table(SEEN_INDEX).ctx(&e)?;
+            tx.open_table(FRONTIERS).ctx(&e)?;
+            tx.open_table(QUARANTINE).ctx(&e)?;
+            tx.open_table(WATERMARKS).ctx(&e)?;
+            tx.open_table(DEFINITIONS).ctx(&e)?;
+            tx.open_table(CORRUPT).ctx(&e)?;
+            tx.open_table(META).ctx(&e)?;
+        }
+        f(&tx)?;
+        tx.commit().ctx(&e)
+    }
+
+    fn read_tx(&self, operation: &'static str) -> Result<redb::ReadTransaction> {
+        self.db.begin_read().ctx(&self.err(operation))
+    }
+
+    fn apply(&self, batch: SpeedBatch) -> Result<()> {
+        self.write("commit a batch", |tx| {
+            let e = self.err("commit a batch");
+            let mut meta = tx.open_table(META).ctx(&e)?;
+            let mut counter = |name: &str, delta: i64| -> Result<()> {
+                let old = meta.get(name).ctx(&e)?.map_or(0, |v| v.value());
+                meta.insert(name, old + delta).ctx(&e)?;
+                Ok(())
+            };
+            // states: merged into what is stored; an unreadable stored state is set aside
+            let mut views = tx.open_table(VIEWS).ctx(&e)?;
+            let mut corrupt = tx.open_table(CORRUPT).ctx(&e)?;
+            let mut set_aside = 0;
+            for (key, delta) in batch.deltas {
+                let dims = dims_key(&key.dims);
+                let k = (key.view.as_str(), key.bucket, dims.as_str());
+                let stored = views.get(k).ctx(&e)?.map(|v| v.value().to_vec());
+                let states = match stored {
+                    None => delta,
+                    Some(bytes) => {
+                        let merged = decode_states(&bytes).map_err(|e| e.to_string()).and_then(
+                            |mut s| {
+                                duet_config::measure::merge_row(&mut s, delta.clone())
+                                    .map(|()| s)
+                                    .map_err(|e| e.to_string())
+                            },
+                        );
+                        match merged {
+                            Ok(s) => s,
+                            Err(reason) => {
+                                tracing::error!(view = %key.view, bucket = %duet_config::time::iso(key.bucket),
+                                    error = %reason, "Unreadable stored state set aside; the bucket starts again.");
+                                let record = serde_json::json!({
+                                    "reason": reason, "state": String::from_utf8_lossy(&bytes),
+                                });
+                                corrupt
+                                    .insert(
+                                        (batch.at_ms, key.view.as_str(), key.bucket, dims.as_str()),
+                                        record.to_string().as_bytes(),
+                                    )
+                                    .ctx(&e)?;
+                                set_aside += 1;
+                                delta
+                            }
+                        }
+                    }
+                };
+                let bytes = serde_json::to_vec(&states).map_err(|source| Error::Corrupt {
+                    what: "view state",
+                    source,
+                })?;
+                views.insert(k, bytes.as_slice()).ctx(&e)?;
+            }
+            if set_aside > 0 {
+                counter("corrupt", set_aside)?;
+            }
+            let mut offsets = tx.open_table(OFFSETS).ctx(&e)?;
+            for (k, o) in &batch.offsets {
+                offsets
+                    .insert((k.group.as_str(), k.topic.as_str(), k.partition), *o)
+                    .ctx(&e)?;
+            }
+            // dedup ids: forget what sealed buckets no longer need, then remember the new
+            let mut seen = tx.open_table(SEEN).ctx(&e)?;
+            let mut index = tx.open_table(SEEN_INDEX).ctx(&e)?;
+            let mut frontiers = tx.open_table(FRONTIERS).ctx(&e)?;
+            let mut forgotten = 0;
+            for (view, until) in &batch.sealed_until {
+                let old = frontiers
+                    .get(view.as_str())
+                    .ctx(&e)?
+                    .map_or(i64::MIN, |v| v.value());
+                if *until <= old {
+                    continue;
+                }
+                let gone: Vec<(i64, String, String)> = index
+                    .range((view.as_str(), i64::MIN, "", "")..=(view.as_str(), *until, "\u{10ffff}", "\u{10ffff}"))
+                    .ctx(&e)?
+                    .map(|item| {
+                        item.map(|(k, _)| {
+                            let (_, end, source, id) = k.value();
+                            (end, source.to_string(), id.to_string())
+                        })
+                    })
+                    .collect::<std::result::Result<_, _>>()
+                    .ctx(&e)?;
+                for (end, source, id) in gone {
+                    index
+                        .remove((view.as_str(), end, source.as_str(), id.as_str()))
+                        .ctx(&e)?;
+                    let refs = seen
+                        .get((source.as_str(), id.as_str()))
+                        .ctx(&e)?
+                        .map_or(0, |v| v.value());
+                    if refs <= 1 {
+                        if seen.remove((source.as_str(), id.as_str())).ctx(&e)?.is_some() {
+                            forgotten += 1;
+                        }
+                    } else {
+                        seen.insert((source.as_str(), id.as_str()), refs - 1)
+                            .ctx(&e)?;
+                    }
+                }
+                frontiers.insert(view.as_str(), *until).ctx(&e)?;
+            }
+            let mut remembered = 0;
+            for s in &batch.seen {
+                let mut live = Vec::new();
+                for r in &s.releases {
+                    let frontier = frontiers
+                        .get(r.view.as_str())
+                        .ctx(&e)?
+                        .map_or(i64::MIN, |v| v.value());
+                    if r.bucket_end > frontier {
+                        live.push(r);
+                    }
+                }
+                if live.is_empty()
+                    || seen
+                        .get((s.source.as_str(), s.id.as_str()))
+                        .ctx(&e)?
+                        .is_some()
+                {
+                    continue;
+                }
+                for r in &live {
+                    index
+                        .insert(
+                            (r.view.as_str(), r.bucket_end, s.source.as_str(), s.id.as_str()),
+                            (),
+                        )
+                        .ctx(&e)?;
+                }
+                seen.insert((s.source.as_str(), s.id.as_str()), live.len() as u32)
+                    .ctx(&e)?;
+                remembered += 1;
+            }
+            if remembered != forgotten {
+                counter("seen_ids", remembered - forgotten)?;
+            }
+            let mut q = tx.open_table(QUARANTINE).ctx(&e)?;
+            for r in &batch.quarantine {
+                let bytes = serde_json::to_vec(r).map_err(|source| Error::Corrupt {
+                    what: "quarantine record",
+                    source,
+                })?;
+                q.insert(
+                    (r.at_ms, r.topic.as_str(), r.partition, r.offset),
+                    bytes.as_slice(),
+                )
+                .ctx(&e)?;
+            }
+            let mut w = tx.open_table(WATERMARKS).ctx(&e)?;
+            for (s, t) in &batch.watermarks {
+                let old = w.get(s.as_str()).ctx(&e)?.map(|v| v.value());
+                if old.is_none_or(|o| o < *t) {
+                    w.insert(s.as_str(), *t).ctx(&e)?;
+                }
+            }
+            meta.insert("last_commit_ms", batch.at_ms).ctx(&e)?;
+            Ok(())
+        })
+    }
+
+    fn drop_view_now(&self, view: &str) -> Result<()> {
+        self.write("drop a view", |tx| {
+            let e = self.err("drop a view");
+            let mut views = tx.open_table(VIEWS).ctx(&e)?;
+            let keys: Vec<(i64, String)> = views
+                .range((view, i64::MIN, "")..=(view, i64::MAX, "\u{10ffff}"))
+                .ctx(&e)?
+                .map(|item| item.map(|(k, _)| (k.value().1, k.value().2.to_string())))
+                .collect::<std::result::Result<_, _>>()
+                .ctx(&e)?;
+            for (bucket, dims) in keys {
+                views.remove((view, bucket, dims.as_str())).ctx(&e)?;
+            }
+            let mut index = tx.open_table(SEEN_INDEX).ctx(&e)?;
+            let mut seen = tx.open_table(SEEN).ctx(&e)?;
+            let entries: Vec<(i64, String, String)> = index
+                .range((view, i64::MIN, "", "")..=(view, i64::MAX, "\u{10ffff}", "\u{10ffff}"))
+                .ctx(&e)?
+                .map(|item| {
+                    item.map(|(k, _)| {
+                        let (_, end, source, id) = k.value();
+                        (end, source.to_string(), id.to_string())
+                    })
+                })
+                .collect::<std::result::Result<_, _>>()
+                .ctx(&e)?;
+            let mut forgotten = 0;
+            for (end, source, id) in entries {
+                index
+                    .remove((view, end, source.as_str(), id.as_str()))
+                    .ctx(&e)?;
+                let refs = seen
+                    .get((source.as_str(), id.as_str()))
+                    .ctx(&e)?
+                    .map_or(0, |v| v.value());
+                if refs <= 1 {
+                    if seen
+                        .remove((source.as_str(), id.as_str()))
+                        .ctx(&e)?
+                        .is_some()
+                    {
+                        forgotten += 1;
+                    }
+                } else {
+                    seen.insert((source.as_str(), id.as_str()), refs - 1)
+                        .ctx(&e)?;
+                }
+            }
+            let mut meta = tx.open_table(META).ctx(&e)?;
+            let old = meta.get("seen_ids").ctx(&e)?.map_or(0, |v| v.value());
+            meta.insert("seen_ids", old - forgotten).ctx(&e)?;
+            tx.open_table(FRONTIERS).ctx(&e)?.remove(view).ctx(&e)?;
+            tx.open_table(DEFINITIONS).ctx(&e)?.remove(view).ctx(&e)?;
+            Ok(())
+        })
+    }
 }
 
 #[async_trait::async_trait]
 impl ViewStore for EmbeddedStore {
     async fn commit(&self, batch: SpeedBatch) -> Result<()> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.apply(batch))
+        self.blocking("commit a batch", move |s| s.apply(batch))
             .await
-            .map_err(|e| self.err(e))?
     }
 
     async fn offsets(&self, group: &str, topic: &str) -> Result<HashMap<i32, i64>> {
-        let tx = self.read_tx()?;
-        let t = tx.open_table(OFFSETS).map_err(|e| self.err(e))?;
-        let mut out = HashMap::new();
-        for item in t
-            .range((group, topic, i32::MIN)..=(group, topic, i32::MAX))
-            .map_err(|e| self.err(e))?
-        {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            out.insert(k.value().2, v.value());
-        }
-        Ok(out)
+        let (group, topic) = (group.to_string(), topic.to_string());
+        self.blocking("read offsets", move |s| {
+            let e = s.err("read offsets");
+            let tx = s.read_tx("read offsets")?;
+            let t = tx.open_table(OFFSETS).ctx(&e)?;
+            let mut out = HashMap::new();
+            for item in t
+                .range(
+                    (group.as_str(), topic.as_str(), i32::MIN)
+                        ..=(group.as_str(), topic.as_str(), i32::MAX),
+                )
+                .ctx(&e)?
+            {
+                let (k, v) = item.ctx(&e)?;
+                out.insert(k.value().2, v.value());
+            }
+            Ok(out)
+        })
+        .await
     }
 
-    async fn seen(&self, source: &str, ids: &[&str]) -> Result<Vec<bool>> {
-        let tx = self.read_tx()?;
-        let t = tx.open_table(SEEN).map_err(|e| self.err(e))?;
-        ids.iter()
-            .map(|id| Ok(t.get((source, *id)).map_err(|e| self.err(e))?.is_some()))
-            .collect()
+    async fn seen(&self, source: &str, ids: Vec<String>) -> Result<Vec<bool>> {
+        let source = source.to_string();
+        self.blocking("read seen ids", move |s| {
+            let e = s.err("read seen ids");
+            let tx = s.read_tx("read seen ids")?;
+            let t = tx.open_table(SEEN).ctx(&e)?;
+            ids.iter()
+                .map(|id| Ok(t.get((source.as_str(), id.as_str())).ctx(&e)?.is_some()))
+                .collect()
+        })
+        .await
     }
 
     async fn read(&self, view: &str, from: i64, to: i64) -> Result<Vec<Row>> {
-        let tx = self.read_tx()?;
-        let t = tx.open_table(VIEWS).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for item in t
-            .range((view, from, "")..(view, to, ""))
-            .map_err(|e| self.err(e))?
-        {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let (_, bucket, dims) = k.value();
-            let dims: DimKey = serde_json::from_str(dims).map_err(|e| Error::Corrupt {
-                what: "dimension key",
-                message: e.to_string(),
-            })?;
-            out.push(Row {
-                bucket,
-                dims,
-                states: decode_states(v.value())?,
-            });
-        }
-        Ok(out)
+        let view = view.to_string();
+        self.blocking("read view rows", move |s| {
+            let e = s.err("read view rows");
+            let tx = s.read_tx("read view rows")?;
+            let t = tx.open_table(VIEWS).ctx(&e)?;
+            let mut out = Vec::new();
+            if from >= to {
+                return Ok(out);
+            }
+            for item in t
+                .range((view.as_str(), from, "")..(view.as_str(), to, ""))
+                .ctx(&e)?
+            {
+                let (k, v) = item.ctx(&e)?;
+                let (_, bucket, dims) = k.value();
+                let dims: DimKey = serde_json::from_str(dims).map_err(|source| Error::Corrupt {
+                    what: "dimension key",
+                    source,
+                })?;
+                match decode_states(v.value()) {
+                    Ok(states) => out.push(Row {
+                        bucket,
+                        dims,
+                        states,
+                    }),
+                    // set aside at the next write to the bucket; not served meanwhile
+                    Err(err) => {
+                        tracing::warn!(view = %view, bucket = %duet_config::time::iso(bucket), error = %err, "Unreadable stored state skipped.")
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn quarantine(&self, limit: usize) -> Result<Vec<Quarantined>> {
-        let tx = self.read_tx()?;
-        let t = tx.open_table(QUARANTINE).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(|e| self.err(e))?.rev().take(limit) {
-            let (_, v) = item.map_err(|e| self.err(e))?;
-            out.push(
-                serde_json::from_slice(v.value()).map_err(|e| Error::Corrupt {
-                    what: "quarantine record",
-                    message: e.to_string(),
-                })?,
-            );
-        }
-        Ok(out)
+        self.blocking("read the quarantine", move |s| {
+            let e = s.err("read the quarantine");
+            let tx = s.read_tx("read the quarantine")?;
+            let t = tx.open_table(QUARANTINE).ctx(&e)?;
+            let mut out = Vec::new();
+            for item in t.iter().ctx(&e)?.rev().take(limit) {
+                let (_, v) = item.ctx(&e)?;
+                out.push(
+                    serde_json::from_slice(v.value()).map_err(|source| Error::Corrupt {
+                        what: "quarantine record",
+                        source,
+                    })?,
+                );
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn watermark(&self, source: &str) -> Result<Option<i64>> {
-        let tx = self.read_tx()?;
-        let t = tx.open_table(WATERMARKS).map_err(|e| self.err(e))?;
-        Ok(t.get(source).map_err(|e| self.err(e))?.map(|v| v.value()))
+        let source = source.to_string();
+        self.blocking("read a watermark", move |s| {
+            let e = s.err("read a watermark");
+            let tx = s.read_tx("read a watermark")?;
+            let t = tx.open_table(WATERMARKS).ctx(&e)?;
+            Ok(t.get(source.as_str()).ctx(&e)?.map(|v| v.value()))
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        self.blocking("read its statistics", move |s| {
+            let e = s.err("read its statistics");
+            let tx = s.read_tx("read its statistics")?;
+            let meta = tx.open_table(META).ctx(&e)?;
+            let get =
+                |k: &str| -> Result<Option<i64>> { Ok(meta.get(k).ctx(&e)?.map(|v| v.value())) };
+            let bytes = std::fs::metadata(&s.path).map_or(0, |m| m.len());
+            Ok(StoreStats {
+                seen_ids: get("seen_ids")?.unwrap_or(0).max(0) as u64,
+                bytes,
+                corrupt: tx.open_table(CORRUPT).ctx(&e)?.len().ctx(&e)?,
+                last_commit_ms: get("last_commit_ms")?,
+            })
+        })
+        .await
+    }
+
+    async fn definitions(&self) -> Result<BTreeMap<String, ViewDefinition>> {
+        self.blocking("read view definitions", move |s| {
+            let e = s.err("read view definitions");
+            let tx = s.read_tx("read view definitions")?;
+            let t = tx.open_table(DEFINITIONS).ctx(&e)?;
+            let mut out = BTreeMap::new();
+            for item in t.iter().ctx(&e)? {
+                let (k, v) = item.ctx(&e)?;
+                let def = serde_json::from_slice(v.value()).map_err(|source| Error::Corrupt {
+                    what: "view definition",
+                    source,
+                })?;
+                out.insert(k.value().to_string(), def);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_definitions(&self, defs: BTreeMap<String, ViewDefinition>) -> Result<()> {
+        self.blocking("record view definitions", move |s| {
+            s.write("record view definitions", |tx| {
+                let e = s.err("record view definitions");
+                let mut t = tx.open_table(DEFINITIONS).ctx(&e)?;
+                for (view, def) in &defs {
+                    let bytes = serde_json::to_vec(def).map_err(|source| Error::Corrupt {
+                        what: "view definition",
+                        source,
+                    })?;
+                    t.insert(view.as_str(), bytes.as_slice()).ctx(&e)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn drop_view(&self, view: &str) -> Result<()> {
+        let view = view.to_string();
+        self.blocking("drop a view", move |s| s.drop_view_now(&view))
+            .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{PartitionKey, Release, SeenId, StateKey};
     use duet_config::Num;
+
+    fn key(view: &str, bucket: i64) -> StateKey {
+        StateKey {
+            view: view.into(),
+            bucket,
+            dims: vec![Some("a".to_string())],
+        }
+    }
+
+    fn seen(id: &str, releases: &[(&str, i64)]) -> SeenId {
+        SeenId {
+            source: "s".into(),
+            id: id.into(),
+            releases: releases
+                .iter()
+                .map(|(view, end)| Release {
+                    view: view.to_string(),
+                    bucket_end: *end,
+                })
+                .collect(),
+        }
+    }
 
     #[tokio::test]
     async fn batches_merge_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        let key = ("v".to_string(), 60_000, vec![Some("a".to_string())]);
         {
             let store = EmbeddedStore::open(&path).unwrap();
             for n in [2, 3] {
                 let mut b = SpeedBatch::default();
                 b.deltas.insert(
-                    key.clone(),
+                    key("v", 60_000),
                     vec![State::Count(n), State::Sum(Num::Int(n * 10))],
                 );
-                b.offsets.insert(("g".into(), "t".into(), 0), n);
-                b.seen.push(("s".into(), format!("id{n}"), 1));
+                b.offsets.insert(
+                    PartitionKey {
+                        group: "g".into(),
+                        topic: "t".into(),
+                        partition: 0,
+                    },
+                    n,
+                );
+                b.seen.push(seen(&format!("id{n}"), &[("v", 120_000)]));
                 store.commit(b).await.unwrap();
             }
         }
@@ -288,28 +619,102 @@ mod tests {
             HashMap::from([(0, 3)])
         );
         assert_eq!(
-            store.seen("s", &["id2", "id9"]).await.unwrap(),
+            store
+                .seen("s", vec!["id2".into(), "id9".into()])
+                .await
+                .unwrap(),
             vec![true, false]
         );
+        assert_eq!(store.stats().await.unwrap().seen_ids, 2);
     }
 
+    /// Ids are forgotten once every view they count in is sealed past their buckets; an
+    /// event far in the future does not erase anything.
     #[tokio::test]
-    async fn seen_ids_are_forgotten_after_the_retention() {
+    async fn seen_ids_are_forgotten_as_their_buckets_seal() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
         let mut b = SpeedBatch::default();
         for t in 1..=10 {
-            b.seen.push(("s".into(), format!("id{t}"), t * 1000));
+            // each event counts in view a (minute buckets) and view b (one long bucket)
+            b.seen.push(seen(
+                &format!("id{t}"),
+                &[("a", t * 60_000), ("b", 3_600_000)],
+            ));
         }
-        b.seen.push(("other".into(), "id1".into(), 1000));
+        b.seen.push(seen("only-a", &[("a", 60_000)]));
+        b.seen.push(seen("future", &[("a", 9_000_000_000_000)]));
         store.commit(b).await.unwrap();
-        let mut b = SpeedBatch::default();
-        b.forget_seen_before.insert("s".into(), 5000);
-        store.commit(b).await.unwrap();
+        assert_eq!(store.stats().await.unwrap().seen_ids, 12);
         let ids: Vec<String> = (1..=10).map(|t| format!("id{t}")).collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let seen = store.seen("s", &ids).await.unwrap();
-        assert_eq!(seen, (1..=10).map(|t| t >= 5).collect::<Vec<_>>());
-        assert_eq!(store.seen("other", &["id1"]).await.unwrap(), vec![true]);
+        let check = async |store: &EmbeddedStore| store.seen("s", ids.clone()).await.unwrap();
+
+        // view a sealed to minute 5: ids still needed by view b stay
+        let mut b = SpeedBatch::default();
+        b.sealed_until.insert("a".into(), 300_000);
+        store.commit(b).await.unwrap();
+        assert!(check(&store).await.iter().all(|s| *s));
+        assert_eq!(
+            store
+                .seen("s", vec!["only-a".into(), "future".into()])
+                .await
+                .unwrap(),
+            vec![false, true]
+        );
+        // view b sealed too: the ids of a's sealed minutes go
+        let mut b = SpeedBatch::default();
+        b.sealed_until.insert("b".into(), 3_600_000);
+        store.commit(b).await.unwrap();
+        assert_eq!(
+            check(&store).await,
+            (1..=10).map(|t| t > 5).collect::<Vec<_>>()
+        );
+        assert_eq!(store.stats().await.unwrap().seen_ids, 6);
+        // a late duplicate of a forgotten id for sealed buckets is not remembered again
+        let mut b = SpeedBatch::default();
+        b.seen.push(seen("id1", &[("a", 60_000), ("b", 3_600_000)]));
+        store.commit(b).await.unwrap();
+        assert_eq!(store.stats().await.unwrap().seen_ids, 6);
+        // dropping a view releases its share
+        store.drop_view("a").await.unwrap();
+        assert_eq!(store.stats().await.unwrap().seen_ids, 0);
+    }
+
+    #[tokio::test]
+    async fn unreadable_or_overflowed_states_never_wedge_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        // a float sum that overflows is stored and read back
+        for _ in 0..2 {
+            let mut b = SpeedBatch::default();
+            b.deltas
+                .insert(key("f", 0), vec![State::Sum(Num::Float(f64::MAX))]);
+            store.commit(b).await.unwrap();
+        }
+        assert_eq!(
+            store.read("f", 0, 60_000).await.unwrap()[0].states,
+            vec![State::Sum(Num::Overflow)]
+        );
+        // garbage where a state should be: set aside, the bucket starts again
+        store
+            .write("test", |tx| {
+                let mut t = tx.open_table(VIEWS).unwrap();
+                t.insert(
+                    ("g", 0, dims_key(&key("g", 0).dims).as_str()),
+                    b"{not json".as_slice(),
+                )
+                .unwrap();
+                Ok(())
+            })
+            .unwrap();
+        assert!(store.read("g", 0, 60_000).await.unwrap().is_empty());
+        let mut b = SpeedBatch::default();
+        b.deltas.insert(key("g", 0), vec![State::Count(4)]);
+        store.commit(b).await.unwrap();
+        assert_eq!(
+            store.read("g", 0, 60_000).await.unwrap()[0].states,
+            vec![State::Count(4)]
+        );
+        assert_eq!(store.stats().await.unwrap().corrupt, 1);
     }
 }
