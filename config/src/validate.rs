@@ -161,6 +161,15 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
         );
     }
 
+    if lake.url.contains("://") && !lake.url.starts_with("file://") {
+        p.add(
+            "lake.url",
+            format!(
+                "expected a local folder or a file:// URL (object stores are not supported in this version), found {:?}",
+                lake.url
+            ),
+        );
+    }
     if kafka.partitions < 1 {
         p.add("kafka.partitions", "expected at least 1");
     }
@@ -751,13 +760,13 @@ mod tests {
             GOOD,
             Path::new("t.toml"),
             &env(&[
-                ("DUET_LAKE__URL", "s3://bucket/lake"),
+                ("DUET_LAKE__URL", "/data/lake"),
                 ("DUET_SPEED__BATCH_MAX", "50"),
                 ("DUET_LOG", "debug"),
             ]),
         )
         .unwrap();
-        assert_eq!(cfg.lake.url, "s3://bucket/lake");
+        assert_eq!(cfg.lake.url, "/data/lake");
         assert_eq!(cfg.speed.batch_max, 50);
         let e = load(
             GOOD,
@@ -779,6 +788,17 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("lake.nope: unknown field `nope`"), "{e}");
+        let e = load(
+            GOOD,
+            Path::new("t.toml"),
+            &env(&[("DUET_LAKE__URL", "s3://bucket/lake")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("lake.url: expected a local folder or a file:// URL"),
+            "{e}"
+        );
     }
 
     proptest::proptest! {

@@ -189,8 +189,12 @@ fn init_logging() {
             "info,buoyant_kernel=warn,deltalake=warn,deltalake_core=warn",
         )
     });
+    // the same time format as the API and the CLI: RFC 3339, UTC, milliseconds
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_timer(tracing_subscriber::fmt::time::ChronoUtc::new(
+            "%Y-%m-%dT%H:%M:%S%.3fZ".into(),
+        ))
         .with_writer(std::io::stderr)
         .init();
 }

@@ -31,15 +31,22 @@ pub struct Lake {
 }
 
 impl Lake {
-    /// Opens the lake at `location`: an object_store URL (`file:///…`, `s3://…`) or a local
-    /// folder, created if missing.
+    /// Opens the lake at `location`: a local folder (created if missing) or a `file:///…` URL.
+    /// Object stores (`s3://…`) are not supported in this version.
     pub fn open(location: &str) -> Result<Lake> {
         let err = |message: String| Error::Location {
             url: location.to_string(),
             message,
         };
         let root = if location.contains("://") {
-            Url::parse(location).map_err(|e| err(e.to_string()))?
+            let url = Url::parse(location).map_err(|e| err(e.to_string()))?;
+            if url.scheme() != "file" {
+                return Err(err(format!(
+                    "only local lakes (a folder or a file:// URL) are supported, not {}://",
+                    url.scheme()
+                )));
+            }
+            url
         } else {
             std::fs::create_dir_all(location).map_err(|e| err(e.to_string()))?;
             let abs = std::fs::canonicalize(location).map_err(|e| err(e.to_string()))?;

@@ -242,7 +242,7 @@ async fn query_view(
         .get("to")
         .map(|v| parse_time("to", v))
         .transpose()?
-        .unwrap_or(now + spec.bucket_ms);
+        .unwrap_or(spec.bucket_of(now) + spec.bucket_ms);
     let from = q
         .get("from")
         .map(|v| parse_time("from", v))
@@ -265,6 +265,7 @@ async fn query_view(
         });
     }
     let m = merged(&s.lake, s.store.as_ref(), spec, from, to).await?;
+    let rows_empty = m.rows.is_empty();
     let rows: Vec<Value> = m
         .rows
         .iter()
@@ -300,7 +301,8 @@ async fn query_view(
             o
         })
         .collect();
-    Ok(Json(json!({
+    let last_applied = s.store.stats().await?.last_commit_ms;
+    let mut body = json!({
         "view": spec.name,
         "from": iso(from),
         "to": iso(to),
@@ -311,9 +313,33 @@ async fn query_view(
             "sealed": m.sealed.iter().map(|i| json!({"from": iso(i.from), "to": iso(i.to)})).collect::<Vec<_>>(),
             "late_pending": m.late_pending.iter().map(|(b, n)| json!({"bucket": iso(*b), "events": n})).collect::<Vec<_>>(),
             "speed_watermark": m.speed_watermark.map(iso),
-            "freshness_ms": m.speed_watermark.map(|w| (now - w).max(0)),
+            "event_time_lag_ms": m.speed_watermark.map(|w| (now - w).max(0)),
+            "last_applied": last_applied.map(iso),
+            "freshness_ms": last_applied.map(|t| (now - t).max(0)),
         },
-    })))
+    });
+    let defaulted = !q.contains_key("from") || !q.contains_key("to");
+    if defaulted {
+        body["default_range"] = json!(format!(
+            "{} buckets up to the end of the current one; pass from and to (RFC 3339 or epoch ms) for another range",
+            (to - from) / spec.bucket_ms
+        ));
+    }
+    if rows_empty && defaulted {
+        // say where the data is, if there is any
+        let newest = m
+            .speed_watermark
+            .into_iter()
+            .chain(m.sealed_until_all)
+            .max();
+        if let Some(t) = newest.filter(|t| *t < from) {
+            body["hint"] = json!(format!(
+                "no rows in the default range; this view's newest data is at {}: pass from and to to read it",
+                iso(t)
+            ));
+        }
+    }
+    Ok(Json(body))
 }
 
 async fn quarantine(
@@ -433,6 +459,29 @@ mod tests {
                     "errors": {"gmv": "the sum overflowed 38 digits in this bucket"}}])
         );
         assert_eq!(body["provenance"]["sealed"], json!([]));
+        assert_eq!(
+            body["provenance"]["event_time_lag_ms"]
+                .as_i64()
+                .map(|l| l > 0),
+            Some(true)
+        );
+        assert!(body["provenance"]["last_applied"].is_string(), "{body}");
+        assert!(body.get("default_range").is_none());
+        // the default range (the last 60 minutes) holds nothing: the answer says where the data is
+        let (s, body) = get(&app, "/v1/views/gmv").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(body["rows"], json!([]));
+        assert!(
+            body["default_range"]
+                .as_str()
+                .unwrap()
+                .starts_with("60 buckets"),
+            "{body}"
+        );
+        assert_eq!(
+            body["hint"],
+            "no rows in the default range; this view's newest data is at 1970-01-01T00:02:00.000Z: pass from and to to read it"
+        );
         let (s, body) = get(&app, "/v1/views").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(body["views"][0]["measures"][0]["kind"], "sum");

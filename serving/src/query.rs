@@ -51,6 +51,8 @@ pub struct Merged {
     pub late_pending: BTreeMap<i64, i64>,
     /// Highest event time the speed layer applied for the view's source.
     pub speed_watermark: Option<i64>,
+    /// The end of the view's last sealed range, anywhere (not only in the query's range).
+    pub sealed_until_all: Option<i64>,
 }
 
 /// The lake as serving reads it: the ledger and every view's table, each followed by version.
@@ -128,5 +130,6 @@ pub async fn merged(
         sealed,
         late_pending,
         speed_watermark,
+        sealed_until_all: seals.sealed.last().map(|i| i.to),
     })
 }
