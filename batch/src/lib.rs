@@ -12,7 +12,7 @@ use duet_lake::{Interval, Lake, Seal, SealLedger, ViewTable};
 pub use error::{Error, Result};
 
 /// What one recompute did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Recompute {
     /// View name.
     pub view: String,
@@ -20,6 +20,8 @@ pub struct Recompute {
     pub ranges: Vec<Interval>,
     /// Rows written.
     pub rows: usize,
+    /// The rows written (partial states per bucket and dimensions).
+    pub written: Vec<duet_config::Row>,
     /// Version of `views/<view>` written.
     pub version: i64,
     /// Version of `raw/<source>` read (`None`: no raw data yet).
@@ -62,17 +64,26 @@ pub async fn recompute(
     recompute_ranges(lake, cfg, view, &[Interval::new(from, to)], now_ms).await
 }
 
-/// Recomputes the buckets of `view` in `ranges` (each widened to whole buckets) in one pass
-/// over the raw table, replaces them in the view's table in one Delta commit, and records them
-/// as sealed in one ledger commit, with the late marks of those buckets whose events the raw
-/// table read holds (resolved: the buckets are clean again).
-pub async fn recompute_ranges(
+/// What the raw table says the buckets of some ranges hold, computed in memory.
+#[derive(Debug, Clone)]
+pub struct Computed {
+    /// The ranges, widened to whole buckets, sorted and disjoint.
+    pub ranges: Vec<Interval>,
+    /// One row per bucket and dimensions with events, with the partial states.
+    pub rows: Vec<duet_config::Row>,
+    /// The raw table read.
+    pub raw: duet_lake::raw::RawSnapshot,
+}
+
+/// Computes the buckets of `view` in `ranges` (each widened to whole buckets) from the raw
+/// table, in memory: one pass of the view's Polars plan over the raw files whose statistics
+/// for the view's time field overlap the ranges. Nothing is written.
+pub async fn compute(
     lake: &Lake,
     cfg: &Config,
     view: &ViewSpec,
     ranges: &[Interval],
-    now_ms: i64,
-) -> Result<Recompute> {
+) -> Result<Computed> {
     let ranges = duet_lake::ledger::coalesce(
         ranges
             .iter()
@@ -131,6 +142,29 @@ pub async fn recompute_ranges(
             message: e.to_string(),
         })??
     };
+    Ok(Computed {
+        ranges,
+        rows,
+        raw: snapshot,
+    })
+}
+
+/// Recomputes the buckets of `view` in `ranges` (each widened to whole buckets) in one pass
+/// over the raw table, replaces them in the view's table in one Delta commit, and records them
+/// as sealed in one ledger commit, with the late marks of those buckets whose events the raw
+/// table read holds (resolved: the buckets are clean again).
+pub async fn recompute_ranges(
+    lake: &Lake,
+    cfg: &Config,
+    view: &ViewSpec,
+    ranges: &[Interval],
+    now_ms: i64,
+) -> Result<Recompute> {
+    let Computed {
+        ranges,
+        rows,
+        raw: snapshot,
+    } = compute(lake, cfg, view, ranges).await?;
     let version = ViewTable::new(lake, view)
         .replace_ranges(&ranges, &rows)
         .await?;
@@ -172,6 +206,7 @@ pub async fn recompute_ranges(
         view: view.name.clone(),
         ranges,
         rows: rows.len(),
+        written: rows,
         version,
         raw_version: snapshot.version,
         resolved: resolved.len(),

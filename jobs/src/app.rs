@@ -126,6 +126,7 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
     let parts = Arc::new(Parts::default());
     let mut tasks = JoinSet::new();
     let counters = Arc::new(SpeedCounters::default());
+    let checks = Arc::new(duet_serving::health::SealChecks::default());
     let backoff = Backoff::default();
     let (sealed_tx, sealed_rx) = watch::channel(std::collections::BTreeMap::new());
     let sealed_tx = Arc::new(sealed_tx);
@@ -170,12 +171,23 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
     }
     {
         let (cfg, lake, rx) = (cfg.clone(), lake.clone(), rx.clone());
+        let check = crate::scheduler::SealCheck {
+            store: store.clone(),
+            checks: checks.clone(),
+        };
         spawn(
             "scheduler",
             Box::new(move || {
-                let (cfg, lake, rx, sealed) =
-                    (cfg.clone(), lake.clone(), rx.clone(), sealed_tx.clone());
-                Box::pin(async move { crate::scheduler::run(&cfg, &lake, &sealed, rx).await })
+                let (cfg, lake, rx, sealed, check) = (
+                    cfg.clone(),
+                    lake.clone(),
+                    rx.clone(),
+                    sealed_tx.clone(),
+                    check.clone(),
+                );
+                Box::pin(async move {
+                    crate::scheduler::run(&cfg, &lake, &sealed, Some(&check), rx).await
+                })
             }),
         );
     }
@@ -186,6 +198,7 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
             store: store.clone(),
             counters,
             parts: parts.clone(),
+            checks,
         };
         let rx = rx.clone();
         // the first run serves on the listener bound above; a restart binds the same address

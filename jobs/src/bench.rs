@@ -322,6 +322,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
         store: store.clone(),
         counters: counters.clone(),
         parts: Arc::default(),
+        checks: Arc::default(),
     };
     let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
     let q = opts.queries.max(10);

@@ -9,6 +9,7 @@ pub mod lake_sink;
 pub mod producer;
 pub mod scheduler;
 pub mod supervise;
+pub mod verify;
 
 /// The reference deployment (`config/examples/ecommerce.toml`), built in.
 pub const REFERENCE_CONFIG: &str = include_str!("../../config/examples/ecommerce.toml");

@@ -75,6 +75,22 @@ enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Recompute a range of a view from the lake and compare it with what serving answers
+    /// and, for open buckets, with the speed store. Exit 0 when all agree, 1 otherwise.
+    ///
+    /// Buckets that may still receive events are not compared. Works beside a running
+    /// deployment (it asks its HTTP API) or without one (it reads the store).
+    /// Example: duet verify gmv_per_minute --from 2026-11-25T10:00:00Z --to 2026-11-25T11:00:00Z
+    Verify {
+        /// The view.
+        view: String,
+        /// First bucket (RFC 3339 or epoch ms); default: 60 buckets before `--to`.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range, exclusive; default: the end of the current bucket.
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Views: list them with their definitions, or reset one whose definition changed.
     Views {
         #[command(subcommand)]
@@ -282,6 +298,99 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}\t{}\t{}", j.name, j.schedule, j.all_views().join(","));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { view, from, to } => {
+            let cfg = load_config(&config)?;
+            let spec = find_view(&cfg, &view)?;
+            let now = duet_speed::now_ms();
+            let to = match to {
+                Some(t) => parse_time(&t)?,
+                None => spec.bucket_of(now) + spec.bucket_ms,
+            };
+            let from = match from {
+                Some(f) => parse_time(&f)?,
+                None => to - 60 * spec.bucket_ms,
+            };
+            if from >= to {
+                anyhow::bail!("--from ({}) must be before --to ({})", iso(from), iso(to));
+            }
+            let v = duet_jobs::verify::verify(&cfg, spec, from, to, now).await?;
+            let Some(range) = v.range else {
+                println!(
+                    "{view}: nothing to verify: every bucket of the range may still receive events"
+                );
+                return Ok(ExitCode::SUCCESS);
+            };
+            println!(
+                "{view}: [{}, {}) recomputed from raw version {}, {} bucket rows compared (serving's answer {}){}",
+                iso(range.from),
+                iso(range.to),
+                v.raw_version.map_or("-".to_string(), |r| r.to_string()),
+                v.compared,
+                v.via,
+                if v.too_recent > 0 {
+                    format!(
+                        "; {} later buckets may still receive events and were not compared",
+                        v.too_recent
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            let dims = |d: &duet_config::DimKey| {
+                if spec.dimensions.is_empty() {
+                    return String::new();
+                }
+                let parts: Vec<String> = spec
+                    .dimensions
+                    .iter()
+                    .zip(d)
+                    .map(|(n, v)| format!("{n}={}", v.as_deref().unwrap_or("null")))
+                    .collect();
+                format!(" {{{}}}", parts.join(", "))
+            };
+            for (d, served) in &v.served {
+                let from = match served {
+                    Some(s) => match s.late_pending {
+                        Some(n) => format!("{} ({n} late events pending)", s.source),
+                        None => s.source.clone(),
+                    },
+                    None => "no row".into(),
+                };
+                for m in &d.measures {
+                    println!(
+                        "  served   {}{}: {} = {} from {from}, recomputed {}",
+                        iso(d.bucket),
+                        dims(&d.dims),
+                        m.measure,
+                        m.found,
+                        m.expected
+                    );
+                }
+            }
+            for d in &v.speed {
+                for m in &d.measures {
+                    println!(
+                        "  speed    {}{}: {} = {} in the speed store, recomputed {}",
+                        iso(d.bucket),
+                        dims(&d.dims),
+                        m.measure,
+                        m.found,
+                        m.expected
+                    );
+                }
+            }
+            if v.agrees() {
+                println!("{view}: all agree");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!(
+                    "{view}: {} buckets differ in serving's answer, {} in the speed store",
+                    v.served.len(),
+                    v.speed.len()
+                );
+                Ok(ExitCode::from(1))
+            }
         }
         Command::Views {
             command: ViewsCommand::List,

@@ -13,13 +13,64 @@ use duet_config::Config;
 use duet_lake::Lake;
 use tokio::sync::watch;
 
+/// Where the scheduler reports how each seal compared with the speed layer.
+#[derive(Clone)]
+pub struct SealCheck {
+    /// The speed layer's store, read for the sealed buckets.
+    pub store: std::sync::Arc<dyn duet_speed::ViewStore>,
+    /// Where the comparisons go (`/metrics`).
+    pub checks: std::sync::Arc<duet_serving::health::SealChecks>,
+}
+
+impl SealCheck {
+    /// Compares a seal's recompute with what the speed layer holds for the same buckets.
+    async fn check(&self, view: &duet_config::ViewSpec, r: &duet_batch::Recompute) {
+        let mut speed = Vec::new();
+        for range in &r.ranges {
+            match self.store.read(&view.name, range.from, range.to).await {
+                Ok(rows) => speed.extend(rows),
+                Err(e) => {
+                    tracing::warn!(view = %view.name, error = %e, "Could not read the speed store to check a seal.");
+                    return;
+                }
+            }
+        }
+        let expected = crate::verify::render(view, &r.written);
+        let found = crate::verify::render(view, &speed);
+        let diffs = crate::verify::compare(view, &expected, &found);
+        let drift = diffs.iter().map(|d| d.drift()).fold(0.0, f64::max);
+        let buckets = expected
+            .keys()
+            .chain(found.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if !diffs.is_empty() {
+            tracing::info!(view = %view.name, mismatched = diffs.len(), max_drift = drift, "Sealed buckets differ from the speed layer's.");
+        }
+        self.checks
+            .record(&view.name, buckets as u64, diffs.len() as u64, drift);
+    }
+}
+
 /// Recomputes and seals what is due for every view of `views`, logging (not failing on)
-/// per-view errors: a view that fails is tried again at the next run.
+/// per-view errors: a view that fails is tried again at the next run. With `check`, each
+/// seal is compared with the speed layer's state of the same buckets.
 pub async fn seal_due(
     cfg: &Config,
     lake: &Lake,
     views: &[String],
     now_ms: i64,
+) -> Vec<duet_batch::Recompute> {
+    seal_due_checked(cfg, lake, views, now_ms, None).await
+}
+
+/// [`seal_due`], comparing each seal with the speed layer when `check` is given.
+pub async fn seal_due_checked(
+    cfg: &Config,
+    lake: &Lake,
+    views: &[String],
+    now_ms: i64,
+    check: Option<&SealCheck>,
 ) -> Vec<duet_batch::Recompute> {
     let mut out = Vec::new();
     for name in views {
@@ -33,7 +84,12 @@ pub async fn seal_due(
         };
         for pass in due.passes(duet_batch::pass_span(view)) {
             match duet_batch::recompute_ranges(lake, cfg, view, &pass, now_ms).await {
-                Ok(r) => out.push(r),
+                Ok(r) => {
+                    if let Some(c) = check {
+                        c.check(view, &r).await;
+                    }
+                    out.push(r)
+                }
                 Err(e) => {
                     tracing::error!(view = %name, error = %e, "Scheduled seal failed.");
                     break;
@@ -94,6 +150,7 @@ pub async fn run(
     cfg: &Config,
     lake: &Lake,
     sealed: &watch::Sender<BTreeMap<String, i64>>,
+    check: Option<&SealCheck>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     publish_sealed(cfg, lake, sealed).await?;
@@ -130,7 +187,8 @@ pub async fn run(
         let run = async {
             for (i, (s, views, name)) in jobs.iter().enumerate() {
                 if i == idx || s.after(&now).next() == Some(at) {
-                    let done = seal_due(cfg, lake, views, at.timestamp_millis()).await;
+                    let done =
+                        seal_due_checked(cfg, lake, views, at.timestamp_millis(), check).await;
                     tracing::info!(job = %name, sealed = done.len(), "Job ran.");
                     let compacted = compact_closed_hours(cfg, lake, at.timestamp_millis()).await;
                     if compacted > 0 {

@@ -135,6 +135,10 @@ fn jobs_list_and_errors() {
         out.contains("gmv_per_minute\t2026-11-25T10:05:00.000Z\t1\t0\t0\t2\t"),
         "{out}"
     );
+    // verify on a lake without events: nothing can be compared yet
+    let (code, out) = duet(&["verify", "gmv_per_minute", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("gmv_per_minute: nothing to verify"), "{out}");
     let (code, out) = duet(&["jobs", "run", "nope", "-c", REFERENCE]);
     assert_eq!(code, 1);
     assert!(out.contains("unknown view `nope`"), "{out}");

@@ -74,6 +74,43 @@ impl Parts {
     }
 }
 
+/// How the batch layer's recompute of a view compared with what the speed layer held for the
+/// same buckets, at the scheduler's seals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SealCheck {
+    /// Buckets compared at the last seal.
+    pub buckets: u64,
+    /// Buckets that differed at the last seal.
+    pub mismatched: u64,
+    /// The largest relative difference of any measure at the last seal (0 to 1).
+    pub max_drift: f64,
+    /// Buckets that differed, over all seals since start.
+    pub mismatched_total: u64,
+}
+
+/// The seal checks of every view; written by the scheduler, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct SealChecks {
+    views: Mutex<BTreeMap<String, SealCheck>>,
+}
+
+impl SealChecks {
+    /// Records the comparison of one seal of `view`.
+    pub fn record(&self, view: &str, buckets: u64, mismatched: u64, max_drift: f64) {
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        let c = views.entry(view.to_string()).or_default();
+        c.buckets = buckets;
+        c.mismatched = mismatched;
+        c.max_drift = max_drift;
+        c.mismatched_total += mismatched;
+    }
+
+    /// Every view's last check.
+    pub fn snapshot(&self) -> BTreeMap<String, SealCheck> {
+        self.views.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use duet_speed::{SpeedCounters, ViewStore};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::health::{PartState, Parts};
+use crate::health::{PartState, Parts, SealChecks};
 use crate::query::{LakeReaders, Provenance, merged};
 
 /// What the handlers share.
@@ -32,6 +32,8 @@ pub struct AppState {
     pub counters: Arc<SpeedCounters>,
     /// The status of the deployment's parts, for `/health` and `/metrics`.
     pub parts: Arc<Parts>,
+    /// How each view's seals compared with the speed layer, for `/metrics`.
+    pub checks: Arc<SealChecks>,
 }
 
 /// Most buckets one query may span.
@@ -160,6 +162,36 @@ async fn metrics(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    let checks = s.checks.snapshot();
+    if !checks.is_empty() {
+        for (name, kind, help) in [
+            (
+                "duet_seal_mismatched_buckets",
+                "gauge",
+                "Buckets whose batch recompute differed from the speed layer's state at the view's last seal.",
+            ),
+            (
+                "duet_seal_mismatched_buckets_total",
+                "counter",
+                "Buckets whose batch recompute differed from the speed layer's state, over all seals.",
+            ),
+            (
+                "duet_seal_max_relative_drift",
+                "gauge",
+                "Largest relative difference between batch and speed of any measure at the view's last seal (0 to 1).",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (view, c) in &checks {
+                let v = match name {
+                    "duet_seal_mismatched_buckets" => c.mismatched.to_string(),
+                    "duet_seal_mismatched_buckets_total" => c.mismatched_total.to_string(),
+                    _ => format!("{}", c.max_drift),
+                };
+                let _ = writeln!(out, "{name}{{view=\"{view}\"}} {v}");
+            }
+        }
+    }
     for src in &s.cfg.sources {
         if let Some(w) = s.store.watermark(&src.name).await? {
             let _ = writeln!(
@@ -231,12 +263,25 @@ async fn query_view(
         .cfg
         .view(&view)
         .ok_or_else(|| Error::UnknownView(view.clone()))?;
-    if let Some(k) = q.keys().find(|k| *k != "from" && *k != "to") {
+    if let Some(k) = q
+        .keys()
+        .find(|k| !matches!(k.as_str(), "from" | "to" | "layer"))
+    {
         return Err(Error::UnknownParam {
             name: k.clone(),
-            expected: "from, to",
+            expected: "from, to, layer",
         });
     }
+    let speed_only = match q.get("layer").map(String::as_str) {
+        None | Some("merged") => false,
+        Some("speed") => true,
+        Some(other) => {
+            return Err(Error::BadParam {
+                name: "layer",
+                message: format!("expected merged (the default) or speed, found {other:?}"),
+            });
+        }
+    };
     let now = duet_speed::now_ms();
     let to = q
         .get("to")
@@ -264,7 +309,21 @@ async fn query_view(
             message: format!("the range spans more than {MAX_BUCKETS} buckets"),
         });
     }
-    let m = merged(&s.lake, s.store.as_ref(), spec, from, to).await?;
+    let mut m = merged(&s.lake, s.store.as_ref(), spec, from, to).await?;
+    if speed_only {
+        // every bucket as the speed layer holds it, sealed or not (for verification)
+        m.rows = s
+            .store
+            .read(&spec.name, from, to)
+            .await?
+            .into_iter()
+            .map(|row| crate::query::MergedRow {
+                row,
+                source: Provenance::Speed,
+                late_pending: None,
+            })
+            .collect();
+    }
     let rows_empty = m.rows.is_empty();
     let rows: Vec<Value> = m
         .rows
@@ -430,6 +489,7 @@ mod tests {
             store: Arc::new(store),
             counters: Arc::default(),
             parts: Arc::default(),
+            checks: Arc::default(),
         })
     }
 
@@ -618,7 +678,7 @@ mod tests {
                 "/v1/views/gmv?form=1",
                 StatusCode::BAD_REQUEST,
                 "bad_request",
-                "unknown query parameter `form` (expected from, to)",
+                "unknown query parameter `form` (expected from, to, layer)",
             ),
             (
                 "/v1/quarantine?limit=0",

@@ -186,6 +186,7 @@ async fn run() {
         store: store.clone(),
         counters: counters.clone(),
         parts: Arc::default(),
+        checks: Arc::default(),
     };
     let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
 

@@ -7,3 +7,4 @@ mod lagging;
 mod late;
 mod restart;
 mod support;
+mod verify;
