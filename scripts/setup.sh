@@ -23,6 +23,12 @@ fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# The unused-dependency check of the test script (a small crate, installed once).
+if ! command -v cargo-machete >/dev/null 2>&1; then
+  echo "setup: installing cargo-machete" >&2
+  cargo install --locked --quiet cargo-machete@0.9.2
+fi
+
 # A Delta reader Duet did not write, for the end-to-end cross-check (scripts/crosscheck.py).
 VENV="${DUET_VENV:-$HOME/.cache/duet-venv}"
 if ! "$VENV/bin/python" -c "import deltalake, pyarrow" >/dev/null 2>&1; then

@@ -10,6 +10,8 @@ export CARGO_TERM_COLOR=never
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== cargo machete (unused dependencies)"
+cargo machete
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
