@@ -5,9 +5,10 @@
 //!
 //! With each commit it records the source's event-time watermark: the minimum over the
 //! topic's partitions of the highest event time each delivered, idle partitions aside (see
-//! [`duet_lake::watermark`]). The scheduler seals a bucket only once that watermark passed it.
+//! [`duet_lake::watermark`]). Before each commit it marks late the events that fall in sealed
+//! (or sealable) buckets (see [`duet_lake::late`]), so the scheduler recomputes those buckets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -15,7 +16,7 @@ use duet_config::Config;
 use duet_lake::late::late_marks;
 use duet_lake::watermark::Watermarks;
 use duet_lake::{Lake, LedgerReader, RawRecord, RawWriter, SealLedger};
-use duet_speed::kafka::{AssignedConsumer, topic_partitions};
+use duet_speed::kafka::{AssignedConsumer, Msg, topic_partitions};
 use tokio::sync::watch;
 
 /// The lake sink's consumer group.
@@ -23,69 +24,82 @@ pub fn group(cfg: &Config) -> String {
     format!("{}-lake", cfg.kafka.group_prefix)
 }
 
-/// Runs the lake sink until `shutdown` turns true.
-pub async fn run(
-    cfg: &Config,
-    bootstrap: &str,
-    lake: &Lake,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<()> {
-    let group = group(cfg);
-    let mut writers: HashMap<String, RawWriter> = HashMap::new();
-    let mut clocks: HashMap<String, Watermarks> = HashMap::new();
-    for s in &cfg.sources {
-        writers.insert(s.name.clone(), RawWriter::open(lake, s, &group).await?);
-        clocks.insert(s.name.clone(), Watermarks::new(cfg.lake_idle_ms));
-    }
-    let mut topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
-    topics.sort();
-    topics.dedup();
-    // next offset to read per (topic, partition): the lowest any source of the topic needs
-    let mut next: HashMap<(String, i32), i64> = HashMap::new();
-    for t in &topics {
-        for p in topic_partitions(&cfg.kafka, bootstrap, t, Duration::from_secs(60)).await? {
-            for s in cfg.sources.iter().filter(|s| &s.topic == t) {
-                let resume = match writers.get_mut(&s.name) {
-                    Some(w) => w.committed_offset(p).await?.map_or(0, |o| o + 1),
-                    None => 0,
-                };
-                let e = next.entry((t.clone(), p)).or_insert(resume);
-                *e = (*e).min(resume);
-                if let Some(c) = clocks.get_mut(&s.name) {
-                    c.add_partition(p);
+/// The lake sink's state: one raw writer and one watermark tracker per source, the next offset
+/// per partition, and the ledger (to mark late events).
+pub struct Sink {
+    cfg: std::sync::Arc<Config>,
+    lake: Lake,
+    writers: HashMap<String, RawWriter>,
+    clocks: HashMap<String, Watermarks>,
+    next: HashMap<(String, i32), i64>,
+    ledger: LedgerReader,
+    pending: HashMap<String, Vec<RawRecord>>,
+}
+
+impl Sink {
+    /// Opens the raw tables of every source for consumer group `group`; `partitions` gives
+    /// each topic's partitions.
+    pub async fn open(
+        cfg: std::sync::Arc<Config>,
+        lake: &Lake,
+        group: &str,
+        partitions: &HashMap<String, Vec<i32>>,
+    ) -> Result<Sink> {
+        let mut writers = HashMap::new();
+        let mut clocks = HashMap::new();
+        for s in &cfg.sources {
+            writers.insert(s.name.clone(), RawWriter::open(lake, s, group).await?);
+            clocks.insert(s.name.clone(), Watermarks::new(cfg.lake_idle_ms));
+        }
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        for (t, parts) in partitions {
+            for p in parts {
+                for s in cfg.sources.iter().filter(|s| &s.topic == t) {
+                    let resume = match writers.get_mut(&s.name) {
+                        Some(w) => w.committed_offset(*p).await?.map_or(0, |o| o + 1),
+                        None => 0,
+                    };
+                    let e = next.entry((t.clone(), *p)).or_insert(resume);
+                    *e = (*e).min(resume);
+                    if let Some(c) = clocks.get_mut(&s.name) {
+                        c.add_partition(*p);
+                    }
                 }
             }
         }
+        Ok(Sink {
+            cfg,
+            lake: lake.clone(),
+            writers,
+            clocks,
+            next,
+            ledger: LedgerReader::new(lake),
+            pending: HashMap::new(),
+        })
     }
-    let consumer = AssignedConsumer::new(
-        &cfg.kafka,
-        bootstrap,
-        &group,
-        &topics,
-        |t, p| next.get(&(t.to_string(), p)).copied().filter(|o| *o > 0),
-        Duration::from_secs(60),
-    )
-    .await?;
-    tracing::info!(%group, ?topics, "Lake sink consuming.");
-    let mut ledger = LedgerReader::new(lake);
-    let wait = Duration::from_millis(cfg.lake_flush_ms as u64);
-    loop {
-        let msgs = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
-            m = consumer.next_batch(cfg.lake.flush_records, wait) => m?,
-        };
-        let now = duet_speed::now_ms();
-        let mut per_source: HashMap<&str, Vec<RawRecord>> = HashMap::new();
-        for m in &msgs {
-            next.insert((m.topic.clone(), m.partition), m.offset + 1);
-            for s in cfg.sources.iter().filter(|s| s.topic == m.topic) {
+
+    /// The next offset to read of a partition (where to resume).
+    pub fn next_offset(&self, topic: &str, partition: i32) -> i64 {
+        self.next
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Takes in one flush's messages (received at `now`): decodes them and tracks each
+    /// partition's event time. [`Sink::commit`] writes them.
+    pub fn receive(&mut self, msgs: &[Msg], now: i64) {
+        for m in msgs {
+            self.next
+                .insert((m.topic.clone(), m.partition), m.offset + 1);
+            for s in self.cfg.sources.iter().filter(|s| s.topic == m.topic) {
                 let decoded = s.decode_at(&m.payload, m.produced_ms(now));
-                if let Some(c) = clocks.get_mut(&s.name) {
+                if let Some(c) = self.clocks.get_mut(&s.name) {
                     c.observe(m.partition, decoded.as_ref().ok().map(|e| e.time_ms), now);
                 }
                 if let Ok(event) = decoded {
-                    per_source
-                        .entry(s.name.as_str())
+                    self.pending
+                        .entry(s.name.clone())
                         .or_default()
                         .push(RawRecord {
                             event,
@@ -96,22 +110,46 @@ pub async fn run(
                 }
             }
         }
-        for s in &cfg.sources {
-            let (Some(w), Some(clock)) = (writers.get_mut(&s.name), clocks.get_mut(&s.name)) else {
+    }
+
+    /// The partitions quiet for the idle timeout at `now`, with their next offset: idle if
+    /// nothing is left to read in them (the caller asks the broker, see [`Sink::commit`]).
+    pub fn quiet_partitions(&self, now: i64) -> Vec<(String, i32, i64)> {
+        let mut out = Vec::new();
+        for s in &self.cfg.sources {
+            let Some(clock) = self.clocks.get(&s.name) else {
                 continue;
             };
-            // a partition quiet for the idle timeout is idle if nothing is left to read in it
-            let quiet: Vec<i32> = clock
-                .partitions()
-                .iter()
-                .filter(|(_, p)| p.last_data_ms.is_none_or(|t| now - t >= cfg.lake_idle_ms))
-                .map(|(p, _)| *p)
-                .collect();
-            for p in quiet {
-                let at = next.get(&(s.topic.clone(), p)).copied().unwrap_or(0);
-                clock.set_caught_up(p, consumer.caught_up(&s.topic, p, at).await);
+            for (p, progress) in clock.partitions() {
+                if progress
+                    .last_data_ms
+                    .is_none_or(|t| now - t >= self.cfg.lake_idle_ms)
+                {
+                    out.push((s.topic.clone(), *p, self.next_offset(&s.topic, *p)));
+                }
             }
-            let records = per_source.remove(s.name.as_str()).unwrap_or_default();
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Writes what was received: per source, marks late events, then appends the events with
+    /// the source's new watermark in one commit. `caught_up` holds the quiet partitions that
+    /// have nothing left to read (idle).
+    pub async fn commit(&mut self, now: i64, caught_up: &HashSet<(String, i32)>) -> Result<()> {
+        let cfg = self.cfg.clone();
+        for s in &cfg.sources {
+            let (Some(w), Some(clock)) =
+                (self.writers.get_mut(&s.name), self.clocks.get_mut(&s.name))
+            else {
+                continue;
+            };
+            let parts: Vec<i32> = clock.partitions().keys().copied().collect();
+            for p in parts {
+                clock.set_caught_up(p, caught_up.contains(&(s.topic.clone(), p)));
+            }
+            let records = self.pending.remove(&s.name).unwrap_or_default();
             // events for sealed (or sealable) buckets are marked late before they are written
             let fresh = w.unwritten(&records).await?;
             if !fresh.is_empty() {
@@ -120,7 +158,7 @@ pub async fn run(
                     &views,
                     cfg.lateness_ms,
                     w.watermark(),
-                    &*ledger.snapshot().await?,
+                    &*self.ledger.snapshot().await?,
                     &fresh,
                     |p| w.app(p),
                     now,
@@ -128,7 +166,7 @@ pub async fn run(
                 if !marks.is_empty() {
                     let events: i64 = marks.iter().map(|m| m.events).sum();
                     tracing::info!(source = %s.name, buckets = marks.len(), events, "Late events for sealed buckets; marked for recompute.");
-                    SealLedger::new(lake).mark_late(&marks).await?;
+                    SealLedger::new(&self.lake).mark_late(&marks).await?;
                 }
             }
             let v = w
@@ -139,6 +177,52 @@ pub async fn run(
                 tracing::debug!(source = %s.name, records = records.len(), version = ?v, watermark = ?w.watermark(), "Raw events committed.");
             }
         }
+        Ok(())
+    }
+}
+
+/// Runs the lake sink until `shutdown` turns true.
+pub async fn run(
+    cfg: &Config,
+    bootstrap: &str,
+    lake: &Lake,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let group = group(cfg);
+    let mut topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
+    topics.sort();
+    topics.dedup();
+    let mut partitions = HashMap::new();
+    for t in &topics {
+        let p = topic_partitions(&cfg.kafka, bootstrap, t, Duration::from_secs(60)).await?;
+        partitions.insert(t.clone(), p);
+    }
+    let mut sink = Sink::open(std::sync::Arc::new(cfg.clone()), lake, &group, &partitions).await?;
+    let consumer = AssignedConsumer::new(
+        &cfg.kafka,
+        bootstrap,
+        &group,
+        &topics,
+        |t, p| Some(sink.next_offset(t, p)).filter(|o| *o > 0),
+        Duration::from_secs(60),
+    )
+    .await?;
+    tracing::info!(%group, ?topics, "Lake sink consuming.");
+    let wait = Duration::from_millis(cfg.lake_flush_ms as u64);
+    loop {
+        let msgs = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            m = consumer.next_batch(cfg.lake.flush_records, wait) => m?,
+        };
+        let now = duet_speed::now_ms();
+        sink.receive(&msgs, now);
+        let mut idle = HashSet::new();
+        for (topic, p, next) in sink.quiet_partitions(now) {
+            if consumer.caught_up(&topic, p, next).await {
+                idle.insert((topic, p));
+            }
+        }
+        sink.commit(now, &idle).await?;
         if !msgs.is_empty() {
             let progress = msgs
                 .iter()
