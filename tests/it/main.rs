@@ -5,6 +5,7 @@ mod dirty;
 mod e2e;
 mod lagging;
 mod late;
+mod property;
 mod restart;
 mod support;
 mod verify;
