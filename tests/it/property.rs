@@ -172,14 +172,10 @@ fn stream(shape: &Shape) -> Vec<Produced> {
 }
 
 /// The from-scratch recompute: first copy of each id, folded with the algebra.
-fn recompute(
-    cfg: &Config,
-    delivered: &[Vec<u8>],
-) -> BTreeMap<String, BTreeMap<(i64, Vec<Option<String>>), Value>> {
+fn recompute(cfg: &Config, delivered: &[Vec<u8>]) -> crate::support::Truth {
     let source = &cfg.sources[0];
     let mut seen = HashSet::new();
-    let mut states: BTreeMap<String, BTreeMap<(i64, Vec<Option<String>>), Vec<State>>> =
-        BTreeMap::new();
+    let mut states: BTreeMap<String, BTreeMap<crate::support::Key, Vec<State>>> = BTreeMap::new();
     for bytes in delivered {
         let Ok(e) = source.decode(bytes) else {
             continue;
