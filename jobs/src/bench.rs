@@ -37,6 +37,13 @@ pub struct BenchOptions {
     pub queries: usize,
     /// Scratch folder (removed afterwards).
     pub dir: PathBuf,
+    /// Minutely seals of `gmv_per_minute` for the steady-state section (1 440: a day).
+    pub seals: usize,
+    /// Events through the speed layer's store for the dedup-state section, spread over
+    /// `store_days` simulated days.
+    pub store_events: usize,
+    /// Simulated days of the dedup-state section.
+    pub store_days: usize,
 }
 
 fn machine() -> String {
@@ -337,6 +344,8 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
     let _ = serving.await;
     drop(producer);
     drop(kafka);
+    let steady = steady_state(&cfg, opts, q).await?;
+    let growth = store_growth(&cfg, opts).await?;
     let rss = peak_rss_mib();
     let _ = std::fs::remove_dir_all(&opts.dir);
 
@@ -422,5 +431,292 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
             percentile(l, 0.5) / percentile(&health, 0.5)
         )?;
     }
+    writeln!(
+        r,
+        "\n## Steady state: a fresh lake, then after {} minutely seals\n",
+        steady.seals
+    )?;
+    writeln!(
+        r,
+        "One day of seed-shaped orders ({} events) in the raw table; `gmv_per_minute` sealed one \
+         minute at a time as the scheduler does (ledger compaction included); the same 4-hour \
+         query ({q} sequential requests) and the seal of one more minute, measured before and \
+         after the {} seals.\n",
+        steady.events, steady.seals
+    )?;
+    writeln!(
+        r,
+        "| figure | fresh lake | after the seals | after / fresh |"
+    )?;
+    writeln!(r, "|---|---:|---:|---:|")?;
+    for (name, a, b) in [
+        ("query p50, ms", steady.fresh.p50, steady.aged.p50),
+        ("query p99, ms", steady.fresh.p99, steady.aged.p99),
+        (
+            "seal of one minute, ms",
+            steady.fresh.seal_ms,
+            steady.aged.seal_ms,
+        ),
+        (
+            "ledger files read",
+            steady.fresh.ledger_files as f64,
+            steady.aged.ledger_files as f64,
+        ),
+    ] {
+        writeln!(
+            r,
+            "| {name} | {a:.2} | {b:.2} | {:.2} |",
+            b / a.max(f64::MIN_POSITIVE)
+        )?;
+    }
+    writeln!(
+        r,
+        "\n{} seals took {:.1} s in all ({:.1} ms each on average).",
+        steady.seals,
+        steady.all_seals.as_secs_f64(),
+        steady.all_seals.as_secs_f64() * 1000.0 / steady.seals.max(1) as f64
+    )?;
+    writeln!(
+        r,
+        "\n## Dedup state over {} simulated days\n",
+        growth.days.len()
+    )?;
+    writeln!(
+        r,
+        "{} events through the speed layer's aggregator and embedded store ({:.0} events/s), \
+         views sealed a minute behind the newest event as the scheduler would; the store's \
+         size and the ids it keeps at the end of each day, beside the first day's.\n",
+        growth.events, growth.rate
+    )?;
+    writeln!(
+        r,
+        "| day | events so far | seen ids kept | store size MiB | size vs. day 1 |"
+    )?;
+    writeln!(r, "|---:|---:|---:|---:|---:|")?;
+    let first = growth.days.first().map_or(1, |d| d.bytes.max(1));
+    for (i, d) in growth.days.iter().enumerate() {
+        writeln!(
+            r,
+            "| {} | {} | {} | {:.1} | {:.2} |",
+            i + 1,
+            d.events,
+            d.seen_ids,
+            d.bytes as f64 / 1_048_576.0,
+            d.bytes as f64 / first as f64
+        )?;
+    }
     Ok(r)
+}
+
+/// Query latency and seal time at one point of the steady-state section.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    p50: f64,
+    p99: f64,
+    seal_ms: f64,
+    ledger_files: usize,
+}
+
+/// The steady-state section's figures.
+#[derive(Debug, Clone)]
+struct Steady {
+    events: usize,
+    seals: usize,
+    fresh: Point,
+    aged: Point,
+    all_seals: Duration,
+}
+
+/// Fills a raw table with a day of orders, then measures a 4-hour query and a one-minute seal
+/// of `gmv_per_minute` on the fresh lake and again after `opts.seals` minutely seals.
+async fn steady_state(base: &Arc<Config>, opts: &BenchOptions, queries: usize) -> Result<Steady> {
+    let dir = opts.dir.join("steady");
+    let mut cfg = (**base).clone();
+    cfg.lake.url = dir.join("lake").to_string_lossy().into_owned();
+    let cfg = Arc::new(cfg);
+    let lake = Lake::open(&cfg.lake.url)?;
+    let orders = cfg
+        .source("orders")
+        .context("the reference config has orders")?;
+    let view = cfg
+        .view("gmv_per_minute")
+        .context("the reference config has gmv_per_minute")?;
+    let minutes = opts.seals + 2;
+    // a day of orders (about 40 a minute), written as the lake sink would, a commit per minute
+    let mut g = Generator::new(11, 2_000);
+    let mut w = duet_lake::RawWriter::open(&lake, orders, "bench").await?;
+    let mut offset = 0;
+    let mut events = 0;
+    for m in 0..minutes as i64 {
+        let mut records = Vec::new();
+        for i in 0..200 {
+            let e = g.next(T0 + m * 60_000 + i * 300);
+            if e.source != "orders" {
+                continue;
+            }
+            if let Ok(event) = orders.decode(&e.payload()) {
+                records.push(duet_lake::RawRecord {
+                    event,
+                    partition: 0,
+                    offset,
+                    payload: String::new(),
+                });
+                offset += 1;
+            }
+        }
+        events += records.len();
+        w.append(&records, Some(T0 + (m + 1) * 60_000)).await?;
+    }
+    duet_jobs_compact(&cfg, &lake).await?;
+    let store = Arc::new(EmbeddedStore::open(&dir.join("store.redb"))?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, rx) = watch::channel(false);
+    let state = duet_serving::AppState {
+        cfg: cfg.clone(),
+        lake: Arc::new(duet_serving::query::LakeReaders::new(&lake, &cfg)),
+        store,
+        counters: Arc::default(),
+        parts: Arc::default(),
+        checks: Arc::default(),
+    };
+    let serving = tokio::spawn(duet_serving::serve(listener, state, rx));
+    let query = format!(
+        "/v1/views/gmv_per_minute?from={}&to={}",
+        T0,
+        T0 + 4 * 3_600_000
+    );
+    let ledger = duet_lake::SealLedger::new(&lake);
+    let seal = async |minute: i64| -> Result<f64> {
+        let t = Instant::now();
+        let range = duet_lake::Interval::new(T0 + minute * 60_000, T0 + (minute + 1) * 60_000);
+        duet_batch::recompute_ranges(&lake, &cfg, view, &[range], T0).await?;
+        ledger.compact().await?;
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    };
+    let files = |d: &std::path::Path| -> usize {
+        std::fs::read_dir(d.join("lake/ledger/entries"))
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let measure = async |minute: i64| -> Result<Point> {
+        let seal_ms = seal(minute).await?;
+        let l = latencies(addr, &query, queries).await?;
+        Ok(Point {
+            p50: percentile(&l, 0.5),
+            p99: percentile(&l, 0.99),
+            seal_ms,
+            ledger_files: files(&dir),
+        })
+    };
+    let fresh = measure(0).await?;
+    let t = Instant::now();
+    for m in 1..=opts.seals as i64 {
+        seal(m).await?;
+    }
+    let all_seals = t.elapsed();
+    let aged = measure(opts.seals as i64 + 1).await?;
+    let _ = stop.send(true);
+    let _ = serving.await;
+    Ok(Steady {
+        events,
+        seals: opts.seals,
+        fresh,
+        aged,
+        all_seals,
+    })
+}
+
+/// Raw hour partitions compacted as the scheduler does once they are closed.
+async fn duet_jobs_compact(cfg: &Config, lake: &Lake) -> Result<()> {
+    crate::scheduler::compact_closed_hours(cfg, lake, i64::MAX).await;
+    Ok(())
+}
+
+/// The store at the end of one simulated day.
+#[derive(Debug, Clone, Copy)]
+struct Day {
+    events: usize,
+    seen_ids: u64,
+    bytes: u64,
+}
+
+/// The dedup-state section's figures.
+#[derive(Debug, Clone)]
+struct Growth {
+    events: usize,
+    rate: f64,
+    days: Vec<Day>,
+}
+
+/// Runs `opts.store_events` generated events, spread over `opts.store_days` simulated days,
+/// through the speed layer's aggregator and embedded store, the views sealed a minute behind
+/// the newest event; the store's size and seen ids at the end of each day.
+async fn store_growth(base: &Arc<Config>, opts: &BenchOptions) -> Result<Growth> {
+    use duet_speed::kafka::Msg;
+    let dir = opts.dir.join("growth");
+    std::fs::create_dir_all(&dir)?;
+    let store = EmbeddedStore::open(&dir.join("store.redb"))?;
+    duet_speed::store::check_definitions(&store, &base.views).await?;
+    let agg = duet_speed::Aggregator::new(base, "bench");
+    let days = opts.store_days.max(1);
+    let span = days as i64 * 86_400_000;
+    let step = (span / opts.store_events.max(1) as i64).max(1);
+    let mut g = Generator::new(3, 50_000);
+    let batch = 2_000;
+    let mut out = Vec::new();
+    let mut offsets: HashMap<String, i64> = HashMap::new();
+    let t = Instant::now();
+    let mut done = 0;
+    let mut day_end = T0 + 86_400_000;
+    while done < opts.store_events {
+        let n = batch.min(opts.store_events - done);
+        let mut msgs = Vec::with_capacity(n);
+        let mut newest = T0;
+        for i in 0..n {
+            let at = T0 + (done + i) as i64 * step;
+            newest = at;
+            let e = g.next(at);
+            let topic = base
+                .source(e.source)
+                .map(|s| s.topic.clone())
+                .context("generator source")?;
+            let o = offsets.entry(topic.clone()).or_insert(0);
+            *o += 1;
+            msgs.push(Msg {
+                topic,
+                partition: 0,
+                offset: *o - 1,
+                payload: e.payload(),
+                timestamp_ms: Some(at),
+            });
+        }
+        // the scheduler seals every view up to a minute behind the newest event
+        let sealed: std::collections::BTreeMap<String, i64> = base
+            .views
+            .iter()
+            .map(|v| (v.name.clone(), v.bucket_of(newest - 60_000)))
+            .collect();
+        let (b, _) = agg.build(&msgs, &store, newest, &sealed).await?;
+        store.commit(b).await?;
+        done += n;
+        if newest >= day_end || done >= opts.store_events {
+            let st = store.stats().await?;
+            out.push(Day {
+                events: done,
+                seen_ids: st.seen_ids,
+                bytes: st.bytes,
+            });
+            day_end += 86_400_000;
+        }
+    }
+    Ok(Growth {
+        events: done,
+        rate: done as f64 / t.elapsed().as_secs_f64(),
+        days: out,
+    })
 }

@@ -69,6 +69,15 @@ enum Command {
         /// Where to write the report.
         #[arg(long, default_value = "bench-report.md")]
         out: PathBuf,
+        /// Minutely seals for the steady-state figures (1440: a simulated day).
+        #[arg(long, default_value_t = 1_440)]
+        seals: usize,
+        /// Events through the speed store for the dedup-state figures.
+        #[arg(long, default_value_t = 1_000_000)]
+        store_events: usize,
+        /// Simulated days those events span.
+        #[arg(long, default_value_t = 4)]
+        store_days: usize,
     },
     /// Batch jobs: list them, show how far each view is sealed, or recompute by hand.
     Jobs {
@@ -275,6 +284,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             events,
             queries,
             out,
+            seals,
+            store_events,
+            store_days,
         } => {
             let cfg = Config::from_toml_str(REFERENCE, "config/examples/ecommerce.toml".as_ref())?;
             let dir = std::env::temp_dir().join(format!("duet-bench-{}", std::process::id()));
@@ -282,6 +294,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 events,
                 queries,
                 dir,
+                seals,
+                store_events,
+                store_days,
             };
             let report = duet_jobs::bench::run(&cfg, &opts).await?;
             std::fs::write(&out, &report).with_context(|| format!("write {}", out.display()))?;

@@ -367,6 +367,12 @@ fn bench_writes_a_report_with_baselines() {
         "1000",
         "--queries",
         "10",
+        "--seals",
+        "20",
+        "--store-events",
+        "6000",
+        "--store-days",
+        "2",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -379,6 +385,10 @@ fn bench_writes_a_report_with_baselines() {
         "| lake sink",
         "| gmv_per_minute |",
         "| /health (baseline) |",
+        "## Steady state: a fresh lake, then after 20 minutely seals",
+        "| query p50, ms |",
+        "| seal of one minute, ms |",
+        "## Dedup state over 2 simulated days",
     ] {
         assert!(report.contains(needle), "missing {needle:?} in\n{report}");
     }
