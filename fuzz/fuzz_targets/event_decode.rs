@@ -1,0 +1,29 @@
+//! Any bytes as an event of the reference deployment's sources: an event whose view
+//! contributions can be computed, or a reason; never a panic.
+#![no_main]
+
+use std::sync::OnceLock;
+
+fn config() -> &'static duet_config::Config {
+    static CFG: OnceLock<duet_config::Config> = OnceLock::new();
+    CFG.get_or_init(|| {
+        duet_config::Config::from_toml_str(
+            include_str!("../../config/examples/ecommerce.toml"),
+            "ecommerce.toml".as_ref(),
+        )
+        .expect("the reference config loads")
+    })
+}
+
+libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
+    let cfg = config();
+    for s in &cfg.sources {
+        if let Ok(e) = s.decode_at(bytes, 1_800_000_000_000) {
+            for v in cfg.views.iter().filter(|v| v.source == s.name) {
+                for c in v.contributions(&e) {
+                    let _ = v.render(&c.states);
+                }
+            }
+        }
+    }
+});
