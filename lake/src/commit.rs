@@ -193,21 +193,11 @@ pub(crate) async fn rewrite(
     batches: Vec<RecordBatch>,
     predicate: Option<String>,
 ) -> Result<i64> {
-    let mut actions: Vec<Action> = old
-        .into_iter()
-        .map(|f| Action::Remove(f.remove(false)))
-        .collect();
-    for mut add in write_files(table, batches).await? {
-        add.data_change = false;
-        actions.push(Action::Add(add));
-    }
     let operation = DeltaOperation::Optimize {
         predicate,
         target_size: 0,
     };
-    commit(table, actions, Vec::new(), operation)
-        .await
-        .map_err(|e| conflict_or(table, e))
+    swap_files(table, old, batches, false, operation).await
 }
 
 /// Replaces `old` with files holding `batches`, as a data change recorded with `predicate`.
@@ -218,21 +208,31 @@ pub(crate) async fn replace(
     batches: Vec<RecordBatch>,
     predicate: Option<String>,
 ) -> Result<i64> {
-    let mut actions: Vec<Action> = old
-        .into_iter()
-        .map(|f| Action::Remove(f.remove(true)))
-        .collect();
-    actions.extend(
-        write_files(table, batches)
-            .await?
-            .into_iter()
-            .map(Action::Add),
-    );
     let operation = DeltaOperation::Write {
         mode: SaveMode::Overwrite,
         partition_by: partition_by(table)?,
         predicate,
     };
+    swap_files(table, old, batches, true, operation).await
+}
+
+/// One commit removing `old` and adding files holding `batches`, all marked with
+/// `data_change`.
+async fn swap_files(
+    table: &mut DeltaTable,
+    old: Vec<ActiveFile>,
+    batches: Vec<RecordBatch>,
+    data_change: bool,
+    operation: DeltaOperation,
+) -> Result<i64> {
+    let mut actions: Vec<Action> = old
+        .into_iter()
+        .map(|f| Action::Remove(f.remove(data_change)))
+        .collect();
+    for mut add in write_files(table, batches).await? {
+        add.data_change = data_change;
+        actions.push(Action::Add(add));
+    }
     commit(table, actions, Vec::new(), operation)
         .await
         .map_err(|e| conflict_or(table, e))

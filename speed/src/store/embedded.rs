@@ -88,6 +88,51 @@ fn decode_states(bytes: &[u8]) -> Result<Vec<State>> {
     })
 }
 
+/// Removes the dedup index entries of one view whose bucket end lies in `range` (inclusive)
+/// and releases their ids: an id no entry holds any more is forgotten. Returns how many were.
+fn release(
+    index: &mut redb::Table<(&str, i64, &str, &str), ()>,
+    seen: &mut redb::Table<(&str, &str), u32>,
+    range: std::ops::RangeInclusive<(&str, i64)>,
+    e: &Op<'_>,
+) -> Result<i64> {
+    let (lo, hi) = range.into_inner();
+    let entries: Vec<(i64, String, String)> = index
+        .range((lo.0, lo.1, "", "")..=(hi.0, hi.1, "\u{10ffff}", "\u{10ffff}"))
+        .ctx(e)?
+        .map(|item| {
+            item.map(|(k, _)| {
+                let (_, end, source, id) = k.value();
+                (end, source.to_string(), id.to_string())
+            })
+        })
+        .collect::<std::result::Result<_, _>>()
+        .ctx(e)?;
+    let mut forgotten = 0;
+    for (end, source, id) in entries {
+        index
+            .remove((lo.0, end, source.as_str(), id.as_str()))
+            .ctx(e)?;
+        let refs = seen
+            .get((source.as_str(), id.as_str()))
+            .ctx(e)?
+            .map_or(0, |v| v.value());
+        if refs <= 1 {
+            if seen
+                .remove((source.as_str(), id.as_str()))
+                .ctx(e)?
+                .is_some()
+            {
+                forgotten += 1;
+            }
+        } else {
+            seen.insert((source.as_str(), id.as_str()), refs - 1)
+                .ctx(e)?;
+        }
+    }
+    Ok(forgotten)
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store file. Fails if another process has it open.
     pub fn open(path: &Path) -> Result<EmbeddedStore> {
@@ -235,34 +280,12 @@ impl EmbeddedStore {
                 if *until <= old {
                     continue;
                 }
-                let gone: Vec<(i64, String, String)> = index
-                    .range((view.as_str(), i64::MIN, "", "")..=(view.as_str(), *until, "\u{10ffff}", "\u{10ffff}"))
-                    .ctx(&e)?
-                    .map(|item| {
-                        item.map(|(k, _)| {
-                            let (_, end, source, id) = k.value();
-                            (end, source.to_string(), id.to_string())
-                        })
-                    })
-                    .collect::<std::result::Result<_, _>>()
-                    .ctx(&e)?;
-                for (end, source, id) in gone {
-                    index
-                        .remove((view.as_str(), end, source.as_str(), id.as_str()))
-                        .ctx(&e)?;
-                    let refs = seen
-                        .get((source.as_str(), id.as_str()))
-                        .ctx(&e)?
-                        .map_or(0, |v| v.value());
-                    if refs <= 1 {
-                        if seen.remove((source.as_str(), id.as_str())).ctx(&e)?.is_some() {
-                            forgotten += 1;
-                        }
-                    } else {
-                        seen.insert((source.as_str(), id.as_str()), refs - 1)
-                            .ctx(&e)?;
-                    }
-                }
+                forgotten += release(
+                    &mut index,
+                    &mut seen,
+                    (view.as_str(), i64::MIN)..=(view.as_str(), *until),
+                    &e,
+                )?;
                 frontiers.insert(view.as_str(), *until).ctx(&e)?;
             }
             let mut remembered = 0;
@@ -339,39 +362,12 @@ impl EmbeddedStore {
             }
             let mut index = tx.open_table(SEEN_INDEX).ctx(&e)?;
             let mut seen = tx.open_table(SEEN).ctx(&e)?;
-            let entries: Vec<(i64, String, String)> = index
-                .range((view, i64::MIN, "", "")..=(view, i64::MAX, "\u{10ffff}", "\u{10ffff}"))
-                .ctx(&e)?
-                .map(|item| {
-                    item.map(|(k, _)| {
-                        let (_, end, source, id) = k.value();
-                        (end, source.to_string(), id.to_string())
-                    })
-                })
-                .collect::<std::result::Result<_, _>>()
-                .ctx(&e)?;
-            let mut forgotten = 0;
-            for (end, source, id) in entries {
-                index
-                    .remove((view, end, source.as_str(), id.as_str()))
-                    .ctx(&e)?;
-                let refs = seen
-                    .get((source.as_str(), id.as_str()))
-                    .ctx(&e)?
-                    .map_or(0, |v| v.value());
-                if refs <= 1 {
-                    if seen
-                        .remove((source.as_str(), id.as_str()))
-                        .ctx(&e)?
-                        .is_some()
-                    {
-                        forgotten += 1;
-                    }
-                } else {
-                    seen.insert((source.as_str(), id.as_str()), refs - 1)
-                        .ctx(&e)?;
-                }
-            }
+            let forgotten = release(
+                &mut index,
+                &mut seen,
+                (view, i64::MIN)..=(view, i64::MAX),
+                &e,
+            )?;
             let mut meta = tx.open_table(META).ctx(&e)?;
             let old = meta.get("seen_ids").ctx(&e)?.map_or(0, |v| v.value());
             meta.insert("seen_ids", old - forgotten).ctx(&e)?;
