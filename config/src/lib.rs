@@ -76,6 +76,8 @@ pub struct Config {
     pub lake_idle_ms: i64,
     /// `[speed] batch_interval` in ms.
     pub speed_batch_ms: i64,
+    /// `[speed] sealed_retention` in ms.
+    pub sealed_retention_ms: i64,
     /// `[batch] lateness` in ms.
     pub lateness_ms: i64,
 }

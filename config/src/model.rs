@@ -114,6 +114,14 @@ pub struct SpeedConfig {
     /// Longest wait before a partial batch is applied (`200ms`).
     #[serde(default = "default_batch_interval")]
     pub batch_interval: String,
+    /// How long the speed layer keeps its state of a bucket after the bucket was sealed
+    /// (`1h`); sealed buckets are served from the batch layer.
+    #[serde(default = "default_sealed_retention")]
+    pub sealed_retention: String,
+}
+
+fn default_sealed_retention() -> String {
+    "1h".into()
 }
 
 fn default_batch_max() -> usize {
@@ -128,6 +136,7 @@ impl Default for SpeedConfig {
         SpeedConfig {
             batch_max: default_batch_max(),
             batch_interval: default_batch_interval(),
+            sealed_retention: default_sealed_retention(),
         }
     }
 }

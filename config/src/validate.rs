@@ -183,6 +183,7 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
     let lake_idle_ms = duration(&lake.idle_timeout, "lake.idle_timeout", &mut p);
     let speed_batch_ms = duration(&speed.batch_interval, "speed.batch_interval", &mut p);
     let lateness_ms = duration(&batch.lateness, "batch.lateness", &mut p);
+    let sealed_retention_ms = duration(&speed.sealed_retention, "speed.sealed_retention", &mut p);
     if std::net::SocketAddr::from_str(&serving.bind).is_err() {
         p.add(
             "serving.bind",
@@ -271,6 +272,7 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
         lake_idle_ms,
         speed_batch_ms,
         lateness_ms,
+        sealed_retention_ms,
     })
 }
 

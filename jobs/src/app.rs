@@ -174,6 +174,8 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
         let check = crate::scheduler::SealCheck {
             store: store.clone(),
             checks: checks.clone(),
+            sealed: sealed_tx.subscribe(),
+            retention_ms: cfg.sealed_retention_ms,
         };
         spawn(
             "scheduler",

@@ -152,6 +152,28 @@ pub(crate) async fn load_or_create(
         .map_err(delta_err)
 }
 
+/// Deletes the data files that Duet's commits removed (rewritten views, compacted raw hours
+/// and ledger files) more than `older_than` ago, from the table at `url` (Delta's vacuum, lite
+/// mode: only files the log's remove actions name). Returns how many files were deleted.
+pub async fn vacuum(url: &Url, older_than: std::time::Duration) -> Result<usize> {
+    let Some(table) = try_load(url).await? else {
+        return Ok(0);
+    };
+    let retention =
+        chrono::Duration::from_std(older_than).unwrap_or_else(|_| chrono::Duration::hours(1));
+    let (_, metrics) = table
+        .vacuum()
+        .with_retention_period(retention)
+        .with_enforce_retention_duration(false)
+        .with_mode(deltalake::operations::vacuum::VacuumMode::Lite)
+        .await
+        .map_err(|source| Error::Delta {
+            table: url.to_string(),
+            source: Box::new(source),
+        })?;
+    Ok(metrics.files_deleted.len())
+}
+
 /// Local file path of a table file URI (`file:///…` or an absolute path), as Polars reads it.
 pub fn local_path(uri: &str) -> Option<String> {
     if uri.starts_with('/') {

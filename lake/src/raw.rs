@@ -21,10 +21,12 @@ use crate::error::{Error, Result};
 use crate::ledger::Interval;
 use crate::{Lake, load_or_create, local_path, try_load};
 
-/// Raw tables: a commit per flush of the lake sink (seconds apart), a checkpoint every 100.
+/// Raw tables: a commit per flush of the lake sink (seconds apart), a checkpoint every 100;
+/// log entries older than an hour and older than the last checkpoint go, so a load lists about
+/// an hour of commits however old the table (time travel reaches an hour back).
 const RAW_LAYOUT: TableLayout = TableLayout {
     checkpoint_every: 100,
-    log_retention: "interval 7 days",
+    log_retention: "interval 1 hour",
 };
 
 /// Partition columns of raw tables.

@@ -6,7 +6,6 @@ use deltalake::DeltaTable;
 use object_store::ObjectStoreExt as _;
 use url::Url;
 
-use crate::commit::delta_err;
 use crate::error::{Error, Result};
 use crate::try_load;
 
@@ -33,10 +32,12 @@ impl TableWatch {
         let commit = object_store::path::Path::from(format!("_delta_log/{next:020}.json"));
         match table.object_store().head(&commit).await {
             Ok(_) => {
-                table
-                    .update_incremental(None)
-                    .await
-                    .map_err(delta_err(table))?;
+                if let Err(e) = table.update_incremental(None).await {
+                    // the log entries after our version may have been cleaned up behind a
+                    // newer checkpoint: load the table afresh
+                    tracing::debug!(table = %self.url, error = %e, "Reloading a table from its last checkpoint.");
+                    self.table = try_load(&self.url).await?;
+                }
                 Ok(true)
             }
             Err(object_store::Error::NotFound { .. }) => Ok(false),

@@ -26,6 +26,7 @@ pub struct Aggregator {
     by_topic: HashMap<String, Vec<Source>>,
     by_source: HashMap<String, Vec<ViewSpec>>,
     group: String,
+    sealed_retention_ms: i64,
 }
 
 impl Aggregator {
@@ -46,6 +47,7 @@ impl Aggregator {
             by_topic,
             by_source,
             group: group.to_string(),
+            sealed_retention_ms: cfg.sealed_retention_ms,
         }
     }
 
@@ -69,6 +71,10 @@ impl Aggregator {
         let mut batch = SpeedBatch {
             at_ms: now_ms,
             sealed_until: sealed_until.clone(),
+            drop_states_before: sealed_until
+                .iter()
+                .map(|(v, t)| (v.clone(), t.saturating_sub(self.sealed_retention_ms)))
+                .collect(),
             ..SpeedBatch::default()
         };
         let mut stats = BatchStats::default();

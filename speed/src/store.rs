@@ -90,6 +90,9 @@ pub struct SpeedBatch {
     /// Per view, the end of its contiguous sealed range: the ids of events whose buckets of
     /// every view are all sealed are forgotten (no speed bucket they count in can change).
     pub sealed_until: BTreeMap<String, i64>,
+    /// Per view, drop the speed states of buckets that start before this (sealed longer ago
+    /// than the retention; they are served from the batch layer).
+    pub drop_states_before: BTreeMap<String, i64>,
     /// When the batch was applied, epoch ms.
     pub at_ms: i64,
 }

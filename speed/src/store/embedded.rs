@@ -261,6 +261,20 @@ impl EmbeddedStore {
             if set_aside > 0 {
                 counter("corrupt", set_aside)?;
             }
+            // states of buckets sealed longer ago than the retention are served by batch only
+            for (view, before) in &batch.drop_states_before {
+                let old: Vec<(i64, String)> = views
+                    .range((view.as_str(), i64::MIN, "")..(view.as_str(), *before, ""))
+                    .ctx(&e)?
+                    .map(|item| item.map(|(k, _)| (k.value().1, k.value().2.to_string())))
+                    .collect::<std::result::Result<_, _>>()
+                    .ctx(&e)?;
+                for (bucket, dims) in old {
+                    views
+                        .remove((view.as_str(), bucket, dims.as_str()))
+                        .ctx(&e)?;
+                }
+            }
             let mut offsets = tx.open_table(OFFSETS).ctx(&e)?;
             for (k, o) in &batch.offsets {
                 offsets
@@ -660,7 +674,21 @@ mod tests {
         // view b sealed too: the ids of a's sealed minutes go
         let mut b = SpeedBatch::default();
         b.sealed_until.insert("b".into(), 3_600_000);
+        b.deltas.insert(key("b", 0), vec![State::Count(1)]);
+        b.deltas.insert(key("b", 3_600_000), vec![State::Count(2)]);
         store.commit(b).await.unwrap();
+        // and states of buckets sealed long enough ago are dropped
+        let mut b = SpeedBatch::default();
+        b.drop_states_before.insert("b".into(), 3_600_000);
+        store.commit(b).await.unwrap();
+        let kept: Vec<i64> = store
+            .read("b", i64::MIN, i64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.bucket)
+            .collect();
+        assert_eq!(kept, vec![3_600_000]);
         assert_eq!(
             check(&store).await,
             (1..=10).map(|t| t > 5).collect::<Vec<_>>()
