@@ -387,7 +387,7 @@ fn bench_writes_a_report_with_baselines() {
         "| /health (baseline) |",
         "## Steady state: a fresh lake, then after 20 minutely seals",
         "| query p50, ms |",
-        "| seal of one minute, ms |",
+        "| seal of one minute, ms (median of 9) |",
         "## Dedup state over 2 simulated days",
     ] {
         assert!(report.contains(needle), "missing {needle:?} in\n{report}");

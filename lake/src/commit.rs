@@ -50,8 +50,11 @@ pub(crate) fn is_conflict(e: &DeltaTableError) -> bool {
 }
 
 /// Table properties Duet sets on the tables it creates: a checkpoint every `checkpoint_every`
-/// commits, and log files kept for `log_retention` (a Delta interval such as `interval 2 days`)
-/// before the post-commit hook removes them.
+/// commits, and log files kept for `log_retention` (a Delta interval such as `interval 1 hour`)
+/// before the post-commit hook removes them. Remove actions (tombstones) are not carried into
+/// checkpoints (`delta.deletedFileRetentionDuration` of zero), so a checkpoint holds the live
+/// files only and its size does not grow with the table's age; removed files stay on disk until
+/// the scheduler's vacuum (full mode: unreferenced files older than an hour) deletes them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TableLayout {
     /// Commits between checkpoints.
@@ -75,6 +78,12 @@ impl TableLayout {
             (
                 TableProperty::EnableExpiredLogCleanup.as_ref().to_string(),
                 Some("true".to_string()),
+            ),
+            (
+                TableProperty::DeletedFileRetentionDuration
+                    .as_ref()
+                    .to_string(),
+                Some("interval 0 minutes".to_string()),
             ),
         ]
     }

@@ -32,14 +32,14 @@ use crate::watch::TableWatch;
 use crate::{Lake, load_or_create, try_load};
 
 /// The ledger: a commit per seal or flush with late events, a checkpoint every 20; log entries
-/// older than a minute and older than the last checkpoint go (bounded loads, no time travel).
+/// older than the last checkpoint go at once (bounded loads, no time travel).
 const LEDGER_LAYOUT: TableLayout = TableLayout {
     checkpoint_every: 20,
-    log_retention: "interval 1 minute",
+    log_retention: "interval 0 minutes",
 };
 
 /// Files at which the scheduler compacts the ledger into one.
-pub const COMPACT_AT: usize = 32;
+pub const COMPACT_AT: usize = 8;
 
 /// A half-open range of time `[from, to)`, epoch ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

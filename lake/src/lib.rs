@@ -152,9 +152,10 @@ pub(crate) async fn load_or_create(
         .map_err(delta_err)
 }
 
-/// Deletes the data files that Duet's commits removed (rewritten views, compacted raw hours
-/// and ledger files) more than `older_than` ago, from the table at `url` (Delta's vacuum, lite
-/// mode: only files the log's remove actions name). Returns how many files were deleted.
+/// Deletes the data files of the table at `url` that no version references any more and that
+/// are older than `older_than` (files removed by rewritten views, compacted raw hours and
+/// ledger files; Delta's vacuum in full mode, since checkpoints keep no remove actions).
+/// Returns how many files were deleted.
 pub async fn vacuum(url: &Url, older_than: std::time::Duration) -> Result<usize> {
     let Some(table) = try_load(url).await? else {
         return Ok(0);
@@ -165,7 +166,7 @@ pub async fn vacuum(url: &Url, older_than: std::time::Duration) -> Result<usize>
         .vacuum()
         .with_retention_period(retention)
         .with_enforce_retention_duration(false)
-        .with_mode(deltalake::operations::vacuum::VacuumMode::Lite)
+        .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
         .await
         .map_err(|source| Error::Delta {
             table: url.to_string(),

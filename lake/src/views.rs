@@ -24,11 +24,11 @@ use crate::watch::TableWatch;
 use crate::{Lake, load_or_create, try_load};
 
 /// View tables: a commit per recompute (up to one a minute per view), a checkpoint every 20;
-/// log entries older than a minute and older than the last checkpoint go, so a load lists a
-/// bounded `_delta_log` however old the table (no time travel on view tables).
+/// log entries older than the last checkpoint go at once, so a load lists at most about 20
+/// entries however old the table (no time travel on view tables).
 const VIEW_LAYOUT: TableLayout = TableLayout {
     checkpoint_every: 20,
-    log_retention: "interval 1 minute",
+    log_retention: "interval 0 minutes",
 };
 
 /// Table property holding the definition the table was written under (JSON).
