@@ -454,7 +454,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
         ("query p50, ms", steady.fresh.p50, steady.aged.p50),
         ("query p99, ms", steady.fresh.p99, steady.aged.p99),
         (
-            "seal of one minute, ms",
+            "seal of one minute, ms (median of 9)",
             steady.fresh.seal_ms,
             steady.aged.seal_ms,
         ),
