@@ -557,6 +557,33 @@ mod tests {
         }
     }
 
+    /// A reader that lagged behind a checkpoint (whose older log entries were removed) still
+    /// sees every new version.
+    #[tokio::test]
+    async fn a_reader_follows_the_ledger_past_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let ledger = SealLedger::new(&lake);
+        ledger.record(&[seal("a", 0, 60, 1)], &[]).await.unwrap();
+        let mut reader = LedgerReader::new(&lake);
+        assert_eq!(reader.snapshot().await.unwrap().view("a").seals, 1);
+        for i in 1..45 {
+            ledger
+                .record(&[seal("a", i * 60, (i + 1) * 60, i)], &[])
+                .await
+                .unwrap();
+        }
+        // the log entries right after the reader's version are gone
+        assert!(
+            !dir.path()
+                .join("ledger/entries/_delta_log/00000000000000000001.json")
+                .exists()
+        );
+        let snap = reader.snapshot().await.unwrap();
+        assert_eq!(snap.view("a").seals, 45);
+        assert_eq!(snap.view("a").sealed_until(), Some(45 * 60));
+    }
+
     #[test]
     fn seals_are_intervals_with_gaps() {
         let v = ViewSeals {

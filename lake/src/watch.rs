@@ -40,7 +40,25 @@ impl TableWatch {
                 }
                 Ok(true)
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            // the next commit's entry may be gone because a newer checkpoint replaced it (log
+            // entries behind a checkpoint are removed): then the checkpoint is newer than us
+            Err(object_store::Error::NotFound { .. }) => {
+                let last = object_store::path::Path::from("_delta_log/_last_checkpoint");
+                let newer = match table.object_store().get(&last).await {
+                    Ok(r) => r
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["version"].as_i64())
+                        .is_some_and(|cp| table.version().is_none_or(|v| cp > v as i64)),
+                    Err(_) => false,
+                };
+                if newer {
+                    self.table = try_load(&self.url).await?;
+                }
+                Ok(newer)
+            }
             Err(source) => Err(Error::ObjectStore {
                 path: format!("{}{commit}", self.url),
                 source,
