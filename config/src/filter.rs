@@ -77,6 +77,7 @@ impl Filter {
             s: expr,
             i: 0,
             depth: 0,
+            terms: 0,
         };
         let f = p.or()?;
         p.ws();
@@ -123,14 +124,38 @@ impl Filter {
     }
 }
 
-impl std::fmt::Display for Filter {
-    /// The canonical text of the filter: fully parenthesised, single spaces, `==` for
-    /// equality. Two filters that parse alike print alike.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Filter {
+    /// How tightly the expression binds: `or` 0, `and` 1, `not` and comparisons 2.
+    fn precedence(&self) -> u8 {
         match self {
-            Filter::And(a, b) => write!(f, "({a} and {b})"),
-            Filter::Or(a, b) => write!(f, "({a} or {b})"),
-            Filter::Not(a) => write!(f, "not {a}"),
+            Filter::Or(..) => 0,
+            Filter::And(..) => 1,
+            Filter::Not(_) | Filter::Cmp { .. } => 2,
+        }
+    }
+
+    /// Writes the expression, in parentheses if it binds less tightly than `min`.
+    fn write(&self, f: &mut std::fmt::Formatter<'_>, min: u8) -> std::fmt::Result {
+        let paren = self.precedence() < min;
+        if paren {
+            f.write_str("(")?;
+        }
+        match self {
+            // left-associative: the left operand at the same level, the right one above it
+            Filter::Or(a, b) => {
+                a.write(f, 0)?;
+                f.write_str(" or ")?;
+                b.write(f, 1)?;
+            }
+            Filter::And(a, b) => {
+                a.write(f, 1)?;
+                f.write_str(" and ")?;
+                b.write(f, 2)?;
+            }
+            Filter::Not(a) => {
+                f.write_str("not ")?;
+                a.write(f, 2)?;
+            }
             Filter::Cmp { path, op, lit } => {
                 let op = match op {
                     CmpOp::Eq => "==",
@@ -141,13 +166,26 @@ impl std::fmt::Display for Filter {
                     CmpOp::Ge => ">=",
                 };
                 match lit {
-                    Literal::Str(s) if s.contains('\'') => write!(f, "{path} {op} \"{s}\""),
-                    Literal::Str(s) => write!(f, "{path} {op} '{s}'"),
-                    Literal::Number(n) => write!(f, "{path} {op} {n}"),
-                    Literal::Bool(b) => write!(f, "{path} {op} {b}"),
+                    Literal::Str(s) if s.contains('\'') => write!(f, "{path} {op} \"{s}\"")?,
+                    Literal::Str(s) => write!(f, "{path} {op} '{s}'")?,
+                    Literal::Number(n) => write!(f, "{path} {op} {n}")?,
+                    Literal::Bool(b) => write!(f, "{path} {op} {b}")?,
                 }
             }
         }
+        if paren {
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Filter {
+    /// The canonical text of the filter: parentheses only where needed, single spaces, `==`
+    /// for equality. Two filters that parse alike print alike, and the text parses back to
+    /// the same filter.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.write(f, 0)
     }
 }
 
@@ -171,6 +209,8 @@ struct Parser<'a> {
     i: usize,
     /// Current nesting of `not` and parentheses.
     depth: usize,
+    /// Comparisons read so far.
+    terms: usize,
 }
 
 impl Parser<'_> {
@@ -251,6 +291,10 @@ impl Parser<'_> {
             self.i += 1;
             return Ok(f);
         }
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return Err(self.err(&format!("more than {MAX_TERMS} comparisons")));
+        }
         let path = self.path()?;
         let op = self.op()?;
         let lit = self.literal()?;
@@ -318,6 +362,9 @@ impl Parser<'_> {
 
 /// How deeply `not` and parentheses may nest (a bound against stack exhaustion).
 const MAX_DEPTH: usize = 64;
+/// How many comparisons a filter may have (every walk of a filter recurses through its
+/// `and`/`or` chains).
+const MAX_TERMS: usize = 1_000;
 
 #[cfg(test)]
 mod tests {
@@ -357,8 +404,23 @@ mod tests {
     #[test]
     fn prints_canonically() {
         let f = Filter::parse("NOT  a = 'x' and (b>1 OR c == \"it's\")").unwrap();
-        assert_eq!(f.to_string(), "(not a == 'x' and (b > 1 or c == \"it's\"))");
+        assert_eq!(f.to_string(), "not a == 'x' and (b > 1 or c == \"it's\")");
         assert_eq!(Filter::parse(&f.to_string()).unwrap(), f);
+        for text in [
+            "a == 1 or b == 2 or c == 3",
+            "a == 1 or (b == 2 or c == 3)",
+            "a == 1 and (b == 2 and c == 3)",
+            "not (a == 1 or b == 2) and c == 3",
+            "not not a == 1",
+        ] {
+            let f = Filter::parse(text).unwrap();
+            assert_eq!(f.to_string(), text);
+            assert_eq!(Filter::parse(&f.to_string()).unwrap(), f);
+        }
+        // a long chain prints flat and parses back (cargo-fuzz found it printed nested)
+        let long = vec!["n == 1"; 200].join(" or ");
+        let f = Filter::parse(&long).unwrap();
+        assert_eq!(f.to_string(), long);
     }
 
     #[test]
@@ -380,6 +442,7 @@ mod tests {
         }
         assert!(Filter::parse(&"(".repeat(10_000)).is_err());
         assert!(Filter::parse(&"not ".repeat(10_000)).is_err());
+        assert!(Filter::parse(&vec!["a == 1"; 1_001].join(" or ")).is_err());
     }
 
     proptest::proptest! {
@@ -407,7 +470,10 @@ mod tests {
             )
         ) {
             let text: String = parts.concat();
-            let _ = Filter::parse(&text);
+            if let Ok(f) = Filter::parse(&text) {
+                // the canonical text parses back to the same filter
+                proptest::prop_assert_eq!(Filter::parse(&f.to_string()).unwrap(), f);
+            }
         }
     }
 }
