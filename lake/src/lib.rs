@@ -106,11 +106,26 @@ pub(crate) async fn try_load(url: &Url) -> Result<Option<DeltaTable>> {
             });
         }
     }
-    table.load().await.map_err(|source| Error::Delta {
-        table: url.to_string(),
-        source: Box::new(source),
-    })?;
-    Ok(Some(table))
+    // A load lists the log, then reads it: another process's checkpoint may remove the log
+    // entries listed in between (they are removed behind each checkpoint). Listing again
+    // finds the new checkpoint.
+    let mut attempt = 0;
+    loop {
+        match table.load().await {
+            Ok(()) => return Ok(Some(table)),
+            Err(source) if attempt < 3 => {
+                attempt += 1;
+                tracing::debug!(table = %url, attempt, error = %source, "Loading a table again.");
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+            }
+            Err(source) => {
+                return Err(Error::Delta {
+                    table: url.to_string(),
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
 }
 
 /// Loads the table at `url`, creating it with `schema`, `partitions`, the properties of
