@@ -15,14 +15,21 @@ fn duet(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-const REFERENCE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../config/examples/ecommerce.toml"
-);
+/// The reference config, found at run time (a test binary reused from another checkout of the
+/// same sources must not read that checkout's files).
+fn reference() -> &'static str {
+    static PATH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{}/../config/examples/ecommerce.toml",
+            std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")
+        )
+    });
+    &PATH
+}
 
 #[test]
 fn config_check_accepts_the_reference() {
-    let (code, out) = duet(&["config", "check", REFERENCE]);
+    let (code, out) = duet(&["config", "check", reference()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok (2 sources, 6 views, 1 jobs)"), "{out}");
 }
@@ -31,7 +38,7 @@ fn config_check_accepts_the_reference() {
 fn config_check_lists_every_problem_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    let text = std::fs::read_to_string(REFERENCE)
+    let text = std::fs::read_to_string(reference())
         .unwrap()
         .replace("bucket = \"1m\"", "bucket = \"one minute\"")
         .replace(
@@ -76,7 +83,7 @@ fn config_check_lists_every_problem_and_exits_2() {
     }
     let out = Command::new(env!("CARGO_BIN_EXE_duet"))
         .args(["jobs", "list"])
-        .env("DUET_CONFIG", REFERENCE)
+        .env("DUET_CONFIG", reference())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
@@ -84,7 +91,7 @@ fn config_check_lists_every_problem_and_exits_2() {
 
 #[test]
 fn jobs_list_and_errors() {
-    let (code, out) = duet(&["jobs", "list", "-c", REFERENCE]);
+    let (code, out) = duet(&["jobs", "list", "-c", reference()]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("seal\t0 * * * * *\torders_per_minute,gmv_per_minute"),
@@ -96,7 +103,7 @@ fn jobs_list_and_errors() {
     let lake = dir.path().join("lake");
     std::fs::write(
         &cfg,
-        std::fs::read_to_string(REFERENCE).unwrap().replace(
+        std::fs::read_to_string(reference()).unwrap().replace(
             "url = \"duet-data/lake\"",
             &format!("url = {:?}", lake.to_str().unwrap()),
         ),
@@ -139,7 +146,7 @@ fn jobs_list_and_errors() {
     let (code, out) = duet(&["verify", "gmv_per_minute", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("gmv_per_minute: nothing to verify"), "{out}");
-    let (code, out) = duet(&["jobs", "run", "nope", "-c", REFERENCE]);
+    let (code, out) = duet(&["jobs", "run", "nope", "-c", reference()]);
     assert_eq!(code, 1);
     assert!(out.contains("unknown view `nope`"), "{out}");
     let (code, out) = duet(&[
@@ -149,7 +156,7 @@ fn jobs_list_and_errors() {
         "--from",
         "0",
         "-c",
-        REFERENCE,
+        reference(),
     ]);
     assert_eq!(code, 1);
     assert!(out.contains("give both --from and --to"), "{out}");
@@ -160,7 +167,7 @@ fn jobs_list_and_errors() {
 #[test]
 fn a_changed_view_is_refused_until_it_is_reset() {
     let dir = tempfile::tempdir().unwrap();
-    let reference = std::fs::read_to_string(REFERENCE)
+    let reference = std::fs::read_to_string(reference())
         .unwrap()
         .replace(
             "url = \"duet-data/lake\"",

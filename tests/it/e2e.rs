@@ -367,7 +367,7 @@ fn crosscheck(cfg: &duet_config::Config, truth: &Truth, lake: &str, behavior: u6
     let expected = json!({"raw": {"behavior": behavior, "orders": orders}, "views": views});
     let file = std::path::Path::new(lake).join("expected.json");
     std::fs::write(&file, expected.to_string()).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/crosscheck.py");
+    let script = crate::support::manifest_dir().join("../scripts/crosscheck.py");
     let out = std::process::Command::new(&python)
         .arg(script)
         .arg(lake)

@@ -11,13 +11,18 @@ pub type Key = (i64, Vec<Option<String>>);
 /// Expected values per view and key.
 pub type Truth = BTreeMap<String, BTreeMap<Key, Value>>;
 
+/// This package's folder, at run time (a test binary reused from another checkout of the same
+/// sources must not read that checkout's files).
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var("CARGO_MANIFEST_DIR")
+        .expect("cargo sets CARGO_MANIFEST_DIR")
+        .into()
+}
+
 /// The reference config, with its lake and store in `dir` and short flush intervals.
 pub fn reference_config(dir: &std::path::Path) -> Config {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config/examples/ecommerce.toml"
-    );
-    let mut cfg = Config::load(path.as_ref()).expect("reference config");
+    let mut cfg = Config::load(&manifest_dir().join("../config/examples/ecommerce.toml"))
+        .expect("reference config");
     cfg.lake.url = dir.join("lake").to_string_lossy().into_owned();
     cfg.store.path = dir.join("store.redb").to_string_lossy().into_owned();
     cfg.kafka.partitions = 3;
