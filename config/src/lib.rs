@@ -20,6 +20,7 @@
 //! assert_eq!(cfg.views[0].bucket_ms, 60_000);
 //! ```
 
+pub mod codec;
 pub mod decode;
 pub mod duration;
 pub mod error;

@@ -90,7 +90,7 @@ pub struct ViewSpec {
 
 /// Version of the state format: stored states carry it inside their view's fingerprint, so
 /// states written by a Duet that encoded them differently are never merged with new ones.
-pub const STATE_FORMAT: u32 = 2;
+pub const STATE_FORMAT: u32 = 3;
 
 /// What defines a view's stored states: the source, filter, time field, bucket, explode,
 /// dimensions and measures (with their input types), and the state format. States written
@@ -120,8 +120,13 @@ pub struct ViewDefinition {
 impl ViewDefinition {
     /// A short stable fingerprint of the definition (16 hex digits).
     pub fn fingerprint(&self) -> String {
+        format!("{:016x}", self.fingerprint_u64())
+    }
+
+    /// The fingerprint as a number, as state bytes carry it (see [`crate::codec`]).
+    pub fn fingerprint_u64(&self) -> u64 {
         let text = serde_json::to_string(self).unwrap_or_default();
-        format!("{:016x}", crate::sketch::hash_key(&text))
+        crate::sketch::hash_key(&text)
     }
 
     /// What changed from `self` (stored) to `now` (configured), one line per difference.

@@ -4,19 +4,22 @@
 //!
 //! Columns: `bucket` (timestamp), `bucket_date` (partition), one string column per dimension,
 //! one readable column per measure (for any Delta reader), and `_state`: the exact partial
-//! states (JSON), which serving renders with the same algebra as the speed layer's states.
+//! states in the binary encoding of [`duet_config::codec`] (the same bytes as the speed
+//! store's), which serving renders with the same algebra as the speed layer's states.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use deltalake::arrow::array::{Array, AsArray};
+use deltalake::arrow::array::{Array, ArrayRef, AsArray};
+use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
-use duet_config::{MeasureKind, State, ViewDefinition, ViewMismatch, ViewSpec};
-use serde_json::{Map, Value as J};
+use deltalake::arrow::record_batch::RecordBatch;
+use duet_config::{DimKey, MeasureKind, ViewDefinition, ViewMismatch, ViewSpec};
+use serde_json::Value as J;
 use url::Url;
 
-use crate::arrow_util::{ActiveFile, active_files, json_rows_to_batch, read_files, timestamp_type};
+use crate::arrow_util::{ActiveFile, active_files, read_files, timestamp_type};
 use crate::commit::{self, TableLayout, writer_schema};
 use crate::error::{Error, Result};
 use crate::ledger::Interval;
@@ -86,7 +89,7 @@ pub fn view_schema(spec: &ViewSpec) -> Schema {
     for m in &spec.measures {
         fields.push(Field::new(&m.name, measure_type(&m.kind), true));
     }
-    fields.push(Field::new("_state", DataType::Utf8, false));
+    fields.push(Field::new("_state", DataType::Binary, false));
     fields.push(Field::new("bucket_date", DataType::Utf8, false));
     Schema::new(fields)
 }
@@ -227,27 +230,85 @@ impl ViewTable {
         &self.url
     }
 
-    fn to_json(&self, r: &ViewRow) -> Result<J> {
-        let mut m = Map::new();
-        m.insert("bucket".into(), J::from(r.bucket * 1000));
-        m.insert("bucket_date".into(), J::from(date_of(r.bucket)));
-        for (d, v) in self.spec.dimensions.iter().zip(&r.dims) {
-            m.insert(dim_column(d), v.clone().map_or(J::Null, J::String));
-        }
-        for (name, v) in self.spec.render(&r.states) {
-            let v = if v.is_array() {
-                J::String(v.to_string())
-            } else {
-                v
+    /// The rows as one record batch of the table's writer schema: readable columns from the
+    /// rendered values, `_state` as the binary encoding ([`duet_config::codec`]).
+    fn to_batch(&self, schema: SchemaRef, rows: &[&ViewRow]) -> Result<RecordBatch> {
+        use deltalake::arrow::array::{
+            BinaryArray, Decimal128Array, Float64Array, Int64Array, StringArray,
+            TimestampMicrosecondArray,
+        };
+        let print = self.spec.definition().fingerprint_u64();
+        let rendered: Vec<serde_json::Map<String, J>> =
+            rows.iter().map(|r| self.spec.render(&r.states)).collect();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let name = field.name().as_str();
+            let col: ArrayRef = match name {
+                "bucket" => Arc::new(
+                    TimestampMicrosecondArray::from(
+                        rows.iter().map(|r| r.bucket * 1000).collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                "bucket_date" => Arc::new(StringArray::from(
+                    rows.iter().map(|r| date_of(r.bucket)).collect::<Vec<_>>(),
+                )),
+                "_state" => Arc::new(BinaryArray::from_iter_values(
+                    rows.iter()
+                        .map(|r| duet_config::codec::encode(print, &r.states)),
+                )),
+                _ => {
+                    if let Some(i) = self
+                        .spec
+                        .dimensions
+                        .iter()
+                        .position(|d| dim_column(d) == name)
+                    {
+                        Arc::new(StringArray::from(
+                            rows.iter().map(|r| r.dims[i].clone()).collect::<Vec<_>>(),
+                        ))
+                    } else {
+                        let values = rendered.iter().map(|m| m.get(name).unwrap_or(&J::Null));
+                        match field.data_type() {
+                            DataType::Int64 => Arc::new(Int64Array::from(
+                                values.map(J::as_i64).collect::<Vec<_>>(),
+                            )),
+                            DataType::Float64 => Arc::new(Float64Array::from(
+                                values.map(J::as_f64).collect::<Vec<_>>(),
+                            )),
+                            DataType::Decimal128(p, sc) => Arc::new(
+                                Decimal128Array::from(
+                                    values
+                                        .map(|v| {
+                                            v.as_str().and_then(|t| {
+                                                duet_config::types::parse_decimal(t, *sc as u8)
+                                            })
+                                        })
+                                        .collect::<Vec<_>>(),
+                                )
+                                .with_precision_and_scale(*p, *sc)
+                                .map_err(|source| {
+                                    Error::Arrow {
+                                        table: self.url.to_string(),
+                                        source,
+                                    }
+                                })?,
+                            ),
+                            _ => Arc::new(StringArray::from(
+                                values
+                                    .map(|v| (!v.is_null()).then(|| v.to_string()))
+                                    .collect::<Vec<_>>(),
+                            )),
+                        }
+                    }
+                }
             };
-            m.insert(name, v);
+            columns.push(col);
         }
-        let state = serde_json::to_string(&r.states).map_err(|e| Error::State {
-            view: self.spec.name.clone(),
-            message: e.to_string(),
-        })?;
-        m.insert("_state".into(), J::String(state));
-        Ok(J::Object(m))
+        RecordBatch::try_new(schema, columns).map_err(|source| Error::Arrow {
+            table: self.url.to_string(),
+            source,
+        })
     }
 
     /// Replaces the buckets in `ranges` with `rows` (all of which must lie in them) in one
@@ -295,7 +356,6 @@ impl ViewTable {
         ranges: &[Interval],
         rows: &[ViewRow],
     ) -> Result<i64> {
-        let name = self.url.to_string();
         let dates: BTreeSet<String> = ranges.iter().flat_map(|r| dates_in(r.from, r.to)).collect();
         let touched = files_on_dates(table, &dates)?;
         let paths: Vec<_> = touched.iter().map(|f| f.path.clone()).collect();
@@ -304,15 +364,11 @@ impl ViewTable {
             .into_iter()
             .filter(|r| !ranges.iter().any(|i| r.bucket >= i.from && r.bucket < i.to))
             .collect();
-        let json = kept
-            .iter()
-            .chain(rows)
-            .map(|r| self.to_json(r))
-            .collect::<Result<Vec<_>>>()?;
-        let batches = if json.is_empty() {
+        let all: Vec<&ViewRow> = kept.iter().chain(rows).collect();
+        let batches = if all.is_empty() {
             Vec::new()
         } else {
-            vec![json_rows_to_batch(&name, writer_schema(table)?, &json)?]
+            vec![self.to_batch(writer_schema(table)?, &all)?]
         };
         let predicate = ranges
             .iter()
@@ -396,6 +452,59 @@ impl ViewTable {
         Ok(())
     }
 
+    /// The `_state` bytes of the rows with a bucket in `[from, to)` at the latest version, by
+    /// bucket and dimensions (the encoding of [`duet_config::codec`], as the speed store's).
+    pub async fn read_encoded(&self, from: i64, to: i64) -> Result<Vec<(i64, DimKey, Vec<u8>)>> {
+        let Some(table) = try_load(&self.url).await? else {
+            return Ok(Vec::new());
+        };
+        let paths: Vec<_> = files_on_dates(&table, &dates_in(from, to))?
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        let bad = |message: String| Error::State {
+            view: self.spec.name.clone(),
+            message,
+        };
+        let mut out = Vec::new();
+        for b in read_files(&table, &paths).await? {
+            let col = |name: &str| {
+                b.column_by_name(name)
+                    .ok_or_else(|| bad(format!("column `{name}` is missing")))
+            };
+            let bucket = col("bucket")?
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .ok_or_else(|| bad("`bucket` is not a timestamp".into()))?
+                .clone();
+            let state = col("_state")?
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| bad("`_state` is not binary".into()))?
+                .clone();
+            let mut dims = Vec::new();
+            for d in &self.spec.dimensions {
+                dims.push(
+                    col(&dim_column(d))?
+                        .as_string_opt::<i32>()
+                        .ok_or_else(|| bad(format!("`{d}` is not text")))?
+                        .clone(),
+                );
+            }
+            for i in 0..b.num_rows() {
+                let t = bucket.value(i) / 1000;
+                if t < from || t >= to {
+                    continue;
+                }
+                let key: DimKey = dims
+                    .iter()
+                    .map(|c| (!c.is_null(i)).then(|| c.value(i).to_string()))
+                    .collect();
+                out.push((t, key, state.value(i).to_vec()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// A reader of this table that caches each `bucket_date` partition's rows by the files
     /// holding them (see [`ViewReader`]).
     pub fn reader(&self) -> ViewReader {
@@ -414,6 +523,7 @@ impl ViewTable {
             view: self.spec.name.clone(),
             message,
         };
+        let print = self.spec.definition().fingerprint_u64();
         let mut out = Vec::new();
         for b in batches {
             let col = |name: &str| {
@@ -425,8 +535,8 @@ impl ViewTable {
                 .ok_or_else(|| bad("`bucket` is not a timestamp".into()))?
                 .clone();
             let state = col("_state")?
-                .as_string_opt::<i32>()
-                .ok_or_else(|| bad("`_state` is not text".into()))?
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| bad("`_state` is not binary".into()))?
                 .clone();
             let mut dims = Vec::new();
             for d in &self.spec.dimensions {
@@ -438,8 +548,8 @@ impl ViewTable {
                 );
             }
             for i in 0..b.num_rows() {
-                let states: Vec<State> =
-                    serde_json::from_str(state.value(i)).map_err(|e| bad(e.to_string()))?;
+                let states = duet_config::codec::decode(print, state.value(i))
+                    .map_err(|e| bad(e.to_string()))?;
                 out.push(ViewRow {
                     bucket: bucket.value(i) / 1000,
                     dims: dims

@@ -10,7 +10,7 @@ use duet_config::{DimKey, Row, State, ViewDefinition, ViewSpec};
 
 use crate::error::{Error, Result, ViewMismatch};
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, EncodedRow};
 
 /// A malformed event, kept with its reason, origin and bytes.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

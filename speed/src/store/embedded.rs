@@ -12,13 +12,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use duet_config::{DimKey, Row, State, ViewDefinition};
+use duet_config::codec;
+use duet_config::{DimKey, Row, ViewDefinition};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{Quarantined, SpeedBatch, StoreStats, ViewStore};
 use crate::error::{Error, Result};
 
-/// (view, bucket, dims as JSON) → states as JSON.
+/// (view, bucket, dims as JSON) → states in the binary encoding ([`duet_config::codec`]).
 const VIEWS: TableDefinition<(&str, i64, &str), &[u8]> = TableDefinition::new("views");
 /// (group, topic, partition) → next offset.
 const OFFSETS: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("offsets");
@@ -40,6 +41,17 @@ const DEFINITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("definiti
 const CORRUPT: TableDefinition<(i64, &str, i64, &str), &[u8]> = TableDefinition::new("corrupt");
 /// Counters: `seen_ids`, `corrupt`, `last_commit_ms`.
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+
+/// A stored row's states as bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRow {
+    /// Bucket start, epoch ms.
+    pub bucket: i64,
+    /// Dimension values.
+    pub dims: DimKey,
+    /// The states, encoded.
+    pub bytes: Vec<u8>,
+}
 
 /// The embedded, durable view store.
 #[derive(Clone)]
@@ -81,11 +93,23 @@ fn dims_key(dims: &DimKey) -> String {
     serde_json::to_string(dims).unwrap_or_default()
 }
 
-fn decode_states(bytes: &[u8]) -> Result<Vec<State>> {
-    serde_json::from_slice(bytes).map_err(|source| Error::Corrupt {
-        what: "view state",
-        source,
-    })
+/// The fingerprint each view's states are written under: its recorded definition's (0 for a
+/// view without one, as in tests that write states directly).
+fn fingerprints(
+    tx_defs: &impl ReadableTable<&'static str, &'static [u8]>,
+    e: &Op<'_>,
+) -> Result<HashMap<String, u64>> {
+    let mut out = HashMap::new();
+    for item in tx_defs.iter().ctx(e)? {
+        let (k, v) = item.ctx(e)?;
+        let def: ViewDefinition =
+            serde_json::from_slice(v.value()).map_err(|source| Error::Corrupt {
+                what: "view definition",
+                source,
+            })?;
+        out.insert(k.value().to_string(), def.fingerprint_u64());
+    }
+    Ok(out)
 }
 
 /// Removes the dedup index entries of one view whose bucket end lies in `range` (inclusive)
@@ -215,17 +239,19 @@ impl EmbeddedStore {
                 Ok(())
             };
             // states: merged into what is stored; an unreadable stored state is set aside
+            let prints = fingerprints(&tx.open_table(DEFINITIONS).ctx(&e)?, &e)?;
             let mut views = tx.open_table(VIEWS).ctx(&e)?;
             let mut corrupt = tx.open_table(CORRUPT).ctx(&e)?;
             let mut set_aside = 0;
             for (key, delta) in batch.deltas {
+                let print = prints.get(&key.view).copied().unwrap_or(0);
                 let dims = dims_key(&key.dims);
                 let k = (key.view.as_str(), key.bucket, dims.as_str());
                 let stored = views.get(k).ctx(&e)?.map(|v| v.value().to_vec());
                 let states = match stored {
                     None => delta,
                     Some(bytes) => {
-                        let merged = decode_states(&bytes).map_err(|e| e.to_string()).and_then(
+                        let merged = codec::decode(print, &bytes).map_err(|e| e.to_string()).and_then(
                             |mut s| {
                                 duet_config::measure::merge_row(&mut s, delta.clone())
                                     .map(|()| s)
@@ -238,7 +264,7 @@ impl EmbeddedStore {
                                 tracing::error!(view = %key.view, bucket = %duet_config::time::iso(key.bucket),
                                     error = %reason, "Unreadable stored state set aside; the bucket starts again.");
                                 let record = serde_json::json!({
-                                    "reason": reason, "state": String::from_utf8_lossy(&bytes),
+                                    "reason": reason, "state": bytes,
                                 });
                                 corrupt
                                     .insert(
@@ -252,10 +278,7 @@ impl EmbeddedStore {
                         }
                     }
                 };
-                let bytes = serde_json::to_vec(&states).map_err(|source| Error::Corrupt {
-                    what: "view state",
-                    source,
-                })?;
+                let bytes = codec::encode(print, &states);
                 views.insert(k, bytes.as_slice()).ctx(&e)?;
             }
             if set_aside > 0 {
@@ -361,6 +384,28 @@ impl EmbeddedStore {
         })
     }
 
+    /// The stored bytes of `view`'s states with a bucket in `[from, to)`, by bucket and
+    /// dimensions (the encoding of [`duet_config::codec`], as the batch tables' `_state`).
+    pub fn read_encoded(&self, view: &str, from: i64, to: i64) -> Result<Vec<EncodedRow>> {
+        let e = self.err("read view rows");
+        let tx = self.read_tx("read view rows")?;
+        let t = tx.open_table(VIEWS).ctx(&e)?;
+        let mut out = Vec::new();
+        for item in t.range((view, from, "")..(view, to, "")).ctx(&e)? {
+            let (k, v) = item.ctx(&e)?;
+            let (_, bucket, dims) = k.value();
+            out.push(EncodedRow {
+                bucket,
+                dims: serde_json::from_str(dims).map_err(|source| Error::Corrupt {
+                    what: "dimension key",
+                    source,
+                })?,
+                bytes: v.value().to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
     fn drop_view_now(&self, view: &str) -> Result<()> {
         self.write("drop a view", |tx| {
             let e = self.err("drop a view");
@@ -439,6 +484,10 @@ impl ViewStore for EmbeddedStore {
         self.blocking("read view rows", move |s| {
             let e = s.err("read view rows");
             let tx = s.read_tx("read view rows")?;
+            let print = fingerprints(&tx.open_table(DEFINITIONS).ctx(&e)?, &e)?
+                .get(&view)
+                .copied()
+                .unwrap_or(0);
             let t = tx.open_table(VIEWS).ctx(&e)?;
             let mut out = Vec::new();
             if from >= to {
@@ -454,7 +503,7 @@ impl ViewStore for EmbeddedStore {
                     what: "dimension key",
                     source,
                 })?;
-                match decode_states(v.value()) {
+                match codec::decode(print, v.value()) {
                     Ok(states) => out.push(Row {
                         bucket,
                         dims,
@@ -568,7 +617,7 @@ impl ViewStore for EmbeddedStore {
 mod tests {
     use super::*;
     use crate::store::{PartitionKey, Release, SeenId, StateKey};
-    use duet_config::Num;
+    use duet_config::{Num, State};
 
     fn key(view: &str, bucket: i64) -> StateKey {
         StateKey {
