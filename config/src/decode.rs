@@ -1,9 +1,11 @@
 //! Decoding raw JSON bytes into typed [`Event`]s against a source's declared schema.
 //!
 //! Pure: both the speed consumer and the lake sink decode with this, so they agree on what
-//! is valid and on every value. Values are read from the JSON text itself (the parser keeps
-//! each field's raw text): decimals and integers are parsed exactly from their digits, never
-//! through a float, so `12345678901234567890.12` stays exact; floats must be finite.
+//! is valid and on every value. One pass over the JSON text: declared fields are decoded as
+//! they come, undeclared ones are skipped without being built. Scalars are read from their
+//! raw text: decimals and integers are parsed exactly from their digits, never through a
+//! float, so `12345678901234567890.12` stays exact; floats must be finite. When several
+//! declared fields are wrong, the first by name is reported.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -89,8 +91,8 @@ fn is_number(raw: &str) -> bool {
     matches!(raw.as_bytes().first(), Some(b'-' | b'0'..=b'9'))
 }
 
-fn decode_value(path: &str, t: &FieldType, raw: &RawValue) -> Result<Value, DecodeError> {
-    let text = raw.get();
+/// A scalar's JSON text (a number's digits, a string's quoted text), decoded as type `t`.
+fn decode_scalar(path: &str, t: &FieldType, text: &str) -> Result<Value, DecodeError> {
     let mismatch = || DecodeError::Type {
         path: path.to_string(),
         expected: t.to_string(),
@@ -135,46 +137,156 @@ fn decode_value(path: &str, t: &FieldType, raw: &RawValue) -> Result<Value, Deco
         }
         // from the number's digits, or from a string such as "6999.00"
         FieldType::Decimal(scale) => {
-            let digits = if is_number(text) {
-                text.to_string()
+            let units = if is_number(text) {
+                parse_decimal(text, *scale)
             } else if text.starts_with('"') {
-                serde_json::from_str::<String>(text).map_err(|_| mismatch())?
+                serde_json::from_str::<std::borrow::Cow<'_, str>>(text)
+                    .ok()
+                    .and_then(|digits| parse_decimal(&digits, *scale))
             } else {
-                return Err(mismatch());
+                None
             };
             Value::Decimal {
-                units: parse_decimal(&digits, *scale).ok_or_else(mismatch)?,
+                units: units.ok_or_else(mismatch)?,
                 scale: *scale,
             }
         }
-        FieldType::Array(inner) => {
-            if !text.starts_with('[') {
-                return Err(mismatch());
-            }
-            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| mismatch())?;
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.into_iter().enumerate() {
-                out.push(decode_value(&format!("{path}[{i}]"), inner, item)?);
-            }
-            Value::Array(out)
-        }
-        FieldType::Struct(fields) => {
-            if !text.starts_with('{') {
-                return Err(mismatch());
-            }
-            let obj: HashMap<String, &RawValue> =
-                serde_json::from_str(text).map_err(|_| mismatch())?;
-            let mut out = BTreeMap::new();
-            for (name, ft) in fields {
-                let v = match obj.get(name) {
-                    Some(raw) => decode_value(&format!("{path}.{name}"), ft, raw)?,
-                    None => Value::Null,
-                };
-                out.insert(name.clone(), v);
-            }
-            Value::Struct(out)
-        }
+        FieldType::Array(_) | FieldType::Struct(_) => return Err(mismatch()),
     })
+}
+
+/// Decoding in one pass over the JSON text: the declared fields are decoded as they come
+/// (scalars from their raw text, so numbers stay exact), everything else is skipped without
+/// being built. The first problem, by field name, is kept in `problem`; the parse then stops.
+struct Fields<'s> {
+    fields: &'s BTreeMap<String, FieldType>,
+    problem: &'s std::cell::RefCell<Option<(String, DecodeError)>>,
+}
+
+/// One declared value at `path` of type `t`.
+struct Typed<'s> {
+    path: std::borrow::Cow<'s, str>,
+    t: &'s FieldType,
+    field: &'s str,
+    problem: &'s std::cell::RefCell<Option<(String, DecodeError)>>,
+}
+
+impl Typed<'_> {
+    fn fail<E: serde::de::Error>(&self, e: DecodeError) -> E {
+        let mut p = self.problem.borrow_mut();
+        if p.as_ref().is_none_or(|(f, _)| self.field < f.as_str()) {
+            *p = Some((self.field.to_string(), e));
+        }
+        E::custom("refused")
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Typed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        match self.t {
+            FieldType::Array(inner) => {
+                let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
+                let text = raw.get();
+                if text == "null" {
+                    return Ok(Value::Null);
+                }
+                if !text.starts_with('[') {
+                    return Err(self.fail(DecodeError::Type {
+                        path: self.path.to_string(),
+                        expected: self.t.to_string(),
+                        found: found(text),
+                    }));
+                }
+                let items: Vec<&RawValue> =
+                    serde_json::from_str(text).map_err(serde::de::Error::custom)?;
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    let seed = Typed {
+                        path: format!("{}[{i}]", self.path).into(),
+                        t: inner,
+                        field: self.field,
+                        problem: self.problem,
+                    };
+                    let mut de = serde_json::Deserializer::from_str(item.get());
+                    out.push(
+                        serde::de::DeserializeSeed::deserialize(seed, &mut de)
+                            .map_err(serde::de::Error::custom)?,
+                    );
+                }
+                Ok(Value::Array(out))
+            }
+            FieldType::Struct(fields) => {
+                let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
+                let text = raw.get();
+                if text == "null" {
+                    return Ok(Value::Null);
+                }
+                if !text.starts_with('{') {
+                    return Err(self.fail(DecodeError::Type {
+                        path: self.path.to_string(),
+                        expected: self.t.to_string(),
+                        found: found(text),
+                    }));
+                }
+                let obj: HashMap<std::borrow::Cow<'_, str>, &RawValue> =
+                    serde_json::from_str(text).map_err(serde::de::Error::custom)?;
+                let mut out = BTreeMap::new();
+                for (name, ft) in fields {
+                    let v = match obj.get(name.as_str()) {
+                        None => Value::Null,
+                        Some(raw) => {
+                            let seed = Typed {
+                                path: format!("{}.{name}", self.path).into(),
+                                t: ft,
+                                field: self.field,
+                                problem: self.problem,
+                            };
+                            let mut de = serde_json::Deserializer::from_str(raw.get());
+                            serde::de::DeserializeSeed::deserialize(seed, &mut de)
+                                .map_err(serde::de::Error::custom)?
+                        }
+                    };
+                    out.insert(name.clone(), v);
+                }
+                Ok(Value::Struct(out))
+            }
+            scalar => {
+                let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
+                decode_scalar(&self.path, scalar, raw.get()).map_err(|e| self.fail(e))
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Fields<'_> {
+    type Value = BTreeMap<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match self.fields.get_key_value(key.as_ref()) {
+                Some((name, t)) => {
+                    let v = map.next_value_seed(Typed {
+                        path: std::borrow::Cow::Borrowed(name.as_str()),
+                        t,
+                        field: name.as_str(),
+                        problem: self.problem,
+                    })?;
+                    out.insert(name.clone(), v);
+                }
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Source {
@@ -198,20 +310,40 @@ impl Source {
 
     /// Decodes one message value into an event, or says why it is refused.
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
-        let top: &RawValue =
-            serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
-        if !top.get().starts_with('{') {
-            return Err(DecodeError::NotObject(json_kind(top.get())));
-        }
-        let obj: HashMap<String, &RawValue> =
-            serde_json::from_str(top.get()).map_err(|e| DecodeError::Json(e.to_string()))?;
-        let mut fields = BTreeMap::new();
-        for (name, t) in &self.fields {
-            let v = match obj.get(name) {
-                Some(raw) => decode_value(name, t, raw)?,
-                None => Value::Null,
-            };
-            fields.insert(name.clone(), v);
+        let first = bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .copied()
+            .unwrap_or(b' ');
+        let problem = std::cell::RefCell::new(None);
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let parsed = serde::Deserializer::deserialize_map(
+            &mut de,
+            Fields {
+                fields: &self.fields,
+                problem: &problem,
+            },
+        )
+        .and_then(|v| de.end().map(|()| v));
+        let mut fields = match parsed {
+            Ok(f) => f,
+            Err(e) => {
+                if let Some((_, reason)) = problem.into_inner() {
+                    return Err(reason);
+                }
+                // valid JSON of another kind than an object, or not JSON at all
+                if first != b'{'
+                    && let Ok(top) = serde_json::from_slice::<&RawValue>(bytes)
+                {
+                    return Err(DecodeError::NotObject(json_kind(top.get())));
+                }
+                return Err(DecodeError::Json(e.to_string()));
+            }
+        };
+        for name in self.fields.keys() {
+            if !fields.contains_key(name) {
+                fields.insert(name.clone(), Value::Null);
+            }
         }
         let event = Event {
             id: String::new(),
