@@ -462,12 +462,58 @@ impl ViewTable {
             .into_iter()
             .map(|f| f.path)
             .collect();
+        let mut out: Vec<_> = self
+            .encoded_rows(read_files(&table, &paths).await?)?
+            .into_iter()
+            .filter(|(t, _, _)| *t >= from && *t < to)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// A reader of this table that caches each `bucket_date` partition's rows by the files
+    /// holding them (see [`ViewReader`]).
+    pub fn reader(&self) -> ViewReader {
+        ViewReader {
+            table: self.clone(),
+            watch: TableWatch::new(self.url.clone()),
+            dates: HashMap::new(),
+        }
+    }
+
+    fn decode(
+        &self,
+        batches: Vec<deltalake::arrow::record_batch::RecordBatch>,
+    ) -> Result<Vec<ViewRow>> {
+        let print = self.spec.definition().fingerprint_u64();
+        self.encoded_rows(batches)?
+            .into_iter()
+            .map(|(bucket, dims, bytes)| {
+                let states =
+                    duet_config::codec::decode(print, &bytes).map_err(|e| Error::State {
+                        view: self.spec.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                Ok(ViewRow {
+                    bucket,
+                    dims,
+                    states,
+                })
+            })
+            .collect()
+    }
+
+    /// Each row of `batches` as its bucket, dimension values and `_state` bytes.
+    fn encoded_rows(
+        &self,
+        batches: Vec<deltalake::arrow::record_batch::RecordBatch>,
+    ) -> Result<Vec<(i64, DimKey, Vec<u8>)>> {
         let bad = |message: String| Error::State {
             view: self.spec.name.clone(),
             message,
         };
         let mut out = Vec::new();
-        for b in read_files(&table, &paths).await? {
+        for b in batches {
             let col = |name: &str| {
                 b.column_by_name(name)
                     .ok_or_else(|| bad(format!("column `{name}` is missing")))
@@ -490,74 +536,11 @@ impl ViewTable {
                 );
             }
             for i in 0..b.num_rows() {
-                let t = bucket.value(i) / 1000;
-                if t < from || t >= to {
-                    continue;
-                }
                 let key: DimKey = dims
                     .iter()
                     .map(|c| (!c.is_null(i)).then(|| c.value(i).to_string()))
                     .collect();
-                out.push((t, key, state.value(i).to_vec()));
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// A reader of this table that caches each `bucket_date` partition's rows by the files
-    /// holding them (see [`ViewReader`]).
-    pub fn reader(&self) -> ViewReader {
-        ViewReader {
-            table: self.clone(),
-            watch: TableWatch::new(self.url.clone()),
-            dates: HashMap::new(),
-        }
-    }
-
-    fn decode(
-        &self,
-        batches: Vec<deltalake::arrow::record_batch::RecordBatch>,
-    ) -> Result<Vec<ViewRow>> {
-        let bad = |message: String| Error::State {
-            view: self.spec.name.clone(),
-            message,
-        };
-        let print = self.spec.definition().fingerprint_u64();
-        let mut out = Vec::new();
-        for b in batches {
-            let col = |name: &str| {
-                b.column_by_name(name)
-                    .ok_or_else(|| bad(format!("column `{name}` is missing")))
-            };
-            let bucket = col("bucket")?
-                .as_primitive_opt::<TimestampMicrosecondType>()
-                .ok_or_else(|| bad("`bucket` is not a timestamp".into()))?
-                .clone();
-            let state = col("_state")?
-                .as_binary_opt::<i32>()
-                .ok_or_else(|| bad("`_state` is not binary".into()))?
-                .clone();
-            let mut dims = Vec::new();
-            for d in &self.spec.dimensions {
-                let c = col(&dim_column(d))?;
-                dims.push(
-                    c.as_string_opt::<i32>()
-                        .ok_or_else(|| bad(format!("`{d}` is not text")))?
-                        .clone(),
-                );
-            }
-            for i in 0..b.num_rows() {
-                let states = duet_config::codec::decode(print, state.value(i))
-                    .map_err(|e| bad(e.to_string()))?;
-                out.push(ViewRow {
-                    bucket: bucket.value(i) / 1000,
-                    dims: dims
-                        .iter()
-                        .map(|c| (!c.is_null(i)).then(|| c.value(i).to_string()))
-                        .collect(),
-                    states,
-                });
+                out.push((bucket.value(i) / 1000, key, state.value(i).to_vec()));
             }
         }
         Ok(out)
