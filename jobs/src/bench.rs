@@ -571,7 +571,7 @@ async fn steady_state(base: &Arc<Config>, opts: &BenchOptions, queries: usize) -
         events += records.len();
         w.append(&records, Some(T0 + (m + 1) * 60_000)).await?;
     }
-    duet_jobs_compact(&cfg, &lake).await?;
+    crate::scheduler::compact_closed_hours(&cfg, &lake, i64::MAX).await;
     let store = Arc::new(EmbeddedStore::open(&dir.join("store.redb"))?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -639,12 +639,6 @@ async fn steady_state(base: &Arc<Config>, opts: &BenchOptions, queries: usize) -
         aged,
         all_seals,
     })
-}
-
-/// Raw hour partitions compacted as the scheduler does once they are closed.
-async fn duet_jobs_compact(cfg: &Config, lake: &Lake) -> Result<()> {
-    crate::scheduler::compact_closed_hours(cfg, lake, i64::MAX).await;
-    Ok(())
 }
 
 /// The store at the end of one simulated day.
