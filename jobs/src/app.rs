@@ -130,6 +130,11 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
     let backoff = Backoff::default();
     let (sealed_tx, sealed_rx) = watch::channel(std::collections::BTreeMap::new());
     let sealed_tx = Arc::new(sealed_tx);
+    tasks.spawn(crate::status::run(
+        counters.clone(),
+        sealed_tx.subscribe(),
+        rx.clone(),
+    ));
     let mut spawn = |name: &'static str, start: Box<dyn FnMut() -> PartFuture + Send>| {
         tasks.spawn(supervise(name, parts.clone(), backoff, rx.clone(), start));
     };

@@ -8,6 +8,7 @@ pub mod generator;
 pub mod lake_sink;
 pub mod producer;
 pub mod scheduler;
+pub mod status;
 pub mod supervise;
 pub mod verify;
 

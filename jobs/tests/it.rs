@@ -266,14 +266,14 @@ impl Drop for Demo {
     }
 }
 
-fn start_demo(data: &std::path::Path) -> Demo {
+fn start_demo(data: &std::path::Path, log: &std::path::Path) -> Demo {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
         .args(["demo", "--rate", "300", "--http", "127.0.0.1:0", "--data"])
         .arg(data)
         .env("DUET_LAKE__FLUSH_INTERVAL", "300ms")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -344,7 +344,9 @@ fn wait(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn the_demo_serves_live_views_and_survives_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let first = start_demo(dir.path());
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("first.log");
+    let first = start_demo(dir.path(), &log);
     wait("orders in the first run", || orders(&first.addr) > 0);
     let health = http_get(&first.addr, "/health").unwrap();
     assert!(health.contains("\"ok\""), "{health}");
@@ -352,9 +354,16 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     wait("the generator's malformed events in the quarantine", || {
         http_get(&first.addr, "/v1/quarantine").is_some_and(|b| b.contains("\"reason\""))
     });
+    // the console gets a status line every few seconds, not a line per quarantined event
+    wait("a status line", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains(" events/s · lag "))
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("quarantined "), "{text}");
+    assert!(!text.contains("Quarantined event"), "{text}");
     drop(first); // SIGKILL
     let before_lake = raw_orders(dir.path());
-    let second = start_demo(dir.path());
+    let second = start_demo(dir.path(), &logs.path().join("second.log"));
     let carried = orders(&second.addr);
     assert!(carried > 0, "the views' state carries over a restart");
     // events of the new run (a new embedded cluster, offsets from 0 again) reach both layers

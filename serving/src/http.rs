@@ -85,6 +85,11 @@ async fn metrics(
     let mut out = String::new();
     for (name, help, v) in [
         (
+            "duet_speed_events_consumed_total",
+            "Messages consumed by the speed layer (applied, duplicate or quarantined).",
+            c.consumed.load(Relaxed),
+        ),
+        (
             "duet_speed_events_applied_total",
             "Events applied to views by the speed layer.",
             c.applied.load(Relaxed),
@@ -100,14 +105,56 @@ async fn metrics(
             c.quarantined.load(Relaxed),
         ),
         (
+            "duet_speed_late_total",
+            "Applied events that counted in a bucket the batch layer had already sealed.",
+            c.late.load(Relaxed),
+        ),
+        (
             "duet_speed_batches_total",
             "Store transactions committed by the speed layer.",
             c.batches.load(Relaxed),
+        ),
+        (
+            "duet_speed_rebalances_total",
+            "Times the speed consumer's partition assignment changed.",
+            c.rebalances.load(Relaxed),
         ),
     ] {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let h = c.commit_latency.snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP duet_speed_commit_seconds Time to commit one batch to the view store.\n# TYPE duet_speed_commit_seconds histogram"
+    );
+    for (bound, n) in duet_speed::counters::LATENCY_BOUNDS
+        .iter()
+        .zip(&h.cumulative)
+    {
+        let _ = writeln!(
+            out,
+            "duet_speed_commit_seconds_bucket{{le=\"{bound}\"}} {n}"
+        );
+    }
+    let total = h.cumulative.last().copied().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "duet_speed_commit_seconds_bucket{{le=\"+Inf\"}} {total}\nduet_speed_commit_seconds_sum {:.6}\nduet_speed_commit_seconds_count {total}",
+        h.sum_s
+    );
+    let lag = c.lag();
+    let _ = writeln!(
+        out,
+        "# HELP duet_speed_consumer_lag Messages the broker holds beyond the speed consumer's position, per partition.\n# TYPE duet_speed_consumer_lag gauge"
+    );
+    for l in &lag {
+        let _ = writeln!(
+            out,
+            "duet_speed_consumer_lag{{topic=\"{}\",partition=\"{}\"}} {}",
+            l.topic, l.partition, l.lag
         );
     }
     let _ = writeln!(
@@ -592,6 +639,18 @@ mod tests {
         )
         .unwrap();
         assert!(text.contains("# TYPE duet_speed_events_applied_total counter\nduet_speed_events_applied_total 0\n"), "{text}");
+        assert!(
+            text.contains("duet_speed_commit_seconds_bucket{le=\"0.001\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("duet_speed_commit_seconds_count 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE duet_speed_consumer_lag gauge\n"),
+            "{text}"
+        );
         assert!(
             text.contains("duet_source_watermark_seconds{source=\"orders\"} 120.000"),
             "{text}"

@@ -19,6 +19,8 @@ pub struct BatchStats {
     pub duplicates: u64,
     /// Events quarantined.
     pub quarantined: u64,
+    /// Applied events that counted in a bucket already sealed by the batch layer.
+    pub late: u64,
 }
 
 /// The speed layer's compiled form of a config.
@@ -92,7 +94,7 @@ impl Aggregator {
             for source in self.by_topic.get(&m.topic).into_iter().flatten() {
                 match source.decode_at(&m.payload, m.produced_ms(now_ms)) {
                     Err(e) => {
-                        tracing::warn!(source = %source.name, topic = %m.topic, partition = m.partition,
+                        tracing::debug!(source = %source.name, topic = %m.topic, partition = m.partition,
                             offset = m.offset, error = %e, "Quarantined event.");
                         stats.quarantined += 1;
                         batch.quarantine.push(Quarantined {
@@ -139,6 +141,7 @@ impl Aggregator {
                 .or_insert(ev.time_ms);
             *w = (*w).max(ev.time_ms);
             let mut releases = Vec::new();
+            let mut late = false;
             for view in self.by_source.get(&source.name).into_iter().flatten() {
                 let mut last_end = None;
                 for c in view.contributions(&ev) {
@@ -163,12 +166,16 @@ impl Aggregator {
                     }
                 }
                 if let Some(bucket_end) = last_end {
+                    late |= sealed_until
+                        .get(&view.name)
+                        .is_some_and(|sealed| bucket_end <= *sealed);
                     releases.push(Release {
                         view: view.name.clone(),
                         bucket_end,
                     });
                 }
             }
+            stats.late += u64::from(late);
             // an event that counts in no bucket needs no dedup: a copy would count in none
             if !releases.is_empty() {
                 batch.seen.push(SeenId {

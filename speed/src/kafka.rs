@@ -137,6 +137,26 @@ impl AssignedConsumer {
         matches!(high, Ok(Ok((_, high))) if next >= high)
     }
 
+    /// Starts a task that, every `every`, asks the broker for the high watermark of each
+    /// assigned partition and records in `counters` how far the consumer's position is behind
+    /// it. A partition the broker does not answer for keeps its last known lag.
+    pub fn watch_lag(
+        &self,
+        counters: std::sync::Arc<crate::SpeedCounters>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let consumer = self.consumer.clone();
+        tokio::spawn(async move {
+            loop {
+                let c = consumer.clone();
+                if let Ok(lags) = tokio::task::spawn_blocking(move || lags(c.as_ref())).await {
+                    counters.set_lag(lags);
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
     /// Tells the group how far we got (monitoring only; Duet's own state is the truth).
     pub fn commit_progress(&self, next: &HashMap<(String, i32), i64>) {
         let mut tpl = TopicPartitionList::new();
@@ -149,6 +169,32 @@ impl AssignedConsumer {
             tracing::debug!(group = %self.group, error = %e, "Offset commit to the group failed.");
         }
     }
+}
+
+/// The lag of each partition assigned to `consumer`: the broker's high watermark minus the
+/// consumer's position (its low watermark before the first fetch).
+fn lags(consumer: &impl Consumer) -> Vec<crate::PartitionLag> {
+    let Ok(positions) = consumer.position() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in positions.elements() {
+        let Ok((low, high)) =
+            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+        else {
+            continue;
+        };
+        let next = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        out.push(crate::PartitionLag {
+            topic: e.topic().to_string(),
+            partition: e.partition(),
+            lag: (high - next).max(0),
+        });
+    }
+    out
 }
 
 /// The partition ids of `topic` on `bootstrap`, waiting up to `wait` for it to appear.

@@ -2,38 +2,27 @@
 //! partial states in a view store, committed together with the offsets they reflect.
 
 pub mod aggregate;
+pub mod counters;
 pub mod error;
 pub mod kafka;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use duet_config::Config;
 use tokio::sync::watch;
 
 pub use aggregate::{Aggregator, BatchStats};
+pub use counters::{PartitionLag, SpeedCounters};
 pub use error::{Error, Result};
 pub use store::{EmbeddedStore, Quarantined, SpeedBatch, StoreStats, ViewStore};
 
 /// Per view, the end of its contiguous sealed range, as the batch layer publishes it: the
 /// speed layer forgets dedup ids that no unsealed bucket needs.
 pub type SealedUntil = watch::Receiver<BTreeMap<String, i64>>;
-
-/// Running totals of the speed layer, for metrics.
-#[derive(Debug, Default)]
-pub struct SpeedCounters {
-    /// Events applied to views.
-    pub applied: AtomicU64,
-    /// Duplicates dropped.
-    pub duplicates: AtomicU64,
-    /// Events quarantined.
-    pub quarantined: AtomicU64,
-    /// Batches committed.
-    pub batches: AtomicU64,
-}
 
 /// The speed layer's consumer group name.
 pub fn group(cfg: &Config) -> String {
@@ -70,6 +59,7 @@ pub async fn run(
     )
     .await?;
     tracing::info!(%group, ?topics, "Speed layer consuming.");
+    let _lag = AbortOnDrop(consumer.watch_lag(counters.clone(), Duration::from_secs(2)));
     let wait = Duration::from_millis(cfg.speed_batch_ms as u64);
     loop {
         let msgs = tokio::select! {
@@ -79,6 +69,9 @@ pub async fn run(
         if msgs.is_empty() {
             continue;
         }
+        counters
+            .consumed
+            .fetch_add(msgs.len() as u64, Ordering::Relaxed);
         let now = now_ms();
         let frontiers = sealed.borrow().clone();
         let (batch, stats) = agg.build(&msgs, store.as_ref(), now, &frontiers).await?;
@@ -87,7 +80,9 @@ pub async fn run(
             .iter()
             .map(|(k, o)| ((k.topic.clone(), k.partition), *o))
             .collect();
+        let started = Instant::now();
         store.commit(batch).await?;
+        counters.commit_latency.observe(started.elapsed());
         consumer.commit_progress(&progress);
         counters.applied.fetch_add(stats.applied, Ordering::Relaxed);
         counters
@@ -96,9 +91,19 @@ pub async fn run(
         counters
             .quarantined
             .fetch_add(stats.quarantined, Ordering::Relaxed);
+        counters.late.fetch_add(stats.late, Ordering::Relaxed);
         counters.batches.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Wall-clock time in epoch ms.
