@@ -510,7 +510,7 @@ mod tests {
         let cfg = Config::from_toml_str(CFG, "t.toml".as_ref()).unwrap();
         let store = EmbeddedStore::open(&dir.join("s.redb")).unwrap();
         let mut b = SpeedBatch::default();
-        b.deltas.insert(
+        b.unpartitioned().deltas.insert(
             StateKey {
                 view: "gmv".into(),
                 bucket: 60_000,
@@ -519,7 +519,7 @@ mod tests {
             vec![State::Sum(Num::Dec(12_990)), State::Count(1)],
         );
         // a bucket whose sum overflowed 38 digits
-        b.deltas.insert(
+        b.unpartitioned().deltas.insert(
             StateKey {
                 view: "gmv".into(),
                 bucket: 120_000,

@@ -8,7 +8,9 @@ use duet_config::{Config, Event, Source, ViewSpec};
 
 use crate::error::{Error, Result};
 use crate::kafka::Msg;
-use crate::store::{PartitionKey, Quarantined, Release, SeenId, SpeedBatch, StateKey, ViewStore};
+use crate::store::{
+    PartitionBatch, PartitionKey, Quarantined, Release, SeenId, SpeedBatch, StateKey, ViewStore,
+};
 
 /// Counts of what a batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,17 +82,29 @@ impl Aggregator {
             ..SpeedBatch::default()
         };
         let mut stats = BatchStats::default();
-        let mut fresh: Vec<(&Source, Event)> = Vec::new();
+        // the partitions of this batch, in the order first met; messages refer to them by index
+        let mut parts: Vec<(PartitionKey, i64)> = Vec::new();
+        let mut fresh: Vec<(usize, &Source, Event)> = Vec::new();
         let mut in_batch: HashSet<(&str, String)> = HashSet::new();
         for m in msgs {
-            batch.offsets.insert(
-                PartitionKey {
-                    group: self.group.clone(),
-                    topic: m.topic.clone(),
-                    partition: m.partition,
-                },
-                m.offset + 1,
-            );
+            let part = match parts
+                .iter()
+                .rposition(|(k, _)| k.partition == m.partition && k.topic == m.topic)
+            {
+                Some(i) => i,
+                None => {
+                    parts.push((
+                        PartitionKey {
+                            group: self.group.clone(),
+                            topic: m.topic.clone(),
+                            partition: m.partition,
+                        },
+                        m.offset + 1,
+                    ));
+                    parts.len() - 1
+                }
+            };
+            parts[part].1 = parts[part].1.max(m.offset + 1);
             for source in self.by_topic.get(&m.topic).into_iter().flatten() {
                 match source.decode_at(&m.payload, m.produced_ms(now_ms)) {
                     Err(e) => {
@@ -109,7 +123,7 @@ impl Aggregator {
                     }
                     Ok(ev) => {
                         if in_batch.insert((source.name.as_str(), ev.id.clone())) {
-                            fresh.push((source, ev));
+                            fresh.push((part, source, ev));
                         } else {
                             stats.duplicates += 1;
                         }
@@ -117,19 +131,29 @@ impl Aggregator {
                 }
             }
         }
-        // ids seen by earlier batches
-        let mut by_source: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, (s, _)) in fresh.iter().enumerate() {
-            by_source.entry(s.name.as_str()).or_default().push(i);
+        let mut shares: Vec<PartitionBatch> = parts
+            .iter()
+            .map(|(_, next)| PartitionBatch {
+                next_offset: Some(*next),
+                ..PartitionBatch::default()
+            })
+            .collect();
+        // ids seen by earlier batches, asked per partition and source
+        let mut asks: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
+        for (i, (part, s, _)) in fresh.iter().enumerate() {
+            asks.entry((*part, s.name.as_str())).or_default().push(i);
         }
         let mut dup = vec![false; fresh.len()];
-        for (source, idx) in by_source {
-            let ids: Vec<String> = idx.iter().map(|i| fresh[*i].1.id.clone()).collect();
-            for (i, seen) in idx.iter().zip(store.seen(source, ids).await?) {
+        for ((part, source), idx) in asks {
+            let ids: Vec<String> = idx.iter().map(|i| fresh[*i].2.id.clone()).collect();
+            for (i, seen) in idx
+                .iter()
+                .zip(store.seen(&parts[part].0, source, ids).await?)
+            {
                 dup[*i] = seen;
             }
         }
-        for ((source, ev), dup) in fresh.into_iter().zip(dup) {
+        for ((part, source, ev), dup) in fresh.into_iter().zip(dup) {
             if dup {
                 stats.duplicates += 1;
                 continue;
@@ -140,6 +164,7 @@ impl Aggregator {
                 .entry(source.name.clone())
                 .or_insert(ev.time_ms);
             *w = (*w).max(ev.time_ms);
+            let share = &mut shares[part];
             let mut releases = Vec::new();
             let mut late = false;
             for view in self.by_source.get(&source.name).into_iter().flatten() {
@@ -151,7 +176,7 @@ impl Aggregator {
                         bucket: c.bucket,
                         dims: c.dims,
                     };
-                    match batch.deltas.get_mut(&key) {
+                    match share.deltas.get_mut(&key) {
                         Some(acc) => {
                             duet_config::measure::merge_row(acc, c.states).map_err(|source| {
                                 Error::Merge {
@@ -161,7 +186,7 @@ impl Aggregator {
                             })?
                         }
                         None => {
-                            batch.deltas.insert(key, c.states);
+                            share.deltas.insert(key, c.states);
                         }
                     }
                 }
@@ -178,12 +203,15 @@ impl Aggregator {
             stats.late += u64::from(late);
             // an event that counts in no bucket needs no dedup: a copy would count in none
             if !releases.is_empty() {
-                batch.seen.push(SeenId {
+                share.seen.push(SeenId {
                     source: source.name.clone(),
                     id: ev.id,
                     releases,
                 });
             }
+        }
+        for ((key, _), share) in parts.into_iter().zip(shares) {
+            batch.parts.insert(key, share);
         }
         Ok((batch, stats))
     }

@@ -18,7 +18,9 @@ use tokio::sync::watch;
 pub use aggregate::{Aggregator, BatchStats};
 pub use counters::{PartitionLag, SpeedCounters};
 pub use error::{Error, Result};
-pub use store::{EmbeddedStore, Quarantined, SpeedBatch, StoreStats, ViewStore};
+pub use store::{
+    EmbeddedStore, PartitionBatch, PartitionKey, Quarantined, SpeedBatch, StoreStats, ViewStore,
+};
 
 /// Per view, the end of its contiguous sealed range, as the batch layer publishes it: the
 /// speed layer forgets dedup ids that no unsealed bucket needs.
@@ -76,9 +78,8 @@ pub async fn run(
         let frontiers = sealed.borrow().clone();
         let (batch, stats) = agg.build(&msgs, store.as_ref(), now, &frontiers).await?;
         let progress: HashMap<(String, i32), i64> = batch
-            .offsets
-            .iter()
-            .map(|(k, o)| ((k.topic.clone(), k.partition), *o))
+            .offsets()
+            .map(|(k, o)| ((k.topic.clone(), k.partition), o))
             .collect();
         let started = Instant::now();
         store.commit(batch).await?;

@@ -74,17 +74,28 @@ pub struct SeenId {
     pub releases: Vec<Release>,
 }
 
-/// Everything one consumer batch changes, applied in one transaction.
+/// What one consumer batch changes in one Kafka partition: the deltas of the events read
+/// from it, their ids, and the next offset to read. A store may apply the partitions of a
+/// batch separately (the Redis store does, one atomic script each); each partition's states
+/// and offset always change together.
 #[derive(Debug, Clone, Default)]
-pub struct SpeedBatch {
+pub struct PartitionBatch {
     /// Partial states to merge, per view, bucket and dimensions.
     pub deltas: BTreeMap<StateKey, Vec<State>>,
     /// Event ids now seen.
     pub seen: Vec<SeenId>,
-    /// Refused events.
+    /// Next offset to read (`None` for deltas that came from no message, as in tools and tests).
+    pub next_offset: Option<i64>,
+}
+
+/// Everything one consumer batch changes. The embedded store applies it in one transaction;
+/// the Redis store applies each partition's share atomically.
+#[derive(Debug, Clone, Default)]
+pub struct SpeedBatch {
+    /// Per consumer group, topic and partition read: what its events change.
+    pub parts: BTreeMap<PartitionKey, PartitionBatch>,
+    /// Refused events (each names its topic and partition).
     pub quarantine: Vec<Quarantined>,
-    /// Next offset to read, per consumer group, topic and partition.
-    pub offsets: BTreeMap<PartitionKey, i64>,
     /// Highest event time seen, per source.
     pub watermarks: BTreeMap<String, i64>,
     /// Per view, the end of its contiguous sealed range: the ids of events whose buckets of
@@ -95,6 +106,30 @@ pub struct SpeedBatch {
     pub drop_states_before: BTreeMap<String, i64>,
     /// When the batch was applied, epoch ms.
     pub at_ms: i64,
+}
+
+impl SpeedBatch {
+    /// The share of partition `key`, created empty if the batch has none yet.
+    pub fn part(&mut self, key: PartitionKey) -> &mut PartitionBatch {
+        self.parts.entry(key).or_default()
+    }
+
+    /// The share of deltas that came from no Kafka partition (tools and tests): group, topic
+    /// empty, partition 0.
+    pub fn unpartitioned(&mut self) -> &mut PartitionBatch {
+        self.part(PartitionKey {
+            group: String::new(),
+            topic: String::new(),
+            partition: 0,
+        })
+    }
+
+    /// The next offset of every partition the batch read.
+    pub fn offsets(&self) -> impl Iterator<Item = (&PartitionKey, i64)> {
+        self.parts
+            .iter()
+            .filter_map(|(k, p)| p.next_offset.map(|o| (k, o)))
+    }
 }
 
 /// Sizes of a store, for metrics.
@@ -117,8 +152,10 @@ pub trait ViewStore: Send + Sync {
     async fn commit(&self, batch: SpeedBatch) -> Result<()>;
     /// The next offsets to read for a consumer group and topic, per partition.
     async fn offsets(&self, group: &str, topic: &str) -> Result<HashMap<i32, i64>>;
-    /// Which of `ids` of `source` were already seen.
-    async fn seen(&self, source: &str, ids: Vec<String>) -> Result<Vec<bool>>;
+    /// Which of `ids` of `source`, read from partition `part`, were already seen. The embedded
+    /// store answers over all partitions; the Redis store over the ids read from `part` (see
+    /// `docs/semantics.md`).
+    async fn seen(&self, part: &PartitionKey, source: &str, ids: Vec<String>) -> Result<Vec<bool>>;
     /// Rows of `view` with a bucket in `[from, to)`, by bucket then dimensions.
     async fn read(&self, view: &str, from: i64, to: i64) -> Result<Vec<Row>>;
     /// The newest quarantined events, newest first, at most `limit`.

@@ -16,7 +16,7 @@ use duet_config::codec;
 use duet_config::{DimKey, Row, ViewDefinition};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Quarantined, SpeedBatch, StoreStats, ViewStore};
+use super::{PartitionKey, Quarantined, SpeedBatch, StoreStats, ViewStore};
 use crate::error::{Error, Result};
 
 /// (view, bucket, dims as JSON) → states in the binary encoding ([`duet_config::codec`]).
@@ -243,7 +243,9 @@ impl EmbeddedStore {
             let mut views = tx.open_table(VIEWS).ctx(&e)?;
             let mut corrupt = tx.open_table(CORRUPT).ctx(&e)?;
             let mut set_aside = 0;
-            for (key, delta) in batch.deltas {
+            let deltas = batch.parts.values().flat_map(|p| p.deltas.iter());
+            for (key, delta) in deltas {
+                let delta = delta.clone();
                 let print = prints.get(&key.view).copied().unwrap_or(0);
                 let dims = dims_key(&key.dims);
                 let k = (key.view.as_str(), key.bucket, dims.as_str());
@@ -299,9 +301,9 @@ impl EmbeddedStore {
                 }
             }
             let mut offsets = tx.open_table(OFFSETS).ctx(&e)?;
-            for (k, o) in &batch.offsets {
+            for (k, o) in batch.offsets() {
                 offsets
-                    .insert((k.group.as_str(), k.topic.as_str(), k.partition), *o)
+                    .insert((k.group.as_str(), k.topic.as_str(), k.partition), o)
                     .ctx(&e)?;
             }
             // dedup ids: forget what sealed buckets no longer need, then remember the new
@@ -326,7 +328,7 @@ impl EmbeddedStore {
                 frontiers.insert(view.as_str(), *until).ctx(&e)?;
             }
             let mut remembered = 0;
-            for s in &batch.seen {
+            for s in batch.parts.values().flat_map(|p| p.seen.iter()) {
                 let mut live = Vec::new();
                 for r in &s.releases {
                     let frontier = frontiers
@@ -466,7 +468,12 @@ impl ViewStore for EmbeddedStore {
         .await
     }
 
-    async fn seen(&self, source: &str, ids: Vec<String>) -> Result<Vec<bool>> {
+    async fn seen(
+        &self,
+        _part: &PartitionKey,
+        source: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<bool>> {
         let source = source.to_string();
         self.blocking("read seen ids", move |s| {
             let e = s.err("read seen ids");
@@ -619,6 +626,14 @@ mod tests {
     use crate::store::{PartitionKey, Release, SeenId, StateKey};
     use duet_config::{Num, State};
 
+    fn anywhere() -> PartitionKey {
+        PartitionKey {
+            group: String::new(),
+            topic: String::new(),
+            partition: 0,
+        }
+    }
+
     fn key(view: &str, bucket: i64) -> StateKey {
         StateKey {
             view: view.into(),
@@ -649,19 +664,17 @@ mod tests {
             let store = EmbeddedStore::open(&path).unwrap();
             for n in [2, 3] {
                 let mut b = SpeedBatch::default();
-                b.deltas.insert(
+                let part = b.part(PartitionKey {
+                    group: "g".into(),
+                    topic: "t".into(),
+                    partition: 0,
+                });
+                part.deltas.insert(
                     key("v", 60_000),
                     vec![State::Count(n), State::Sum(Num::Int(n * 10))],
                 );
-                b.offsets.insert(
-                    PartitionKey {
-                        group: "g".into(),
-                        topic: "t".into(),
-                        partition: 0,
-                    },
-                    n,
-                );
-                b.seen.push(seen(&format!("id{n}"), &[("v", 120_000)]));
+                part.next_offset = Some(n);
+                part.seen.push(seen(&format!("id{n}"), &[("v", 120_000)]));
                 store.commit(b).await.unwrap();
             }
         }
@@ -679,7 +692,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .seen("s", vec!["id2".into(), "id9".into()])
+                .seen(&anywhere(), "s", vec!["id2".into(), "id9".into()])
                 .await
                 .unwrap(),
             vec![true, false]
@@ -696,17 +709,22 @@ mod tests {
         let mut b = SpeedBatch::default();
         for t in 1..=10 {
             // each event counts in view a (minute buckets) and view b (one long bucket)
-            b.seen.push(seen(
+            b.unpartitioned().seen.push(seen(
                 &format!("id{t}"),
                 &[("a", t * 60_000), ("b", 3_600_000)],
             ));
         }
-        b.seen.push(seen("only-a", &[("a", 60_000)]));
-        b.seen.push(seen("future", &[("a", 9_000_000_000_000)]));
+        b.unpartitioned()
+            .seen
+            .push(seen("only-a", &[("a", 60_000)]));
+        b.unpartitioned()
+            .seen
+            .push(seen("future", &[("a", 9_000_000_000_000)]));
         store.commit(b).await.unwrap();
         assert_eq!(store.stats().await.unwrap().seen_ids, 12);
         let ids: Vec<String> = (1..=10).map(|t| format!("id{t}")).collect();
-        let check = async |store: &EmbeddedStore| store.seen("s", ids.clone()).await.unwrap();
+        let check =
+            async |store: &EmbeddedStore| store.seen(&anywhere(), "s", ids.clone()).await.unwrap();
 
         // view a sealed to minute 5: ids still needed by view b stay
         let mut b = SpeedBatch::default();
@@ -715,7 +733,7 @@ mod tests {
         assert!(check(&store).await.iter().all(|s| *s));
         assert_eq!(
             store
-                .seen("s", vec!["only-a".into(), "future".into()])
+                .seen(&anywhere(), "s", vec!["only-a".into(), "future".into()])
                 .await
                 .unwrap(),
             vec![false, true]
@@ -723,8 +741,12 @@ mod tests {
         // view b sealed too: the ids of a's sealed minutes go
         let mut b = SpeedBatch::default();
         b.sealed_until.insert("b".into(), 3_600_000);
-        b.deltas.insert(key("b", 0), vec![State::Count(1)]);
-        b.deltas.insert(key("b", 3_600_000), vec![State::Count(2)]);
+        b.unpartitioned()
+            .deltas
+            .insert(key("b", 0), vec![State::Count(1)]);
+        b.unpartitioned()
+            .deltas
+            .insert(key("b", 3_600_000), vec![State::Count(2)]);
         store.commit(b).await.unwrap();
         // and states of buckets sealed long enough ago are dropped
         let mut b = SpeedBatch::default();
@@ -745,7 +767,9 @@ mod tests {
         assert_eq!(store.stats().await.unwrap().seen_ids, 6);
         // a late duplicate of a forgotten id for sealed buckets is not remembered again
         let mut b = SpeedBatch::default();
-        b.seen.push(seen("id1", &[("a", 60_000), ("b", 3_600_000)]));
+        b.unpartitioned()
+            .seen
+            .push(seen("id1", &[("a", 60_000), ("b", 3_600_000)]));
         store.commit(b).await.unwrap();
         assert_eq!(store.stats().await.unwrap().seen_ids, 6);
         // dropping a view releases its share
@@ -760,7 +784,8 @@ mod tests {
         // a float sum that overflows is stored and read back
         for _ in 0..2 {
             let mut b = SpeedBatch::default();
-            b.deltas
+            b.unpartitioned()
+                .deltas
                 .insert(key("f", 0), vec![State::Sum(Num::Float(f64::MAX))]);
             store.commit(b).await.unwrap();
         }
@@ -782,7 +807,9 @@ mod tests {
             .unwrap();
         assert!(store.read("g", 0, 60_000).await.unwrap().is_empty());
         let mut b = SpeedBatch::default();
-        b.deltas.insert(key("g", 0), vec![State::Count(4)]);
+        b.unpartitioned()
+            .deltas
+            .insert(key("g", 0), vec![State::Count(4)]);
         store.commit(b).await.unwrap();
         assert_eq!(
             store.read("g", 0, 60_000).await.unwrap()[0].states,
