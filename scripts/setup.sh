@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Duet needs on a fresh Debian machine with Rust:
-# a C toolchain and make (librdkafka is built from source by rdkafka-sys), zlib, curl, and a
+# a C toolchain and make (librdkafka is built from source by rdkafka-sys), zlib, curl,
+# redis-server (Debian's, for the Redis store's tests), and a
 # Python venv with the `deltalake` package for the cross-check of the lake's tables.
 # Idempotent: installs only what is missing.
 set -euo pipefail
@@ -12,6 +13,8 @@ command -v make >/dev/null 2>&1 || need+=(make)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -e /usr/include/zlib.h ] || need+=(zlib1g-dev)
+# a real Redis for the Redis view store's tests (they start their own servers on loopback)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

@@ -87,9 +87,27 @@ impl Default for LakeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// File of the embedded store.
+    /// File of the embedded store (used when `url` is not set).
     #[serde(default = "default_store_path")]
     pub path: String,
+    /// A Redis server (`redis://host:6379/0`, `rediss://…` for TLS): the speed layer's views
+    /// live there instead of the embedded file.
+    pub url: Option<String>,
+    /// Prefix of every Redis key Duet writes (`duet`).
+    #[serde(default = "default_store_prefix")]
+    pub prefix: String,
+    /// How long Redis keeps a bucket's state after the bucket ends (`7d`), unless the view
+    /// sets its own `retention`: a backstop for buckets the batch layer never seals.
+    #[serde(default = "default_store_retention")]
+    pub retention: String,
+}
+
+fn default_store_prefix() -> String {
+    "duet".into()
+}
+
+fn default_store_retention() -> String {
+    "7d".into()
 }
 
 fn default_store_path() -> String {
@@ -100,6 +118,9 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: default_store_path(),
+            url: None,
+            prefix: default_store_prefix(),
+            retention: default_store_retention(),
         }
     }
 }
@@ -272,6 +293,9 @@ pub struct ViewConfig {
     pub dimensions: Vec<String>,
     /// Aggregates.
     pub measures: Vec<MeasureConfig>,
+    /// How long the Redis store keeps a bucket's state after the bucket ends (default
+    /// `[store] retention`).
+    pub retention: Option<String>,
 }
 
 /// `[[jobs]]`: scheduled batch recomputes.

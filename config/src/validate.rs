@@ -184,6 +184,29 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
     let speed_batch_ms = duration(&speed.batch_interval, "speed.batch_interval", &mut p);
     let lateness_ms = duration(&batch.lateness, "batch.lateness", &mut p);
     let sealed_retention_ms = duration(&speed.sealed_retention, "speed.sealed_retention", &mut p);
+    let store_retention_ms = duration(&store.retention, "store.retention", &mut p);
+    if let Some(url) = &store.url
+        && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+    {
+        p.add(
+            "store.url",
+            format!("expected a Redis URL such as redis://127.0.0.1:6379/0, found {url:?}"),
+        );
+    }
+    if store.prefix.is_empty()
+        || !store
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c))
+    {
+        p.add(
+            "store.prefix",
+            format!(
+                "expected letters, digits, `_`, `-`, `.` or `:`, found {:?}",
+                store.prefix
+            ),
+        );
+    }
     if std::net::SocketAddr::from_str(&serving.bind).is_err() {
         p.add(
             "serving.bind",
@@ -228,7 +251,7 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
         if broken.contains(&v.source) {
             continue; // the source's own problems are reported
         }
-        if let Some(view) = resolve_view(&path, v, &sources, &mut p) {
+        if let Some(view) = resolve_view(&path, v, &sources, store_retention_ms, &mut p) {
             views.push(view);
         }
     }
@@ -432,9 +455,14 @@ fn resolve_view(
     path: &str,
     v: ViewConfig,
     sources: &[Source],
+    default_retention_ms: i64,
     p: &mut Problems,
 ) -> Option<ViewSpec> {
     let before = p.0.len();
+    let retention_ms = match &v.retention {
+        Some(r) => duration(r, &format!("{path}.retention"), p),
+        None => default_retention_ms,
+    };
     if !valid_name(&v.name) {
         p.add(
             format!("{path}.name"),
@@ -532,6 +560,7 @@ fn resolve_view(
         explode: v.explode,
         dimensions: v.dimensions,
         measures,
+        retention_ms,
     })
 }
 

@@ -86,6 +86,8 @@ pub struct ViewSpec {
     pub dimensions: Vec<String>,
     /// Measures.
     pub measures: Vec<MeasureSpec>,
+    /// How long the Redis store keeps a bucket's state after the bucket ends, ms.
+    pub retention_ms: i64,
 }
 
 /// Version of the state format: stored states carry it inside their view's fingerprint, so

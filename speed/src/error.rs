@@ -36,6 +36,34 @@ pub enum Error {
         #[source]
         source: Box<redb::Error>,
     },
+    /// The Redis store failed.
+    #[error("Redis store {server}: {operation}")]
+    Redis {
+        /// The server, without credentials.
+        server: String,
+        /// What was being done.
+        operation: &'static str,
+        /// The client's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The Redis store refused a batch: another worker took the partition since (a rebalance),
+    /// or the server lost writes (a restart without them). Nothing of the batch's partition was
+    /// written; the worker starts again from the stored offsets.
+    #[error("Redis store refused a batch ({detail}); starting again from the stored offsets")]
+    Fenced {
+        /// The script's reason.
+        detail: String,
+    },
+    /// A local `redis-server` could not be started.
+    #[error("local Redis server: {detail}")]
+    RedisServer {
+        /// What failed.
+        detail: String,
+        /// The I/O error, if one.
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// A blocking store task died.
     #[error("view store {path}: {operation}: the task failed")]
     Task {

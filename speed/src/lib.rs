@@ -19,7 +19,8 @@ pub use aggregate::{Aggregator, BatchStats};
 pub use counters::{PartitionLag, SpeedCounters};
 pub use error::{Error, Result};
 pub use store::{
-    EmbeddedStore, PartitionBatch, PartitionKey, Quarantined, SpeedBatch, StoreStats, ViewStore,
+    EmbeddedStore, PartitionBatch, PartitionKey, Quarantined, RedisStore, SpeedBatch, StoreStats,
+    ViewStore,
 };
 
 /// Per view, the end of its contiguous sealed range, as the batch layer publishes it: the
@@ -45,6 +46,19 @@ pub async fn run(
     let group = group(cfg);
     let agg = Aggregator::new(cfg, &group);
     let topics = agg.topics();
+    // take every partition in the store first (a Redis store then refuses any other worker
+    // still writing them), then start where the store says
+    let mut parts = Vec::new();
+    for t in &topics {
+        for p in kafka::topic_partitions(&cfg.kafka, bootstrap, t, Duration::from_secs(60)).await? {
+            parts.push(PartitionKey {
+                group: group.clone(),
+                topic: t.clone(),
+                partition: p,
+            });
+        }
+    }
+    store.assign(&parts).await?;
     let mut start: HashMap<(String, i32), i64> = HashMap::new();
     for t in &topics {
         for (p, o) in store.offsets(&group, t).await? {

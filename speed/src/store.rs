@@ -3,6 +3,8 @@
 //! applied atomically, which is what makes the speed layer exactly-once in effect.
 
 pub mod embedded;
+pub mod local_redis;
+pub mod redis;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,6 +13,8 @@ use duet_config::{DimKey, Row, State, ViewDefinition, ViewSpec};
 use crate::error::{Error, Result, ViewMismatch};
 
 pub use embedded::{EmbeddedStore, EncodedRow};
+pub use local_redis::LocalRedis;
+pub use redis::RedisStore;
 
 /// A malformed event, kept with its reason, origin and bytes.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -148,6 +152,13 @@ pub struct StoreStats {
 /// A view store. The embedded store is the default; a Redis store serves production.
 #[async_trait::async_trait]
 pub trait ViewStore: Send + Sync {
+    /// Takes `parts` for this worker before it reads their offsets: a store shared by several
+    /// workers (Redis) refuses from now on the writes of any other worker that held them. The
+    /// embedded store, which one process owns, has nothing to do.
+    async fn assign(&self, parts: &[PartitionKey]) -> Result<()> {
+        let _ = parts;
+        Ok(())
+    }
     /// Applies a batch atomically: all of it or none of it.
     async fn commit(&self, batch: SpeedBatch) -> Result<()>;
     /// The next offsets to read for a consumer group and topic, per partition.
