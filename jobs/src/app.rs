@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use duet_config::Config;
 use duet_lake::Lake;
-use duet_speed::{EmbeddedStore, SpeedCounters, ViewStore};
+use duet_speed::{EmbeddedStore, RedisStore, SpeedCounters, ViewStore};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -40,6 +40,27 @@ pub async fn speed(
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     Ok(duet_speed::run(&cfg, &bootstrap, store, counters, sealed, shutdown).await?)
+}
+
+/// Opens the view store `[store]` names: the Redis server of `url` when it is set, else the
+/// embedded file at `path` (which only one process can hold open).
+pub async fn open_store(cfg: &Config) -> Result<Arc<dyn ViewStore>> {
+    Ok(match &cfg.store.url {
+        Some(url) => Arc::new(
+            RedisStore::connect(url, &cfg.store.prefix, &cfg.views)
+                .await
+                .with_context(|| {
+                    format!(
+                        "connect to the Redis view store (`store.url` of {})",
+                        cfg.file.display()
+                    )
+                })?,
+        ),
+        None => Arc::new(
+            EmbeddedStore::open(Path::new(&cfg.store.path))
+                .with_context(|| format!("open the view store at {}", cfg.store.path))?,
+        ),
+    })
 }
 
 /// A sealed-frontier channel that never moves (for tests and tools that seal nothing).
@@ -113,10 +134,7 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
         }
     };
     let lake = Lake::open(&cfg.lake.url)?;
-    let store: Arc<dyn ViewStore> = Arc::new(
-        EmbeddedStore::open(Path::new(&cfg.store.path))
-            .with_context(|| format!("open the view store at {}", cfg.store.path))?,
-    );
+    let store = open_store(&cfg).await?;
     check_views(&cfg, &lake, store.as_ref()).await?;
     let listener = tokio::net::TcpListener::bind(&cfg.serving.bind)
         .await

@@ -428,23 +428,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let cfg = load_config(&config)?;
             let spec = find_view(&cfg, &view)?;
-            let store = duet_speed::EmbeddedStore::open(std::path::Path::new(&cfg.store.path))
-                .with_context(|| {
-                    format!(
-                        "open the view store {} (stop the deployment that uses it first)",
-                        cfg.store.path
-                    )
-                })?;
+            let store = duet_jobs::app::open_store(&cfg)
+                .await
+                .context("stop the deployment that uses the view store first")?;
             let lake = Lake::open(&cfg.lake.url)?;
             let table = duet_lake::ViewTable::new(&lake, spec);
-            duet_speed::ViewStore::drop_view(&store, &view).await?;
+            store.drop_view(&view).await?;
             table.delete().await?;
             duet_lake::SealLedger::new(&lake).forget_view(&view).await?;
-            duet_speed::ViewStore::record_definitions(
-                &store,
-                std::collections::BTreeMap::from([(view.clone(), spec.definition())]),
-            )
-            .await?;
+            store
+                .record_definitions(std::collections::BTreeMap::from([(
+                    view.clone(),
+                    spec.definition(),
+                )]))
+                .await?;
             let now = duet_speed::now_ms();
             let runs =
                 duet_jobs::scheduler::seal_due(&cfg, &lake, std::slice::from_ref(&view), now).await;

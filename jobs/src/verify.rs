@@ -238,7 +238,6 @@ pub async fn verify(
     to: i64,
     now_ms: i64,
 ) -> anyhow::Result<Verification> {
-    use duet_speed::ViewStore;
     let lake = duet_lake::Lake::open(&cfg.lake.url)?;
     let (from, to) = (
         view.bucket_of(from),
@@ -272,42 +271,44 @@ pub async fn verify(
         .await?
         .view(&view.name);
     let open = |k: &(i64, DimKey)| !seals.covers(k.0, k.0 + view.bucket_ms);
-    let (served, sources, speed) =
-        match duet_speed::EmbeddedStore::open(std::path::Path::new(&cfg.store.path)) {
-            Ok(store) => {
-                out.via = format!("read in this process from {}", cfg.store.path);
-                let readers = duet_serving::query::LakeReaders::new(&lake, cfg);
-                let m = duet_serving::query::merged(&readers, &store, view, from, end).await?;
-                let mut values = Rendered::new();
-                let mut sources = BTreeMap::new();
-                for r in &m.rows {
-                    let key = (r.row.bucket, r.row.dims.clone());
-                    values.insert(key.clone(), view.render(&r.row.states));
-                    sources.insert(
-                        key,
-                        Served {
-                            source: match r.source {
-                                duet_serving::query::Provenance::Batch => "batch",
-                                duet_serving::query::Provenance::Speed => "speed",
-                            }
-                            .into(),
-                            late_pending: r.late_pending,
-                        },
-                    );
-                }
-                let speed = render(view, &store.read(&view.name, from, end).await?);
-                (values, sources, speed)
+    let (served, sources, speed) = match crate::app::open_store(cfg).await {
+        Ok(store) => {
+            out.via = format!(
+                "read in this process from {}",
+                cfg.store.url.as_deref().unwrap_or(&cfg.store.path)
+            );
+            let readers = duet_serving::query::LakeReaders::new(&lake, cfg);
+            let m = duet_serving::query::merged(&readers, store.as_ref(), view, from, end).await?;
+            let mut values = Rendered::new();
+            let mut sources = BTreeMap::new();
+            for r in &m.rows {
+                let key = (r.row.bucket, r.row.dims.clone());
+                values.insert(key.clone(), view.render(&r.row.states));
+                sources.insert(
+                    key,
+                    Served {
+                        source: match r.source {
+                            duet_serving::query::Provenance::Batch => "batch",
+                            duet_serving::query::Provenance::Speed => "speed",
+                        }
+                        .into(),
+                        late_pending: r.late_pending,
+                    },
+                );
             }
-            Err(_) => {
-                let addr = &cfg.serving.bind;
-                out.via = format!("asked over HTTP of the deployment serving on {addr}");
-                let path = format!("/v1/views/{}?from={from}&to={end}", view.name);
-                let (values, sources) = parse_answer(view, &get_json(addr, &path).await?)?;
-                let (speed, _) =
-                    parse_answer(view, &get_json(addr, &format!("{path}&layer=speed")).await?)?;
-                (values, sources, speed)
-            }
-        };
+            let speed = render(view, &store.read(&view.name, from, end).await?);
+            (values, sources, speed)
+        }
+        Err(_) => {
+            let addr = &cfg.serving.bind;
+            out.via = format!("asked over HTTP of the deployment serving on {addr}");
+            let path = format!("/v1/views/{}?from={from}&to={end}", view.name);
+            let (values, sources) = parse_answer(view, &get_json(addr, &path).await?)?;
+            let (speed, _) =
+                parse_answer(view, &get_json(addr, &format!("{path}&layer=speed")).await?)?;
+            (values, sources, speed)
+        }
+    };
     out.compared = expected
         .keys()
         .chain(served.keys())

@@ -9,7 +9,8 @@ use std::time::Duration;
 use duet_config::Config;
 use duet_jobs::embedded::EmbeddedKafka;
 use duet_jobs::generator::Generator;
-use duet_speed::{EmbeddedStore, ViewStore};
+use duet_speed::store::LocalRedis;
+use duet_speed::{EmbeddedStore, RedisStore, ViewStore};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -40,21 +41,52 @@ async fn caught_up(store: &dyn ViewStore, group: &str, end: &HashMap<(String, i3
     true
 }
 
-/// Reopens the store, waiting for a cancelled task's last blocking commit to let go of it.
-async fn reopen(path: &std::path::Path) -> Arc<EmbeddedStore> {
-    for _ in 0..100 {
-        if let Ok(s) = EmbeddedStore::open(path) {
-            return Arc::new(s);
+/// Which view store a test runs on.
+enum Stores {
+    /// The embedded file.
+    Embedded(std::path::PathBuf),
+    /// A real `redis-server` (kept running for the test).
+    Redis(LocalRedis, Vec<duet_config::ViewSpec>),
+}
+
+impl Stores {
+    fn new(redis: bool, cfg: &Config, dir: &std::path::Path) -> Stores {
+        if redis {
+            Stores::Redis(
+                LocalRedis::start(&dir.join("redis")).unwrap(),
+                cfg.views.clone(),
+            )
+        } else {
+            Stores::Embedded(cfg.store.path.clone().into())
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the store at {} stayed locked", path.display());
+
+    /// Opens the store as a restarted worker does: the embedded file once a cancelled task's
+    /// last blocking commit let go of it; Redis with a new connection (and new epochs).
+    async fn reopen(&self) -> Arc<dyn ViewStore> {
+        match self {
+            Stores::Embedded(path) => {
+                for _ in 0..100 {
+                    if let Ok(s) = EmbeddedStore::open(path) {
+                        return Arc::new(s);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                panic!("the store at {} stayed locked", path.display());
+            }
+            Stores::Redis(server, views) => Arc::new(
+                RedisStore::connect(&server.url(), "duet", views)
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
 }
 
 fn spawn_speed(
     cfg: &Arc<Config>,
     bootstrap: &str,
-    store: Arc<EmbeddedStore>,
+    store: Arc<dyn ViewStore>,
     rx: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(duet_jobs::app::speed(
@@ -83,15 +115,25 @@ async fn rendered(cfg: &Config, store: &dyn ViewStore) -> BTreeMap<String, BTree
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_aborted_speed_layer_restarts_without_loss_or_double_count() {
-    tokio::time::timeout(Duration::from_secs(180), run())
+    tokio::time::timeout(Duration::from_secs(180), run(false))
         .await
         .expect("the restart test timed out");
 }
 
-async fn run() {
+/// The same with the Redis store: each restart is a new worker that takes the partitions
+/// with new epochs, while the aborted one's last script may still be in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aborted_speed_layer_restarts_without_loss_or_double_count_on_redis() {
+    tokio::time::timeout(Duration::from_secs(180), run(true))
+        .await
+        .expect("the restart test timed out");
+}
+
+async fn run(redis: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = reference_config(dir.path());
     cfg.speed.batch_max = 20;
+    let stores = Stores::new(redis, &cfg, dir.path());
     let cfg = Arc::new(cfg);
     let topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
     let kafka = EmbeddedKafka::start(&topics, cfg.kafka.partitions).unwrap();
@@ -108,10 +150,9 @@ async fn run() {
     produce(&producer, first, &mut end).await;
 
     // run, then abort mid-stream, a few times
-    let path = std::path::PathBuf::from(&cfg.store.path);
     // run, and abort as soon as another batch has been committed, three times
     let total: i64 = end.values().sum();
-    let done = |store: Arc<EmbeddedStore>| {
+    let done = |store: Arc<dyn ViewStore>| {
         let (topics, group) = (topics.clone(), group.clone());
         async move {
             let mut n = 0;
@@ -128,7 +169,7 @@ async fn run() {
     };
     let mut progress = vec![0];
     for _ in 0..3 {
-        let store = reopen(&path).await;
+        let store = stores.reopen().await;
         let (_stop, rx) = watch::channel(false);
         let task = spawn_speed(&cfg, &bootstrap, store.clone(), rx);
         let before = *progress.last().unwrap_or(&0);
@@ -151,7 +192,7 @@ async fn run() {
     );
 
     produce(&producer, &second, &mut end).await;
-    let store = reopen(&path).await;
+    let store = stores.reopen().await;
     let (stop, rx) = watch::channel(false);
     let task = spawn_speed(&cfg, &bootstrap, store.clone(), rx);
     let start = std::time::Instant::now();

@@ -400,7 +400,9 @@ impl RedisStore {
     /// How long `view` keeps a state after its bucket ends (a view unknown to this process:
     /// one week).
     fn retention(&self, view: &str) -> i64 {
-        self.views.get(view).map_or(7 * 86_400_000, |t| t.retention_ms)
+        self.views
+            .get(view)
+            .map_or(7 * 86_400_000, |t| t.retention_ms)
     }
 
     /// How long after `bucket` started a state of `view` is kept: to the bucket's end plus
@@ -493,11 +495,8 @@ impl RedisStore {
                 }
             }
         }
-        let owned: HashMap<PartitionKey, Owned> = self
-            .owned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let owned: HashMap<PartitionKey, Owned> =
+            self.owned.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut quarantine: HashMap<(&str, i32), Vec<&Quarantined>> = HashMap::new();
         for q in &batch.quarantine {
             quarantine
@@ -741,10 +740,9 @@ impl ViewStore for RedisStore {
         for (t, r) in tags.iter().zip(replies) {
             let flat = items(r);
             for pair in flat.chunks(2) {
-                if let (Some(label), Some(ms)) = (
-                    pair.first().and_then(text),
-                    pair.get(1).and_then(int),
-                ) {
+                if let (Some(label), Some(ms)) =
+                    (pair.first().and_then(text), pair.get(1).and_then(int))
+                {
                     wanted.push((format!("{}state:{view}:{label}", self.base(t)), ms));
                 }
             }
@@ -758,19 +756,22 @@ impl ViewStore for RedisStore {
         for ((_, bucket), r) in wanted.into_iter().zip(replies) {
             for (field, value) in pairs(r) {
                 let Some(dims) = text(&field) else { continue };
-                let dims: DimKey = serde_json::from_str(&dims).map_err(|source| Error::Corrupt {
-                    what: "dimension key",
-                    source,
-                })?;
+                let dims: DimKey =
+                    serde_json::from_str(&dims).map_err(|source| Error::Corrupt {
+                        what: "dimension key",
+                        source,
+                    })?;
                 let Some(b) = bytes(&value) else { continue };
                 match codec::decode(print, b) {
                     Ok(states) => match merged.get_mut(&(bucket, dims.clone())) {
-                        Some(acc) => duet_config::measure::merge_row(acc, states).map_err(
-                            |source| Error::Merge {
-                                view: view.to_string(),
-                                source,
-                            },
-                        )?,
+                        Some(acc) => {
+                            duet_config::measure::merge_row(acc, states).map_err(|source| {
+                                Error::Merge {
+                                    view: view.to_string(),
+                                    source,
+                                }
+                            })?
+                        }
                         None => {
                             merged.insert((bucket, dims), states);
                         }
@@ -814,7 +815,12 @@ impl ViewStore for RedisStore {
             }
         }
         out.sort_by(|a, b| {
-            (b.at_ms, &b.topic, b.partition, b.offset).cmp(&(a.at_ms, &a.topic, a.partition, a.offset))
+            (b.at_ms, &b.topic, b.partition, b.offset).cmp(&(
+                a.at_ms,
+                &a.topic,
+                a.partition,
+                a.offset,
+            ))
         });
         out.truncate(limit);
         Ok(out)
@@ -824,7 +830,9 @@ impl ViewStore for RedisStore {
         let v: Option<i64> = self
             .query(
                 "read a watermark",
-                redis::cmd("HGET").arg(self.global("watermarks")).arg(source),
+                redis::cmd("HGET")
+                    .arg(self.global("watermarks"))
+                    .arg(source),
             )
             .await?;
         Ok(v)
@@ -1037,7 +1045,12 @@ measures = [{ name = "n", kind = "count" }]
         let (_dir, _server, store) = server().await;
         store.assign(&[part(0), part(1)]).await.unwrap();
         store
-            .commit(batch(0, 5, &[(key("a", 60_000), 2)], &[seen("e1", &[("a", 120_000)])]))
+            .commit(batch(
+                0,
+                5,
+                &[(key("a", 60_000), 2)],
+                &[seen("e1", &[("a", 120_000)])],
+            ))
             .await
             .unwrap();
         store
@@ -1045,12 +1058,19 @@ measures = [{ name = "n", kind = "count" }]
             .await
             .unwrap();
         store
-            .commit(batch(1, 4, &[(key("a", 60_000), 10), (key("a", 120_000), 1)], &[]))
+            .commit(batch(
+                1,
+                4,
+                &[(key("a", 60_000), 10), (key("a", 120_000), 1)],
+                &[],
+            ))
             .await
             .unwrap();
         let rows = store.read("a", 0, 180_000).await.unwrap();
         assert_eq!(
-            rows.iter().map(|r| (r.bucket, r.states.clone())).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| (r.bucket, r.states.clone()))
+                .collect::<Vec<_>>(),
             vec![
                 (60_000, vec![State::Count(15)]),
                 (120_000, vec![State::Count(1)])
@@ -1082,7 +1102,8 @@ measures = [{ name = "n", kind = "count" }]
         )
         .await;
         assert!(field.is_some());
-        let offset: Option<String> = raw(&store, redis::cmd("GET").arg("duet:{g/t/1}:offset")).await;
+        let offset: Option<String> =
+            raw(&store, redis::cmd("GET").arg("duet:{g/t/1}:offset")).await;
         assert_eq!(offset.as_deref(), Some("4"));
         // a state expires its view's retention after its bucket ends, or after it was
         // written if that is later (as here: the bucket is in 1970)
@@ -1151,7 +1172,12 @@ measures = [{ name = "n", kind = "count" }]
             .map(|t| seen(&format!("id{t}"), &[("a", t * 60_000), ("b", 3_600_000)]))
             .collect();
         store
-            .commit(batch(0, 1, &[(key("b", 0), 1), (key("b", 3_600_000), 2)], &ids))
+            .commit(batch(
+                0,
+                1,
+                &[(key("b", 0), 1), (key("b", 3_600_000), 2)],
+                &ids,
+            ))
             .await
             .unwrap();
         // an id is kept once per view it counts in
@@ -1171,7 +1197,12 @@ measures = [{ name = "n", kind = "count" }]
                 .all(|s| *s)
         );
         // b sealed past the hour: every id goes; b's first hour is dropped after retention
-        let mut b = batch(0, 3, &[], &[seen("late", &[("a", 60_000), ("b", 3_600_000)])]);
+        let mut b = batch(
+            0,
+            3,
+            &[],
+            &[seen("late", &[("a", 60_000), ("b", 3_600_000)])],
+        );
         b.sealed_until.insert("a".into(), 600_000);
         b.sealed_until.insert("b".into(), 3_600_000);
         b.drop_states_before.insert("b".into(), 3_600_000);
@@ -1209,14 +1240,22 @@ measures = [{ name = "n", kind = "count" }]
         let q = store.quarantine(10).await.unwrap();
         assert_eq!(q.len(), 1);
         assert_eq!((q[0].offset, q[0].reason.as_str()), (7, "not valid JSON"));
-        let defs: BTreeMap<String, ViewDefinition> =
-            views().iter().map(|v| (v.name.clone(), v.definition())).collect();
+        let defs: BTreeMap<String, ViewDefinition> = views()
+            .iter()
+            .map(|v| (v.name.clone(), v.definition()))
+            .collect();
         store.record_definitions(defs.clone()).await.unwrap();
         assert_eq!(store.definitions().await.unwrap(), defs);
         let st = store.stats().await.unwrap();
         assert!(st.bytes > 0 && st.last_commit_ms == Some(1_000), "{st:?}");
         store.drop_view("a").await.unwrap();
-        assert!(store.read("a", i64::MIN, i64::MAX).await.unwrap().is_empty());
+        assert!(
+            store
+                .read("a", i64::MIN, i64::MAX)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert!(!store.definitions().await.unwrap().contains_key("a"));
     }
 
