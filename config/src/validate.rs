@@ -756,22 +756,29 @@ mod tests {
     #[test]
     fn store_and_retention_settings_are_checked() {
         let cfg = load(
-            &(GOOD.to_string() + "\n[store]\nurl = \"redis://127.0.0.1:6379/0\"\nretention = \"2d\"\n"),
+            &(GOOD.to_string()
+                + "\n[store]\nurl = \"redis://127.0.0.1:6379/0\"\nretention = \"2d\"\n"),
             Path::new("t.toml"),
             &[],
         )
         .unwrap();
         assert_eq!(cfg.store.url.as_deref(), Some("redis://127.0.0.1:6379/0"));
         assert_eq!(cfg.views[0].retention_ms, 2 * 86_400_000);
-        let bad = GOOD.replacen("bucket = \"1m\"", "bucket = \"1m\"\nretention = \"forever\"", 1)
-            + "\n[store]\nurl = \"localhost:6379\"\nprefix = \"duet{x}\"\n";
+        let bad = GOOD.replacen(
+            "bucket = \"1m\"",
+            "bucket = \"1m\"\nretention = \"forever\"",
+            1,
+        ) + "\n[store]\nurl = \"localhost:6379\"\nprefix = \"duet{x}\"\n";
         let p = problems(&bad);
         for e in [
             "store.url: expected a Redis URL such as redis://127.0.0.1:6379/0, found \"localhost:6379\"",
             "store.prefix: expected letters, digits",
             "views[0].retention: duration `forever`",
         ] {
-            assert!(p.iter().any(|x| x.starts_with(e)), "missing {e:?} in {p:#?}");
+            assert!(
+                p.iter().any(|x| x.starts_with(e)),
+                "missing {e:?} in {p:#?}"
+            );
         }
         assert_eq!(p.len(), 3, "{p:#?}");
     }

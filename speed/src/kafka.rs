@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use duet_config::KafkaConfig;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -101,28 +101,7 @@ impl AssignedConsumer {
 
     /// Receives up to `max` messages, waiting at most `wait` after the first call.
     pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Msg>> {
-        let deadline = Instant::now() + wait;
-        let mut out = Vec::new();
-        while out.len() < max {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(left, self.consumer.recv()).await {
-                Err(_) => break,
-                Ok(Err(e)) => {
-                    tracing::warn!(group = %self.group, error = %e, "Kafka receive error.");
-                }
-                Ok(Ok(m)) => out.push(Msg {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    timestamp_ms: m.timestamp().to_millis().filter(|t| *t >= 0),
-                }),
-            }
-        }
-        Ok(out)
+        receive(&self.consumer, &self.group, max, wait).await
     }
 
     /// Whether the consumer has read everything the broker has of `topic`/`partition`, given
@@ -159,21 +138,212 @@ impl AssignedConsumer {
 
     /// Tells the group how far we got (monitoring only; Duet's own state is the truth).
     pub fn commit_progress(&self, next: &HashMap<(String, i32), i64>) {
-        let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in next {
-            if tpl.add_partition_offset(t, *p, Offset::Offset(*o)).is_err() {
+        commit_progress(self.consumer.as_ref(), &self.group, next);
+    }
+}
+
+/// Commits `next` offsets to the group, asynchronously (monitoring only).
+fn commit_progress<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    group: &str,
+    next: &HashMap<(String, i32), i64>,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in next {
+        if tpl.add_partition_offset(t, *p, Offset::Offset(*o)).is_err() {
+            return;
+        }
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::debug!(%group, error = %e, "Offset commit to the group failed.");
+    }
+}
+
+/// Receives up to `max` messages from `consumer`, waiting at most `wait`.
+async fn receive<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    group: &str,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<Msg>> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    while out.len() < max {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(e)) => {
+                tracing::warn!(%group, error = %e, "Kafka receive error.");
+            }
+            Ok(Ok(m)) => out.push(Msg {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                timestamp_ms: m.timestamp().to_millis().filter(|t| *t >= 0),
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// A change of a group member's partitions, as the group protocol reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebalanced {
+    /// Partitions added to this member (topic, partition).
+    Assigned(Vec<(String, i32)>),
+    /// Partitions taken from this member.
+    Revoked(Vec<(String, i32)>),
+}
+
+/// Collects rebalances as librdkafka reports them (inside a poll) for the consumer's owner to
+/// act on between batches.
+#[derive(Default)]
+pub struct GroupContext {
+    events: std::sync::Mutex<Vec<Rebalanced>>,
+}
+
+impl rdkafka::ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        use rdkafka::consumer::Rebalance;
+        let list = |tpl: &TopicPartitionList| -> Vec<(String, i32)> {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect()
+        };
+        let event = match rebalance {
+            Rebalance::Assign(tpl) => Rebalanced::Assigned(list(tpl)),
+            Rebalance::Revoke(tpl) => Rebalanced::Revoked(list(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "Kafka rebalance error.");
                 return;
             }
+        };
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+    }
+}
+
+/// A member of a consumer group (cooperative-sticky assignment): Kafka spreads the topics'
+/// partitions over the group's members and moves them as members come and go.
+pub struct GroupConsumer {
+    consumer: std::sync::Arc<StreamConsumer<GroupContext>>,
+    group: String,
+}
+
+impl GroupConsumer {
+    /// Joins `group` for `topics` (waiting up to `wait` for the topics to exist).
+    pub async fn new(
+        kafka: &KafkaConfig,
+        bootstrap: &str,
+        group: &str,
+        topics: &[String],
+        wait: Duration,
+    ) -> Result<GroupConsumer> {
+        let mut config = client_config(kafka, bootstrap, Some(group));
+        // defaults a config's pass-through settings may override
+        // a crashed member's partitions move after `session.timeout.ms`: 10 s rather than
+        // librdkafka's 45 s (6 s is the brokers' usual minimum)
+        for (k, v) in [
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
+        ] {
+            if !kafka.client.contains_key(k) {
+                config.set(k, v);
+            }
         }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!(group = %self.group, error = %e, "Offset commit to the group failed.");
+        let consumer: StreamConsumer<GroupContext> = config
+            .create_with_context(GroupContext::default())
+            .map_err(|source| Error::Kafka {
+                context: format!("create consumer for {bootstrap}"),
+                source,
+            })?;
+        for topic in topics {
+            partitions(&consumer, bootstrap, topic, wait).await?;
         }
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(|source| Error::Kafka {
+            context: format!("subscribe to {}", names.join(", ")),
+            source,
+        })?;
+        Ok(GroupConsumer {
+            consumer: std::sync::Arc::new(consumer),
+            group: group.to_string(),
+        })
+    }
+
+    /// Receives up to `max` messages, waiting at most `wait`. Rebalances happen inside this
+    /// call; [`GroupConsumer::rebalances`] tells what they changed.
+    pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Msg>> {
+        receive(&self.consumer, &self.group, max, wait).await
+    }
+
+    /// The rebalances since the last call, oldest first.
+    pub fn rebalances(&self) -> Vec<Rebalanced> {
+        std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Makes the next message read from `topic`/`partition` the one at `next` (the start of
+    /// the partition for `None`). Fails while the partition is not assigned yet.
+    pub fn seek(&self, topic: &str, partition: i32, next: Option<i64>) -> Result<()> {
+        let offset = next.map_or(Offset::Beginning, Offset::Offset);
+        self.consumer
+            .seek(topic, partition, offset, Duration::from_secs(5))
+            .map_err(|source| Error::Kafka {
+                context: format!("seek {topic}/{partition} to {offset:?}"),
+                source,
+            })
+    }
+
+    /// Starts the task that records the consumer lag of the assigned partitions (see
+    /// [`AssignedConsumer::watch_lag`]).
+    pub fn watch_lag(
+        &self,
+        counters: std::sync::Arc<crate::SpeedCounters>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let consumer = self.consumer.clone();
+        tokio::spawn(async move {
+            loop {
+                let c = consumer.clone();
+                if let Ok(lags) = tokio::task::spawn_blocking(move || lags(c.as_ref())).await {
+                    counters.clear_lag();
+                    counters.set_lag(lags);
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// Tells the group how far we got (monitoring only; the store's offsets are the truth).
+    pub fn commit_progress(&self, next: &HashMap<(String, i32), i64>) {
+        commit_progress(self.consumer.as_ref(), &self.group, next);
     }
 }
 
 /// The lag of each partition assigned to `consumer`: the broker's high watermark minus the
 /// consumer's position (its low watermark before the first fetch).
-fn lags(consumer: &impl Consumer) -> Vec<crate::PartitionLag> {
+fn lags<C: ConsumerContext>(consumer: &impl Consumer<C>) -> Vec<crate::PartitionLag> {
     let Ok(positions) = consumer.position() else {
         return Vec::new();
     };
@@ -215,8 +385,8 @@ pub async fn topic_partitions(
 }
 
 /// The partition ids of `topic`, waiting up to `wait` for it to appear.
-pub async fn partitions(
-    consumer: &impl Consumer,
+pub async fn partitions<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
     bootstrap: &str,
     topic: &str,
     wait: Duration,

@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod counters;
 pub mod error;
 pub mod kafka;
+pub mod positions;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,48 +47,54 @@ pub async fn run(
     let group = group(cfg);
     let agg = Aggregator::new(cfg, &group);
     let topics = agg.topics();
-    // take every partition in the store first (a Redis store then refuses any other worker
-    // still writing them), then start where the store says
-    let mut parts = Vec::new();
-    for t in &topics {
-        for p in kafka::topic_partitions(&cfg.kafka, bootstrap, t, Duration::from_secs(60)).await? {
-            parts.push(PartitionKey {
-                group: group.clone(),
-                topic: t.clone(),
-                partition: p,
-            });
-        }
-    }
-    store.assign(&parts).await?;
-    let mut start: HashMap<(String, i32), i64> = HashMap::new();
-    for t in &topics {
-        for (p, o) in store.offsets(&group, t).await? {
-            start.insert((t.clone(), p), o);
-        }
-    }
-    let consumer = kafka::AssignedConsumer::new(
+    let consumer = kafka::GroupConsumer::new(
         &cfg.kafka,
         bootstrap,
         &group,
         &topics,
-        |t, p| start.get(&(t.to_string(), p)).copied(),
         Duration::from_secs(60),
     )
     .await?;
-    tracing::info!(%group, ?topics, "Speed layer consuming.");
+    tracing::info!(%group, ?topics, "Speed layer joined its consumer group.");
     let _lag = AbortOnDrop(consumer.watch_lag(counters.clone(), Duration::from_secs(2)));
     let wait = Duration::from_millis(cfg.speed_batch_ms as u64);
+    let mut positions = positions::Positions::default();
     loop {
         let msgs = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
             m = consumer.next_batch(cfg.speed.batch_max, wait) => m?,
         };
-        if msgs.is_empty() {
-            continue;
+        // partitions the group gave or took while we polled: taken ones start where the store
+        // says (a Redis store refuses from now on any worker that held them before)
+        for event in consumer.rebalances() {
+            counters.rebalances.fetch_add(1, Ordering::Relaxed);
+            match event {
+                kafka::Rebalanced::Revoked(list) => {
+                    tracing::info!(%group, partitions = ?list, "Partitions revoked.");
+                    for (t, p) in &list {
+                        positions.revoke(t, *p);
+                    }
+                    store.release(&keys(&group, &list)).await?;
+                }
+                kafka::Rebalanced::Assigned(list) => {
+                    tracing::info!(%group, partitions = ?list, "Partitions assigned.");
+                    take(store.as_ref(), &group, &list, &mut positions).await?;
+                }
+            }
         }
         counters
             .consumed
             .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        let msgs = positions.filter(msgs);
+        for s in positions.unsought() {
+            match consumer.seek(&s.topic, s.partition, s.next) {
+                Ok(()) => positions.sought(&s.topic, s.partition),
+                Err(e) => tracing::debug!(error = %e, "Seek deferred."),
+            }
+        }
+        if msgs.is_empty() {
+            continue;
+        }
         let now = now_ms();
         let frontiers = sealed.borrow().clone();
         let (batch, stats) = agg.build(&msgs, store.as_ref(), now, &frontiers).await?;
@@ -96,7 +103,18 @@ pub async fn run(
             .map(|(k, o)| ((k.topic.clone(), k.partition), o))
             .collect();
         let started = Instant::now();
-        store.commit(batch).await?;
+        match store.commit(batch).await {
+            Ok(()) => {}
+            Err(Error::Fenced { detail }) => {
+                // another worker wrote, or the server lost writes: start again from the store
+                tracing::warn!(%group, %detail, "Store refused a batch; reading again from the stored offsets.");
+                let owned = positions.owned();
+                positions = positions::Positions::default();
+                take(store.as_ref(), &group, &owned, &mut positions).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         counters.commit_latency.observe(started.elapsed());
         consumer.commit_progress(&progress);
         counters.applied.fetch_add(stats.applied, Ordering::Relaxed);
@@ -108,6 +126,34 @@ pub async fn run(
             .fetch_add(stats.quarantined, Ordering::Relaxed);
         counters.late.fetch_add(stats.late, Ordering::Relaxed);
         counters.batches.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn keys(group: &str, list: &[(String, i32)]) -> Vec<PartitionKey> {
+    list.iter()
+        .map(|(t, p)| PartitionKey {
+            group: group.to_string(),
+            topic: t.clone(),
+            partition: *p,
+        })
+        .collect()
+}
+
+/// Takes `list` in the store and records where the store stands in each.
+async fn take(
+    store: &dyn ViewStore,
+    group: &str,
+    list: &[(String, i32)],
+    positions: &mut positions::Positions,
+) -> Result<()> {
+    store.assign(&keys(group, list)).await?;
+    let mut stored: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+    for (t, p) in list {
+        if !stored.contains_key(t) {
+            stored.insert(t.clone(), store.offsets(group, t).await?);
+        }
+        positions.take(t, *p, stored.get(t).and_then(|o| o.get(p)).copied());
     }
     Ok(())
 }

@@ -159,6 +159,11 @@ pub trait ViewStore: Send + Sync {
         let _ = parts;
         Ok(())
     }
+    /// Gives up `parts` (revoked from this worker): what is held of them in memory is dropped.
+    async fn release(&self, parts: &[PartitionKey]) -> Result<()> {
+        let _ = parts;
+        Ok(())
+    }
     /// Applies a batch atomically: all of it or none of it.
     async fn commit(&self, batch: SpeedBatch) -> Result<()>;
     /// The next offsets to read for a consumer group and topic, per partition.

@@ -674,6 +674,16 @@ impl ViewStore for RedisStore {
         self.take(parts).await
     }
 
+    async fn release(&self, parts: &[PartitionKey]) -> Result<()> {
+        let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        for p in parts {
+            owned.remove(p);
+            cache.retain(|(q, _), _| q != p);
+        }
+        Ok(())
+    }
+
     async fn commit(&self, batch: SpeedBatch) -> Result<()> {
         self.apply(batch).await
     }
