@@ -116,9 +116,67 @@ pub fn isolate_run(cfg: &mut Config) {
     cfg.kafka.group_prefix = format!("{}-{:08x}", cfg.kafka.group_prefix, rand::random::<u32>());
 }
 
+/// A part of a deployment that can run in a process of its own (`duet run --only PART`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The speed layer: a member of the speed consumer group.
+    Speed,
+    /// The lake sink.
+    Lake,
+    /// The scheduler: batch recomputes, seals, compaction, vacuum.
+    Batch,
+    /// Only the HTTP API.
+    Serving,
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Part::Speed => "speed",
+            Part::Lake => "lake",
+            Part::Batch => "batch",
+            Part::Serving => "serving",
+        })
+    }
+}
+
 /// Starts every part of `cfg`, each under a supervisor that restarts it when it fails;
 /// `generate` sets the event generator's rate per second.
-pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
+pub async fn start(cfg: Config, generate: Option<u32>) -> Result<Running> {
+    start_parts(cfg, generate, None).await
+}
+
+/// Checks that `cfg` lets `only` run in a process of its own: the other processes must reach
+/// the same Kafka and view store, so neither may be the embedded one.
+pub fn check_split(cfg: &Config, only: Part) -> Result<()> {
+    if cfg.kafka.bootstrap_servers.is_none() {
+        anyhow::bail!(
+            "`--only {only}` runs one part in this process, so the others must reach its Kafka: set `[kafka] bootstrap_servers` in {} (the embedded cluster lives inside one process)",
+            cfg.file.display()
+        );
+    }
+    if cfg.store.url.is_none() {
+        anyhow::bail!(
+            "`--only {only}` runs one part in this process, so the others must reach its view store: set `[store] url` (Redis) in {} (the embedded store is a file one process holds; with it every part runs in one process)",
+            cfg.file.display()
+        );
+    }
+    Ok(())
+}
+
+/// Starts the parts of `cfg` (all of them, or only `only` and the HTTP API, which every
+/// process serves for `/health` and `/metrics`), each under a supervisor that restarts it
+/// when it fails; `generate` sets the event generator's rate per second. A speed layer
+/// without the scheduler in its process follows the seal ledger itself.
+pub async fn start_parts(
+    mut cfg: Config,
+    generate: Option<u32>,
+    only: Option<Part>,
+) -> Result<Running> {
+    if let Some(part) = only {
+        check_split(&cfg, part)?;
+    }
+    let runs = |p: Part| only.is_none_or(|o| o == p);
     if cfg.kafka.bootstrap_servers.is_none() {
         isolate_run(&mut cfg);
     }
@@ -156,7 +214,8 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
     let mut spawn = |name: &'static str, start: Box<dyn FnMut() -> PartFuture + Send>| {
         tasks.spawn(supervise(name, parts.clone(), backoff, rx.clone(), start));
     };
-    {
+    if runs(Part::Speed) {
+        let sealed_rx = sealed_rx.clone();
         let (cfg, bootstrap, store, counters, rx) = (
             cfg.clone(),
             bootstrap.clone(),
@@ -178,7 +237,7 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
             }),
         );
     }
-    {
+    if runs(Part::Lake) {
         let (cfg, bootstrap, lake, rx) = (cfg.clone(), bootstrap.clone(), lake.clone(), rx.clone());
         spawn(
             "lake sink",
@@ -192,7 +251,7 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
             }),
         );
     }
-    {
+    if runs(Part::Batch) {
         let (cfg, lake, rx) = (cfg.clone(), lake.clone(), rx.clone());
         let check = crate::scheduler::SealCheck {
             store: store.clone(),
@@ -212,6 +271,25 @@ pub async fn start(mut cfg: Config, generate: Option<u32>) -> Result<Running> {
                 );
                 Box::pin(async move {
                     crate::scheduler::run(&cfg, &lake, &sealed, Some(&check), rx).await
+                })
+            }),
+        );
+    } else if runs(Part::Speed) {
+        // the scheduler runs elsewhere: learn the sealed frontiers from the ledger
+        let (cfg, lake, rx) = (cfg.clone(), lake.clone(), rx.clone());
+        spawn(
+            "seal follower",
+            Box::new(move || {
+                let (cfg, lake, mut rx, sealed) =
+                    (cfg.clone(), lake.clone(), rx.clone(), sealed_tx.clone());
+                Box::pin(async move {
+                    loop {
+                        crate::scheduler::publish_sealed(&cfg, &lake, &sealed).await?;
+                        tokio::select! {
+                            _ = rx.wait_for(|s| *s) => return Ok(()),
+                            () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                        }
+                    }
                 })
             }),
         );

@@ -50,6 +50,13 @@ enum Command {
         /// Also generate seed-shaped events at this rate per second.
         #[arg(long)]
         generate: Option<u32>,
+        /// Run only this part in this process (and the HTTP API, for /health and /metrics);
+        /// needs [kafka] bootstrap_servers and [store] url, which the processes share.
+        #[arg(long, value_enum)]
+        only: Option<OnlyPart>,
+        /// Address of the HTTP API (default: [serving] bind).
+        #[arg(long)]
+        http: Option<String>,
     },
     /// Config file commands.
     Config {
@@ -278,7 +285,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(h) = http {
                 cfg.serving.bind = h;
             }
-            serve(cfg, Some(rate)).await
+            serve(cfg, Some(rate), None).await
         }
         Command::Bench {
             events,
@@ -304,7 +311,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("(written to {})", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { generate } => serve(load_config(&config)?, generate).await,
+        Command::Run {
+            generate,
+            only,
+            http,
+        } => {
+            let mut cfg = load_config(&config)?;
+            if let Some(addr) = http {
+                cfg.serving.bind = addr;
+            }
+            serve(cfg, generate, only.map(OnlyPart::part)).await
+        }
         Command::Jobs {
             command: JobsCommand::List,
         } => {
@@ -577,6 +594,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The parts `duet run --only` accepts.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OnlyPart {
+    /// The speed layer (a member of the speed consumer group).
+    Speed,
+    /// The lake sink.
+    Lake,
+    /// The scheduler (batch recomputes and seals).
+    Batch,
+    /// Only the HTTP API.
+    Serving,
+}
+
+impl OnlyPart {
+    fn part(self) -> duet_jobs::app::Part {
+        match self {
+            OnlyPart::Speed => duet_jobs::app::Part::Speed,
+            OnlyPart::Lake => duet_jobs::app::Part::Lake,
+            OnlyPart::Batch => duet_jobs::app::Part::Batch,
+            OnlyPart::Serving => duet_jobs::app::Part::Serving,
+        }
+    }
+}
+
 fn find_view<'a>(cfg: &'a Config, view: &str) -> Result<&'a duet_config::ViewSpec> {
     cfg.view(view).with_context(|| {
         format!(
@@ -591,9 +632,13 @@ fn find_view<'a>(cfg: &'a Config, view: &str) -> Result<&'a duet_config::ViewSpe
 }
 
 #[allow(clippy::print_stdout)]
-async fn serve(cfg: Config, generate: Option<u32>) -> Result<ExitCode> {
+async fn serve(
+    cfg: Config,
+    generate: Option<u32>,
+    only: Option<duet_jobs::app::Part>,
+) -> Result<ExitCode> {
     use std::io::Write as _;
-    let running = duet_jobs::app::start(cfg, generate).await?;
+    let running = duet_jobs::app::start_parts(cfg, generate, only).await?;
     let banner = format!(
         "Duet is running.\n  HTTP API:        http://{}/v1/views\n  Kafka bootstrap: {}{}\n  Stop with Ctrl-C.\n",
         running.http,

@@ -267,11 +267,29 @@ impl Drop for Demo {
 }
 
 fn start_demo(data: &std::path::Path, log: &std::path::Path) -> Demo {
+    let data = data.to_str().unwrap();
+    start_duet(
+        &[
+            "demo",
+            "--rate",
+            "300",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            data,
+        ],
+        &[("DUET_LAKE__FLUSH_INTERVAL", "300ms")],
+        log,
+    )
+}
+
+/// Starts `duet ARGS` with `envs`, its log in `log`, and waits for the banner with its HTTP
+/// address.
+fn start_duet(args: &[&str], envs: &[(&str, &str)], log: &std::path::Path) -> Demo {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_duet"))
-        .args(["demo", "--rate", "300", "--http", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .env("DUET_LAKE__FLUSH_INTERVAL", "300ms")
+        .args(args)
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -296,11 +314,16 @@ fn start_demo(data: &std::path::Path, log: &std::path::Path) -> Demo {
     }
     let demo = Demo {
         child,
-        addr: addr.expect("the demo prints its HTTP address"),
+        addr: addr.unwrap_or_else(|| {
+            panic!(
+                "duet {args:?} printed no HTTP address; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        }),
     };
     assert!(
         bootstrap
-            .expect("the demo prints the Kafka bootstrap")
+            .expect("duet prints the Kafka bootstrap")
             .contains("127.0.0.1:")
     );
     demo
@@ -320,10 +343,11 @@ fn orders(addr: &str) -> i64 {
         .sum()
 }
 
-fn raw_orders(data: &std::path::Path) -> u64 {
+/// Orders in the raw table of the lake at `lake`.
+fn raw_orders(lake: &std::path::Path) -> u64 {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let lake = duet_lake::Lake::open(data.join("lake").to_str().unwrap()).unwrap();
+        let lake = duet_lake::Lake::open(lake.to_str().unwrap()).unwrap();
         duet_lake::raw::raw_count(&lake, "orders")
             .await
             .unwrap_or(0)
@@ -350,7 +374,9 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     wait("orders in the first run", || orders(&first.addr) > 0);
     let health = http_get(&first.addr, "/health").unwrap();
     assert!(health.contains("\"ok\""), "{health}");
-    wait("raw orders in the lake", || raw_orders(dir.path()) > 0);
+    wait("raw orders in the lake", || {
+        raw_orders(&dir.path().join("lake")) > 0
+    });
     wait("the generator's malformed events in the quarantine", || {
         http_get(&first.addr, "/v1/quarantine").is_some_and(|b| b.contains("\"reason\""))
     });
@@ -362,14 +388,14 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     assert!(text.contains("quarantined "), "{text}");
     assert!(!text.contains("Quarantined event"), "{text}");
     drop(first); // SIGKILL
-    let before_lake = raw_orders(dir.path());
+    let before_lake = raw_orders(&dir.path().join("lake"));
     let second = start_demo(dir.path(), &logs.path().join("second.log"));
     let carried = orders(&second.addr);
     assert!(carried > 0, "the views' state carries over a restart");
     // events of the new run (a new embedded cluster, offsets from 0 again) reach both layers
     wait("new orders in the views", || orders(&second.addr) > carried);
     wait("new raw orders in the lake", || {
-        raw_orders(dir.path()) > before_lake + 20
+        raw_orders(&dir.path().join("lake")) > before_lake + 20
     });
 }
 
@@ -414,4 +440,69 @@ fn bench_writes_a_report_with_baselines() {
         .filter(|l| l.starts_with("| ") && l.ends_with(" |") && !l.contains("---"))
         .collect();
     assert!(rows.len() >= 14, "{report}");
+}
+
+/// `duet run --only PART` splits a deployment over processes that share a Kafka and a Redis:
+/// two speed workers share the partitions (each applies a part), a lake sink and a serving
+/// process with the generator; the serving process answers from what the workers wrote. With
+/// the embedded Kafka or store the split is refused, saying what to set.
+#[test]
+fn parts_run_in_processes_of_their_own() {
+    let (code, out) = duet(&["run", "--only", "speed", "-c", reference()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("set `[kafka] bootstrap_servers`"), "{out}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_duet"));
+    let out = cmd
+        .args(["run", "--only", "serving", "-c", reference()])
+        .env("DUET_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("set `[store] url` (Redis)"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let redis = duet_speed::store::LocalRedis::start(&dir.path().join("redis")).unwrap();
+    let topics = ["orders".to_string(), "user-behavior".to_string()];
+    let kafka = duet_jobs::embedded::EmbeddedKafka::start(&topics, 4).unwrap();
+    let bootstrap = kafka.bootstrap();
+    let lake = dir.path().join("lake");
+    let envs = [
+        ("DUET_KAFKA__BOOTSTRAP_SERVERS", bootstrap.as_str()),
+        ("DUET_STORE__URL", &redis.url()),
+        ("DUET_LAKE__URL", lake.to_str().unwrap()),
+        ("DUET_LAKE__FLUSH_INTERVAL", "300ms"),
+    ];
+    let part = |only: &str, name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--only",
+            only,
+            "--http",
+            "127.0.0.1:0",
+            "-c",
+            reference(),
+        ];
+        args.extend(extra);
+        start_duet(&args, &envs, &dir.path().join(format!("{name}.log")))
+    };
+    let speed_a = part("speed", "speed-a", &[]);
+    let speed_b = part("speed", "speed-b", &[]);
+    let _lake = part("lake", "lake", &[]);
+    let serving = part("serving", "serving", &["--generate", "300"]);
+    wait("orders served from what the speed workers wrote", || {
+        orders(&serving.addr) > 100
+    });
+    let applied = |addr: &str| -> u64 {
+        http_get(addr, "/metrics")
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("duet_speed_events_applied_total "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    wait("both speed workers applying their share", || {
+        applied(&speed_a.addr) > 0 && applied(&speed_b.addr) > 0
+    });
+    wait("raw orders in the lake", || raw_orders(&lake) > 0);
 }

@@ -2,7 +2,7 @@
 //! cancelled wherever it is), the store is closed and reopened, more events arrive (with
 //! re-deliveries of old ones), and the restarted layer's answer is still exact.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,35 +11,11 @@ use duet_jobs::embedded::EmbeddedKafka;
 use duet_jobs::generator::Generator;
 use duet_speed::store::LocalRedis;
 use duet_speed::{EmbeddedStore, RedisStore, ViewStore};
-use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::support::{Key, generated, ground_truth, reference_config};
+use crate::support::{caught_up, generated, ground_truth, produce, reference_config, rendered};
 
 const T0: i64 = 1_793_448_000_000;
-
-async fn produce(
-    p: &rdkafka::producer::FutureProducer,
-    msgs: &[(String, String, Vec<u8>)],
-    end: &mut HashMap<(String, i32), i64>,
-) {
-    for (topic, key, bytes) in msgs {
-        let (part, off) = duet_jobs::producer::send(p, topic, key, bytes)
-            .await
-            .unwrap();
-        let e = end.entry((topic.clone(), part)).or_insert(0);
-        *e = (*e).max(off + 1);
-    }
-}
-
-async fn caught_up(store: &dyn ViewStore, group: &str, end: &HashMap<(String, i32), i64>) -> bool {
-    for ((t, p), o) in end {
-        if store.offsets(group, t).await.unwrap().get(p) != Some(o) {
-            return false;
-        }
-    }
-    true
-}
 
 /// Which view store a test runs on.
 enum Stores {
@@ -97,20 +73,6 @@ fn spawn_speed(
         duet_jobs::app::no_seals(),
         rx,
     ))
-}
-
-async fn rendered(cfg: &Config, store: &dyn ViewStore) -> BTreeMap<String, BTreeMap<Key, Value>> {
-    let mut out = BTreeMap::new();
-    for v in &cfg.views {
-        let rows = store.read(&v.name, 0, i64::MAX).await.unwrap();
-        out.insert(
-            v.name.clone(),
-            rows.into_iter()
-                .map(|r| ((r.bucket, r.dims), Value::Object(v.render(&r.states))))
-                .collect(),
-        );
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,9 +1,10 @@
 //! Shared helpers: configs in a temp folder, and a ground truth computed independently of
 //! Duet's algebra, straight from the JSON events.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use duet_config::Config;
+use duet_speed::ViewStore;
 use serde_json::{Value, json};
 
 /// A row key: bucket start and dimension values.
@@ -241,4 +242,51 @@ pub fn generated(
             (topic, e.key.clone(), e.payload())
         })
         .collect()
+}
+
+/// Produces `msgs` (topic, key, bytes), raising `end` to the next offset of each partition.
+pub async fn produce(
+    p: &rdkafka::producer::FutureProducer,
+    msgs: &[(String, String, Vec<u8>)],
+    end: &mut HashMap<(String, i32), i64>,
+) {
+    for (topic, key, bytes) in msgs {
+        let (part, off) = duet_jobs::producer::send(p, topic, key, bytes)
+            .await
+            .unwrap();
+        let e = end.entry((topic.clone(), part)).or_insert(0);
+        *e = (*e).max(off + 1);
+    }
+}
+
+/// Whether `group`'s offsets in `store` reached `end` in every partition.
+pub async fn caught_up(
+    store: &dyn ViewStore,
+    group: &str,
+    end: &HashMap<(String, i32), i64>,
+) -> bool {
+    for ((t, p), o) in end {
+        if store.offsets(group, t).await.unwrap().get(p) != Some(o) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Every row of every view in `store`, rendered as the API renders values.
+pub async fn rendered(
+    cfg: &Config,
+    store: &dyn ViewStore,
+) -> BTreeMap<String, BTreeMap<Key, Value>> {
+    let mut out = BTreeMap::new();
+    for v in &cfg.views {
+        let rows = store.read(&v.name, 0, i64::MAX).await.unwrap();
+        out.insert(
+            v.name.clone(),
+            rows.into_iter()
+                .map(|r| ((r.bucket, r.dims), Value::Object(v.render(&r.states))))
+                .collect(),
+        );
+    }
+    out
 }
