@@ -10,6 +10,7 @@ pub mod producer;
 pub mod scheduler;
 pub mod status;
 pub mod supervise;
+pub mod tansu;
 pub mod verify;
 
 /// The reference deployment (`config/examples/ecommerce.toml`), built in.

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duet_config::Config;
-use duet_jobs::embedded::EmbeddedKafka;
 use duet_jobs::generator::Generator;
 use duet_speed::store::LocalRedis;
 use duet_speed::{RedisStore, SpeedCounters, ViewStore};
 use tokio::sync::watch;
 
-use crate::support::{caught_up, generated, ground_truth, produce, reference_config, rendered};
+use crate::support::{
+    Broker, caught_up, generated, ground_truth, produce, reference_config, rendered,
+};
 
 const T0: i64 = 1_793_448_000_000;
 
@@ -65,12 +66,20 @@ async fn applied_by(w: &Worker, more_than: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_joining_leaving_and_crashing_stay_exact() {
-    tokio::time::timeout(Duration::from_secs(240), run())
+    tokio::time::timeout(Duration::from_secs(240), run(false))
         .await
         .expect("the group test timed out");
 }
 
-async fn run() {
+/// The same on a broker nobody here wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_joining_leaving_and_crashing_stay_exact_on_tansu() {
+    tokio::time::timeout(Duration::from_secs(240), run(true))
+        .await
+        .expect("the group test timed out");
+}
+
+async fn run(tansu: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = reference_config(dir.path());
     cfg.kafka.partitions = 6;
@@ -78,7 +87,7 @@ async fn run() {
     let cfg = Arc::new(cfg);
     let redis = LocalRedis::start(&dir.path().join("redis")).unwrap();
     let topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
-    let kafka = EmbeddedKafka::start(&topics, cfg.kafka.partitions).unwrap();
+    let kafka = Broker::start(tansu, dir.path(), &topics, cfg.kafka.partitions);
     let bootstrap = kafka.bootstrap();
     let producer = duet_jobs::producer::producer(&cfg.kafka, &bootstrap).unwrap();
     let group = duet_speed::group(&cfg);

@@ -3,6 +3,7 @@
 mod agreement;
 mod dirty;
 mod e2e;
+mod faults;
 mod group;
 mod lagging;
 mod late;

@@ -250,12 +250,19 @@ pub async fn produce(
     msgs: &[(String, String, Vec<u8>)],
     end: &mut HashMap<(String, i32), i64>,
 ) {
-    for (topic, key, bytes) in msgs {
-        let (part, off) = duet_jobs::producer::send(p, topic, key, bytes)
-            .await
-            .unwrap();
-        let e = end.entry((topic.clone(), part)).or_insert(0);
-        *e = (*e).max(off + 1);
+    // up to 1 000 in flight (enqueued in order, so each partition keeps the order of `msgs`)
+    for window in msgs.chunks(1_000) {
+        let sent = futures::future::join_all(
+            window
+                .iter()
+                .map(|(topic, key, bytes)| duet_jobs::producer::send(p, topic, key, bytes)),
+        )
+        .await;
+        for ((topic, _, _), r) in window.iter().zip(sent) {
+            let (part, off) = r.unwrap();
+            let e = end.entry((topic.clone(), part)).or_insert(0);
+            *e = (*e).max(off + 1);
+        }
     }
 }
 
@@ -289,4 +296,35 @@ pub async fn rendered(
         );
     }
     out
+}
+
+/// The Kafka a test runs against: librdkafka's mock cluster, or a `tansu` broker (a
+/// Kafka-compatible broker written elsewhere, keeping its data on SQLite).
+pub enum Broker {
+    /// The embedded mock cluster.
+    Mock(duet_jobs::embedded::EmbeddedKafka),
+    /// A `tansu` child process.
+    Tansu(duet_jobs::tansu::LocalTansu),
+}
+
+impl Broker {
+    /// Starts the broker with `topics` of `partitions` partitions.
+    pub fn start(tansu: bool, dir: &std::path::Path, topics: &[String], partitions: i32) -> Broker {
+        if tansu {
+            Broker::Tansu(
+                duet_jobs::tansu::LocalTansu::start(&dir.join("tansu"), topics, partitions)
+                    .expect("start tansu (scripts/setup.sh installs it)"),
+            )
+        } else {
+            Broker::Mock(duet_jobs::embedded::EmbeddedKafka::start(topics, partitions).unwrap())
+        }
+    }
+
+    /// `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        match self {
+            Broker::Mock(k) => k.bootstrap(),
+            Broker::Tansu(t) => t.bootstrap(),
+        }
+    }
 }

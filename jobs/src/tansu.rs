@@ -1,0 +1,125 @@
+//! A `tansu` broker (a Kafka-compatible broker from the crates registry, not written here) as a
+//! child process on loopback, storing on SQLite so that it keeps its data across restarts:
+//! the tests and benchmarks run against it as well as against the embedded mock cluster.
+//! `scripts/setup.sh` installs it once into `~/.cache/duet-tools` (outside the clone).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Where the broker binary is: `$DUET_TANSU`, else `~/.cache/duet-tools/bin/tansu` (where
+/// `scripts/setup.sh` installs it), else `tansu` on `PATH`.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("DUET_TANSU") {
+        return p.into();
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let p = Path::new(&home).join(".cache/duet-tools/bin/tansu");
+        if p.exists() {
+            return p;
+        }
+    }
+    "tansu".into()
+}
+
+/// A running `tansu broker` on 127.0.0.1 with its SQLite data in a folder of its own. Killed
+/// when dropped.
+#[derive(Debug)]
+pub struct LocalTansu {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl LocalTansu {
+    /// Starts a broker keeping its data in `dir` on a free port and creates `topics` with
+    /// `partitions` partitions each.
+    pub fn start(dir: &Path, topics: &[String], partitions: i32) -> Result<LocalTansu> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("find a free port")?
+            .port();
+        let mut broker = LocalTansu {
+            child: None,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        broker.spawn()?;
+        for t in topics {
+            let out = Command::new(binary())
+                .args(["topic", "create", t, "--partitions"])
+                .arg(partitions.to_string())
+                .arg("--broker")
+                .arg(format!("tcp://127.0.0.1:{port}"))
+                .output()
+                .with_context(|| format!("run {} topic create", binary().display()))?;
+            if !out.status.success() {
+                bail!(
+                    "tansu topic create {t}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(broker)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.join("tansu.log")).context("create tansu.log")?;
+        let child = Command::new(binary())
+            .current_dir(&self.dir)
+            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("tansu.log")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "start {} (scripts/setup.sh installs it)",
+                    binary().display()
+                )
+            })?;
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "tansu on port {} did not listen within 10 s (log: {})",
+                    self.port,
+                    self.dir.join("tansu.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// `bootstrap.servers` of the broker.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the broker and starts it again on the same port and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for LocalTansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
