@@ -32,6 +32,18 @@ if ! command -v cargo-machete >/dev/null 2>&1; then
   cargo install --locked --quiet cargo-machete@0.9.2
 fi
 
+# A Kafka-compatible broker nobody here wrote, for the tests that run against it as well as
+# against the embedded mock cluster (tests start it themselves on 127.0.0.1). Built once from
+# the crates registry (about 20 minutes on 2 cores) and cached outside the clone; with the
+# libsql storage engine it keeps its data across restarts.
+TOOLS="${DUET_TOOLS:-$HOME/.cache/duet-tools}"
+if ! "$TOOLS/bin/tansu" --version 2>/dev/null | grep -q "^tansu 0.6.0"; then
+  echo "setup: building the tansu broker into $TOOLS (once; about 20 minutes)" >&2
+  cargo install --quiet tansu --version 0.6.0 --locked --no-default-features --features libsql \
+    --root "$TOOLS" --target-dir "$TOOLS/target"
+  rm -rf "$TOOLS/target"
+fi
+
 # A Delta reader Duet did not write, for the end-to-end cross-check (scripts/crosscheck.py).
 VENV="${DUET_VENV:-$HOME/.cache/duet-venv}"
 if ! "$VENV/bin/python" -c "import deltalake, pyarrow" >/dev/null 2>&1; then

@@ -9,17 +9,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// Where the broker binary is: `$DUET_TANSU`, else `~/.cache/duet-tools/bin/tansu` (where
-/// `scripts/setup.sh` installs it), else `tansu` on `PATH`.
+/// Where the broker binary is: `$DUET_TANSU`, else `bin/tansu` under `$DUET_TOOLS` or
+/// `~/.cache/duet-tools` (where `scripts/setup.sh` installs it), else `tansu` on `PATH`.
 pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("DUET_TANSU") {
         return p.into();
     }
-    if let Some(home) = std::env::var_os("HOME") {
-        let p = Path::new(&home).join(".cache/duet-tools/bin/tansu");
-        if p.exists() {
-            return p;
-        }
+    let tools = std::env::var_os("DUET_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/duet-tools")));
+    if let Some(p) = tools.map(|t| t.join("bin/tansu"))
+        && p.exists()
+    {
+        return p;
     }
     "tansu".into()
 }
