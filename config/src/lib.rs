@@ -79,6 +79,8 @@ pub struct Config {
     pub speed_batch_ms: i64,
     /// `[speed] sealed_retention` in ms.
     pub sealed_retention_ms: i64,
+    /// `[speed] quarantine_retention` in ms.
+    pub quarantine_retention_ms: i64,
     /// `[batch] lateness` in ms.
     pub lateness_ms: i64,
 }

@@ -139,10 +139,25 @@ pub struct SpeedConfig {
     /// (`1h`); sealed buckets are served from the batch layer.
     #[serde(default = "default_sealed_retention")]
     pub sealed_retention: String,
+    /// How long the view store keeps a quarantined event (`7d`); the lake's `quarantine`
+    /// table keeps every one.
+    #[serde(default = "default_quarantine_retention")]
+    pub quarantine_retention: String,
+    /// Most quarantined events the view store keeps (the newest; per partition with Redis).
+    #[serde(default = "default_quarantine_cap")]
+    pub quarantine_cap: usize,
 }
 
 fn default_sealed_retention() -> String {
     "1h".into()
+}
+
+fn default_quarantine_retention() -> String {
+    "7d".into()
+}
+
+fn default_quarantine_cap() -> usize {
+    10_000
 }
 
 fn default_batch_max() -> usize {
@@ -158,6 +173,8 @@ impl Default for SpeedConfig {
             batch_max: default_batch_max(),
             batch_interval: default_batch_interval(),
             sealed_retention: default_sealed_retention(),
+            quarantine_retention: default_quarantine_retention(),
+            quarantine_cap: default_quarantine_cap(),
         }
     }
 }

@@ -185,6 +185,14 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
     let lateness_ms = duration(&batch.lateness, "batch.lateness", &mut p);
     let sealed_retention_ms = duration(&speed.sealed_retention, "speed.sealed_retention", &mut p);
     let store_retention_ms = duration(&store.retention, "store.retention", &mut p);
+    let quarantine_retention_ms = duration(
+        &speed.quarantine_retention,
+        "speed.quarantine_retention",
+        &mut p,
+    );
+    if speed.quarantine_cap == 0 {
+        p.add("speed.quarantine_cap", "expected at least 1");
+    }
     if let Some(url) = &store.url
         && !(url.starts_with("redis://") || url.starts_with("rediss://"))
     {
@@ -296,6 +304,7 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
         speed_batch_ms,
         lateness_ms,
         sealed_retention_ms,
+        quarantine_retention_ms,
     })
 }
 

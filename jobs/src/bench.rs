@@ -46,7 +46,7 @@ pub struct BenchOptions {
     pub store_days: usize,
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -80,7 +80,7 @@ fn machine() -> String {
     )
 }
 
-fn peak_rss_mib() -> Option<f64> {
+pub(crate) fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = s
         .lines()
@@ -92,7 +92,7 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn wait_for<F, Fut>(
+pub(crate) async fn wait_for<F, Fut>(
     what: &str,
     limit: Duration,
     poll: Duration,

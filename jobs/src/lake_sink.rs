@@ -1,7 +1,9 @@
 //! The lake sink: its own consumer group reads the source topics and appends raw events to
 //! `raw/<source>`, one Delta commit per flush (N records or T seconds). Resumes after the
 //! offsets recorded in the tables' `txn` actions, so re-delivery writes nothing twice.
-//! Malformed events are not written (the speed layer quarantines them with their reason).
+//! Malformed events go to the lake's `quarantine` table with their reason and bytes (before
+//! the raw events of the same flush, idempotent per partition like them); the speed layer's
+//! store keeps the newest of them for the API.
 //!
 //! With each commit it records the source's event-time watermark: the minimum over the
 //! topic's partitions of the highest event time each delivered, idle partitions aside (see
@@ -15,7 +17,9 @@ use anyhow::{Context, Result};
 use duet_config::Config;
 use duet_lake::late::late_marks;
 use duet_lake::watermark::Watermarks;
-use duet_lake::{Lake, LedgerReader, RawRecord, RawWriter, SealLedger};
+use duet_lake::{
+    Lake, LedgerReader, QuarantineRecord, QuarantineWriter, RawRecord, RawWriter, SealLedger,
+};
 use duet_speed::kafka::{AssignedConsumer, Msg, topic_partitions};
 use tokio::sync::watch;
 
@@ -34,6 +38,8 @@ pub struct Sink {
     next: HashMap<(String, i32), i64>,
     ledger: LedgerReader,
     pending: HashMap<String, Vec<RawRecord>>,
+    quarantine: QuarantineWriter,
+    refused: Vec<QuarantineRecord>,
 }
 
 impl Sink {
@@ -75,6 +81,8 @@ impl Sink {
             next,
             ledger: LedgerReader::new(lake),
             pending: HashMap::new(),
+            quarantine: QuarantineWriter::open(lake, group).await?,
+            refused: Vec::new(),
         })
     }
 
@@ -97,8 +105,9 @@ impl Sink {
                 if let Some(c) = self.clocks.get_mut(&s.name) {
                     c.observe(m.partition, decoded.as_ref().ok().map(|e| e.time_ms), now);
                 }
-                if let Ok(event) = decoded {
-                    self.pending
+                match decoded {
+                    Ok(event) => self
+                        .pending
                         .entry(s.name.clone())
                         .or_default()
                         .push(RawRecord {
@@ -106,7 +115,16 @@ impl Sink {
                             partition: m.partition,
                             offset: m.offset,
                             payload: String::from_utf8_lossy(&m.payload).into_owned(),
-                        });
+                        }),
+                    Err(e) => self.refused.push(QuarantineRecord {
+                        source: s.name.clone(),
+                        topic: m.topic.clone(),
+                        partition: m.partition,
+                        offset: m.offset,
+                        reason: e.to_string(),
+                        payload: m.payload.clone(),
+                        at_ms: now,
+                    }),
                 }
             }
         }
@@ -139,6 +157,15 @@ impl Sink {
     /// have nothing left to read (idle).
     pub async fn commit(&mut self, now: i64, caught_up: &HashSet<(String, i32)>) -> Result<()> {
         let cfg = self.cfg.clone();
+        // malformed events first: a crash before the raw commit re-reads them, and the
+        // quarantine table's offsets skip what it already holds
+        if !self.refused.is_empty() {
+            self.quarantine
+                .append(&self.refused)
+                .await
+                .context("lake sink: the quarantine table")?;
+            self.refused.clear();
+        }
         for s in &cfg.sources {
             let (Some(w), Some(clock)) =
                 (self.writers.get_mut(&s.name), self.clocks.get_mut(&s.name))

@@ -3,10 +3,12 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_speed;
 pub mod embedded;
 pub mod generator;
 pub mod lake_sink;
 pub mod producer;
+pub mod quarantine;
 pub mod scheduler;
 pub mod status;
 pub mod supervise;

@@ -66,7 +66,11 @@ enum Command {
     /// Measure every layer on the reference deployment and write a Markdown report.
     ///
     /// Example: cargo run --release --bin duet -- bench --events 50000 --out bench-report.md
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
+        /// One layer's benchmark instead of the overall one.
+        #[command(subcommand)]
+        which: Option<BenchCommand>,
         /// Events to produce (the embedded broker caps this at 60000).
         #[arg(long, default_value_t = 20_000)]
         events: usize,
@@ -111,6 +115,55 @@ enum Command {
     Views {
         #[command(subcommand)]
         command: ViewsCommand,
+    },
+    /// Malformed events: every one is kept in the lake's `quarantine` table with its reason;
+    /// list them, show one, or send them back to their topic.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// The quarantined events, newest first: id (topic/partition@offset), time, source, reason.
+    List {
+        /// Only this source's.
+        #[arg(long)]
+        source: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One quarantined event in full, payload included.
+    ///
+    /// Example: duet quarantine show orders/2@1041
+    Show {
+        /// topic/partition@offset
+        id: String,
+    },
+    /// Send quarantined events back to their topic, once they decode under the current
+    /// config: as they are (after the config was fixed), or one with a corrected payload.
+    ///
+    /// Example: duet quarantine replay orders/2@1041 --payload fixed.json
+    Replay {
+        /// The events (topic/partition@offset); with --all, every one (of --source).
+        ids: Vec<String>,
+        /// Every quarantined event (of --source, if given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this source's.
+        #[arg(long)]
+        source: Option<String>,
+        /// A file with the corrected message bytes (one event).
+        #[arg(long)]
+        payload: Option<PathBuf>,
+        /// Kafka to send to (default: [kafka] bootstrap_servers).
+        #[arg(long)]
+        bootstrap: Option<String>,
+        /// Check and report, send nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -288,6 +341,35 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             serve(cfg, Some(rate), None).await
         }
         Command::Bench {
+            which:
+                Some(BenchCommand::Speed {
+                    events,
+                    rate,
+                    seconds,
+                    out,
+                }),
+            ..
+        } => {
+            let cfg = Config::from_toml_str(REFERENCE, "config/examples/ecommerce.toml".as_ref())?;
+            let dir = std::env::temp_dir().join(format!("duet-bench-speed-{}", std::process::id()));
+            let opts = duet_jobs::bench_speed::SpeedBenchOptions {
+                events,
+                rate,
+                seconds,
+                dir,
+            };
+            let report = duet_jobs::bench_speed::run(&cfg, &opts).await?;
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("create {}", parent.display()))?;
+            }
+            std::fs::write(&out, &report).with_context(|| format!("write {}", out.display()))?;
+            println!("{report}");
+            println!("(written to {})", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            which: None,
             events,
             queries,
             out,
@@ -422,6 +504,70 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     v.speed.len()
                 );
                 Ok(ExitCode::from(1))
+            }
+        }
+        Command::Quarantine { command } => {
+            let cfg = load_config(&config)?;
+            match command {
+                QuarantineCommand::List { source, limit } => {
+                    let records = duet_jobs::quarantine::records(&cfg, source.as_deref()).await?;
+                    print!("{}", duet_jobs::quarantine::list(&records, limit));
+                    Ok(ExitCode::SUCCESS)
+                }
+                QuarantineCommand::Show { id } => {
+                    let records = duet_jobs::quarantine::records(&cfg, None).await?;
+                    print!("{}", duet_jobs::quarantine::show(&records, &id)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                QuarantineCommand::Replay {
+                    ids,
+                    all,
+                    source,
+                    payload,
+                    bootstrap,
+                    dry_run,
+                } => {
+                    let records = duet_jobs::quarantine::records(&cfg, source.as_deref()).await?;
+                    let ids: Vec<String> = if all {
+                        records.iter().map(|r| r.id()).collect()
+                    } else {
+                        ids
+                    };
+                    if ids.is_empty() {
+                        anyhow::bail!(
+                            "name the events to replay (topic/partition@offset) or pass --all"
+                        );
+                    }
+                    let bootstrap = bootstrap
+                        .or_else(|| cfg.kafka.bootstrap_servers.clone())
+                        .context("replay needs a Kafka: pass --bootstrap ADDR or set [kafka] bootstrap_servers (the embedded cluster lives inside the running deployment; its address is in its banner)")?;
+                    let payload = match payload {
+                        Some(p) => Some(
+                            std::fs::read(&p).with_context(|| format!("read {}", p.display()))?,
+                        ),
+                        None => None,
+                    };
+                    let done = duet_jobs::quarantine::replay(
+                        &cfg, &bootstrap, &records, &ids, payload, dry_run,
+                    )
+                    .await?;
+                    let mut refused = 0;
+                    for r in &done {
+                        match &r.refused {
+                            None if dry_run => println!("{}	would be sent", r.id),
+                            None => println!("{}	sent", r.id),
+                            Some(why) => {
+                                refused += 1;
+                                println!("{}	not sent: {why}", r.id);
+                            }
+                        }
+                    }
+                    Ok(if refused == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
             }
         }
         Command::Views {
@@ -592,6 +738,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The benchmarks of one layer.
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The speed layer: throughput with the embedded and the Redis store beside the
+    /// consume-and-discard ceiling of the same broker, freshness at a steady rate, peak memory.
+    ///
+    /// Example: duet bench speed --events 1000000 --out docs/bench/speed.md
+    Speed {
+        /// Events for the throughput runs.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Events per second for the freshness runs.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u32,
+        /// Seconds each freshness run lasts.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/bench/speed.md")]
+        out: PathBuf,
+    },
 }
 
 /// The parts `duet run --only` accepts.

@@ -506,3 +506,106 @@ fn parts_run_in_processes_of_their_own() {
     });
     wait("raw orders in the lake", || raw_orders(&lake) > 0);
 }
+
+/// Quarantined events are listed and shown from the lake, and replayed to their topic only
+/// once they decode: a still-malformed one is refused with its reason, a corrected one sent.
+#[test]
+fn quarantined_events_are_listed_shown_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake_dir = dir.path().join("lake");
+    let cfg_path = dir.path().join("duet.toml");
+    std::fs::write(
+        &cfg_path,
+        std::fs::read_to_string(reference()).unwrap().replace(
+            "url = \"duet-data/lake\"",
+            &format!("url = {:?}", lake_dir.to_str().unwrap()),
+        ),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let kafka = duet_jobs::embedded::EmbeddedKafka::start(&["orders".to_string()], 2).unwrap();
+    rt.block_on(async {
+        let lake = duet_lake::Lake::open(lake_dir.to_str().unwrap()).unwrap();
+        let mut w = duet_lake::QuarantineWriter::open(&lake, "duet-lake")
+            .await
+            .unwrap();
+        w.append(&[duet_lake::QuarantineRecord {
+            source: "orders".into(),
+            topic: "orders".into(),
+            partition: 1,
+            offset: 7,
+            reason: "not valid JSON: EOF while parsing".into(),
+            payload: b"{\"orderId\": \"o-1\"".to_vec(),
+            at_ms: 1_795_000_000_000,
+        }])
+        .await
+        .unwrap();
+    });
+    let c = cfg_path.to_str().unwrap();
+    let (code, out) = duet(&["quarantine", "list", "-c", c]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("orders/1@7\t2026-11-18T") && out.contains("\torders\tnot valid JSON"),
+        "{out}"
+    );
+    let (code, out) = duet(&["quarantine", "show", "orders/1@7", "-c", c]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("payload:     {\"orderId\": \"o-1\""), "{out}");
+    let (code, out) = duet(&["quarantine", "show", "orders/9@9", "-c", c]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no quarantined event `orders/9@9`"), "{out}");
+    // as it is, it still does not decode: not sent
+    let bootstrap = kafka.bootstrap();
+    let (code, out) = duet(&[
+        "quarantine",
+        "replay",
+        "orders/1@7",
+        "--bootstrap",
+        &bootstrap,
+        "-c",
+        c,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("orders/1@7\tnot sent: still refused: not valid JSON"),
+        "{out}"
+    );
+    // corrected, it is sent to its topic, keyed by its id
+    let mut g = duet_jobs::generator::Generator::new(3, 10);
+    let order = std::iter::repeat_with(|| g.next(1_795_000_000_000))
+        .find(|e| e.source == "orders")
+        .unwrap();
+    let fixed = dir.path().join("fixed.json");
+    std::fs::write(&fixed, order.payload()).unwrap();
+    let (code, out) = duet(&[
+        "quarantine",
+        "replay",
+        "orders/1@7",
+        "--payload",
+        fixed.to_str().unwrap(),
+        "--bootstrap",
+        &bootstrap,
+        "-c",
+        c,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("orders/1@7\tsent"), "{out}");
+    let got = rt.block_on(async {
+        let consumer = duet_speed::kafka::AssignedConsumer::new(
+            &duet_config::KafkaConfig::default(),
+            &bootstrap,
+            "replay-check",
+            &["orders".to_string()],
+            |_, _| None,
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        consumer
+            .next_batch(10, std::time::Duration::from_secs(5))
+            .await
+            .unwrap()
+    });
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, order.payload());
+}

@@ -42,6 +42,12 @@ pub enum Error {
         /// The `txn` app id.
         app: String,
     },
+    /// A table holds data Duet cannot read back (a column of an unexpected type).
+    #[error("{what}: not what Duet wrote")]
+    Corrupt {
+        /// What was read.
+        what: String,
+    },
     /// A view table was written under another definition than the configured one.
     #[error("{0}")]
     ViewChanged(duet_config::ViewMismatch),

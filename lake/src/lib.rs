@@ -9,6 +9,7 @@ mod commit;
 pub mod error;
 pub mod late;
 pub mod ledger;
+pub mod quarantine;
 pub mod raw;
 pub mod views;
 mod watch;
@@ -21,6 +22,7 @@ pub use error::{Error, Result};
 pub use ledger::{
     AppOffset, Interval, LateMark, LedgerReader, LedgerSnapshot, Seal, SealLedger, ViewSeals,
 };
+pub use quarantine::{QuarantineRecord, QuarantineWriter, read_quarantine};
 pub use raw::{RawRecord, RawWriter};
 pub use views::{ViewReader, ViewRow, ViewTable};
 

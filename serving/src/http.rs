@@ -125,26 +125,29 @@ async fn metrics(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
     }
-    let h = c.commit_latency.snapshot();
-    let _ = writeln!(
-        out,
-        "# HELP duet_speed_commit_seconds Time to commit one batch to the view store.\n# TYPE duet_speed_commit_seconds histogram"
-    );
-    for (bound, n) in duet_speed::counters::LATENCY_BOUNDS
-        .iter()
-        .zip(&h.cumulative)
-    {
+    for (name, help, h) in [
+        (
+            "duet_speed_commit_seconds",
+            "Time to commit one batch to the view store.",
+            c.commit_latency.snapshot(),
+        ),
+        (
+            "duet_speed_freshness_seconds",
+            "From an event's production (its message timestamp) to its commit in the view store.",
+            c.freshness.snapshot(),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, n) in h.bounds.iter().zip(&h.cumulative) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+        }
+        let total = h.cumulative.last().copied().unwrap_or(0);
         let _ = writeln!(
             out,
-            "duet_speed_commit_seconds_bucket{{le=\"{bound}\"}} {n}"
+            "{name}_bucket{{le=\"+Inf\"}} {total}\n{name}_sum {:.6}\n{name}_count {total}",
+            h.sum_s
         );
     }
-    let total = h.cumulative.last().copied().unwrap_or(0);
-    let _ = writeln!(
-        out,
-        "duet_speed_commit_seconds_bucket{{le=\"+Inf\"}} {total}\nduet_speed_commit_seconds_sum {:.6}\nduet_speed_commit_seconds_count {total}",
-        h.sum_s
-    );
     let lag = c.lag();
     let _ = writeln!(
         out,

@@ -31,6 +31,8 @@ pub struct Aggregator {
     by_source: HashMap<String, Vec<ViewSpec>>,
     group: String,
     sealed_retention_ms: i64,
+    quarantine_cap: usize,
+    quarantine_retention_ms: i64,
 }
 
 impl Aggregator {
@@ -52,6 +54,8 @@ impl Aggregator {
             by_source,
             group: group.to_string(),
             sealed_retention_ms: cfg.sealed_retention_ms,
+            quarantine_cap: cfg.speed.quarantine_cap,
+            quarantine_retention_ms: cfg.quarantine_retention_ms,
         }
     }
 
@@ -79,6 +83,10 @@ impl Aggregator {
                 .iter()
                 .map(|(v, t)| (v.clone(), t.saturating_sub(self.sealed_retention_ms)))
                 .collect(),
+            quarantine_keep: crate::store::QuarantineKeep {
+                cap: self.quarantine_cap,
+                since_ms: now_ms.saturating_sub(self.quarantine_retention_ms),
+            },
             ..SpeedBatch::default()
         };
         let mut stats = BatchStats::default();

@@ -95,6 +95,7 @@ pub async fn run(
         if msgs.is_empty() {
             continue;
         }
+        let produced: Vec<i64> = msgs.iter().filter_map(|m| m.timestamp_ms).collect();
         let now = now_ms();
         let frontiers = sealed.borrow().clone();
         let (batch, stats) = agg.build(&msgs, store.as_ref(), now, &frontiers).await?;
@@ -116,6 +117,11 @@ pub async fn run(
             Err(e) => return Err(e),
         }
         counters.commit_latency.observe(started.elapsed());
+        let visible = now_ms();
+        for t in produced {
+            let ms = u64::try_from(visible.saturating_sub(t)).unwrap_or(0);
+            counters.freshness.observe(Duration::from_millis(ms));
+        }
         consumer.commit_progress(&progress);
         counters.applied.fetch_add(stats.applied, Ordering::Relaxed);
         counters

@@ -110,6 +110,26 @@ pub struct SpeedBatch {
     pub drop_states_before: BTreeMap<String, i64>,
     /// When the batch was applied, epoch ms.
     pub at_ms: i64,
+    /// How much of the quarantine the store keeps after this batch.
+    pub quarantine_keep: QuarantineKeep,
+}
+
+/// The store's bound on its quarantine (the lake's `quarantine` table keeps every event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuarantineKeep {
+    /// Most events kept (the newest; per partition in the Redis store).
+    pub cap: usize,
+    /// Events quarantined before this (epoch ms) are dropped.
+    pub since_ms: i64,
+}
+
+impl Default for QuarantineKeep {
+    fn default() -> Self {
+        QuarantineKeep {
+            cap: 10_000,
+            since_ms: i64::MIN,
+        }
+    }
 }
 
 impl SpeedBatch {

@@ -226,9 +226,33 @@ async fn malformed() {
     let store: Arc<dyn ViewStore> = Arc::new(EmbeddedStore::open(cfg.store.path.as_ref()).unwrap());
     let counters = Arc::new(SpeedCounters::default());
     let (stop, task) = spawn_speed(&cfg, &bootstrap, store.clone(), counters.clone());
+    let lake = duet_lake::Lake::open(&cfg.lake.url).unwrap();
+    let sink = tokio::spawn(duet_jobs::app::lake_sink(
+        cfg.clone(),
+        bootstrap.clone(),
+        lake.clone(),
+        stop.subscribe(),
+    ));
     wait_caught_up(store.as_ref(), &duet_speed::group(&cfg), &end, 60).await;
+    // the lake keeps every malformed event, once, with its reason and bytes
+    let start = std::time::Instant::now();
+    let kept = loop {
+        let kept = duet_lake::read_quarantine(&lake).await.unwrap();
+        if kept.len() >= 200 || start.elapsed() > Duration::from_secs(60) {
+            break kept;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
+    sink.await.unwrap().unwrap();
+    assert_eq!(kept.len(), 200, "the lake's quarantine table");
+    let produced: std::collections::HashSet<&[u8]> =
+        all.iter().map(|(_, _, b)| b.as_slice()).collect();
+    assert!(
+        kept.iter()
+            .all(|r| produced.contains(r.payload.as_slice()) && !r.reason.is_empty())
+    );
     assert_exact(&cfg, store.as_ref(), &all, "with 5 % malformed events").await;
     let q = store.quarantine(10_000).await.unwrap();
     assert_eq!(q.len(), 200, "one in twenty of 4 000 quarantined");

@@ -48,6 +48,18 @@ async fn worker(cfg: &Arc<Config>, bootstrap: &str, redis: &str) -> Worker {
     }
 }
 
+/// Waits until the group has given `w` partitions (its lag is known for some).
+async fn assigned(w: &Worker) {
+    let start = std::time::Instant::now();
+    while w.counters.lag().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "a worker got no partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn applied_by(w: &Worker, more_than: u64) {
     let start = std::time::Instant::now();
     while w
@@ -100,15 +112,18 @@ async fn run(tansu: bool) {
     let mut end = HashMap::new();
     produce(&producer, &all[..quarter], &mut end).await;
 
-    // two workers share the partitions
+    // two workers share the partitions (each applies events once it has some)
     let a = worker(&cfg, &bootstrap, &redis.url()).await;
     let b = worker(&cfg, &bootstrap, &redis.url()).await;
+    assigned(&a).await;
+    assigned(&b).await;
+    produce(&producer, &all[quarter..2 * quarter], &mut end).await;
     applied_by(&a, 0).await;
     applied_by(&b, 0).await;
-    produce(&producer, &all[quarter..2 * quarter], &mut end).await;
 
     // a third joins mid-stream
     let c = worker(&cfg, &bootstrap, &redis.url()).await;
+    assigned(&c).await;
     produce(&producer, &all[2 * quarter..3 * quarter], &mut end).await;
     applied_by(&c, 0).await;
 

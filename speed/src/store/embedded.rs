@@ -374,6 +374,40 @@ impl EmbeddedStore {
                 )
                 .ctx(&e)?;
             }
+            // the quarantine is bounded: a retention and a cap (the lake keeps every event)
+            let keep = batch.quarantine_keep;
+            let old: Vec<(i64, String, i32, i64)> = q
+                .range(..(keep.since_ms, "", i32::MIN, i64::MIN))
+                .ctx(&e)?
+                .map(|item| {
+                    item.map(|(k, _)| {
+                        let (at, t, p, o) = k.value();
+                        (at, t.to_string(), p, o)
+                    })
+                })
+                .collect::<std::result::Result<_, _>>()
+                .ctx(&e)?;
+            for (at, t, p, o) in &old {
+                q.remove((*at, t.as_str(), *p, *o)).ctx(&e)?;
+            }
+            let excess = (q.len().ctx(&e)? as usize).saturating_sub(keep.cap);
+            if excess > 0 {
+                let first: Vec<(i64, String, i32, i64)> = q
+                    .iter()
+                    .ctx(&e)?
+                    .take(excess)
+                    .map(|item| {
+                        item.map(|(k, _)| {
+                            let (at, t, p, o) = k.value();
+                            (at, t.to_string(), p, o)
+                        })
+                    })
+                    .collect::<std::result::Result<_, _>>()
+                    .ctx(&e)?;
+                for (at, t, p, o) in &first {
+                    q.remove((*at, t.as_str(), *p, *o)).ctx(&e)?;
+                }
+            }
             let mut w = tx.open_table(WATERMARKS).ctx(&e)?;
             for (s, t) in &batch.watermarks {
                 let old = w.get(s.as_str()).ctx(&e)?.map(|v| v.value());
@@ -775,6 +809,46 @@ mod tests {
         // dropping a view releases its share
         store.drop_view("a").await.unwrap();
         assert_eq!(store.stats().await.unwrap().seen_ids, 0);
+    }
+
+    /// The store keeps the newest quarantined events: none older than the retention, at
+    /// most the cap.
+    #[tokio::test]
+    async fn the_quarantine_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let q = |offset: i64, at_ms: i64| Quarantined {
+            source: "s".into(),
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            reason: "bad".into(),
+            payload: Vec::new(),
+            at_ms,
+        };
+        let keep = |cap, since_ms| crate::store::QuarantineKeep { cap, since_ms };
+        let b = SpeedBatch {
+            quarantine: (0..10).map(|i| q(i, 1_000 + i)).collect(),
+            quarantine_keep: keep(100, 0),
+            ..SpeedBatch::default()
+        };
+        store.commit(b).await.unwrap();
+        assert_eq!(store.quarantine(100).await.unwrap().len(), 10);
+        // older than the retention: gone; beyond the cap: the oldest go
+        let b = SpeedBatch {
+            quarantine: vec![q(10, 2_000)],
+            quarantine_keep: keep(4, 1_003),
+            ..SpeedBatch::default()
+        };
+        store.commit(b).await.unwrap();
+        let kept: Vec<i64> = store
+            .quarantine(100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(kept, vec![10, 9, 8, 7]);
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@
 //! | `duet:{tag}:offset` | string | next offset to read |
 //! | `duet:{tag}:epoch` | string | the assignment epoch of the worker that owns the partition |
 //! | `duet:{tag}:committed_at` | string | when the last batch was applied, epoch ms |
-//! | `duet:{tag}:quarantine` | list | malformed events read from the partition, JSON, newest first |
+//! | `duet:{tag}:quarantine` | list | malformed events read from the partition, JSON, newest first (`[speed] quarantine_cap`; expires `quarantine_retention` after the last one) |
 //! | `duet:{tag}:corrupt` | list | stored states that could not be read, set aside, JSON |
 //! | `duet:partitions` | set | every tag written to |
 //! | `duet:definitions` | hash | view → the definition its states were written under, JSON |
@@ -46,8 +46,6 @@ use redis::aio::ConnectionManager;
 use super::{PartitionKey, Quarantined, SpeedBatch, StateKey, StoreStats, ViewStore};
 use crate::error::{Error, Result};
 
-/// The newest quarantined events kept per partition.
-pub const QUARANTINE_CAP: usize = 10_000;
 /// The newest set-aside states kept per partition.
 const CORRUPT_CAP: usize = 1_000;
 /// Hot states kept in memory between commits, at most (then the cache starts again).
@@ -111,8 +109,11 @@ n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   redis.call('LPUSH', KEYS[4], ARGV[i]); i = i + 1
 end
-if n > 0 then redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[i]) - 1) end
-i = i + 1
+if n > 0 then
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[i]) - 1)
+  redis.call('PEXPIREAT', KEYS[4], ARGV[i + 1])
+end
+i = i + 2
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   redis.call('LPUSH', KEYS[5], ARGV[i]); i = i + 1
@@ -619,7 +620,12 @@ impl RedisStore {
                     source,
                 })?);
             }
-            cmd.arg(QUARANTINE_CAP);
+            let keep_ms = batch
+                .at_ms
+                .saturating_sub(batch.quarantine_keep.since_ms)
+                .clamp(60_000, 100 * 365 * 86_400_000);
+            cmd.arg(batch.quarantine_keep.cap.max(1))
+                .arg(now.saturating_add(keep_ms));
             cmd.arg(corrupt.len());
             for c in &corrupt {
                 cmd.arg(c);

@@ -1,0 +1,409 @@
+//! `duet bench speed`: the speed layer's throughput with the embedded and the Redis store
+//! beside the consume-and-discard ceiling of the same broker in the same run, its freshness
+//! (produce → visible in the store) at a steady rate, and peak memory; a Markdown report.
+//!
+//! The broker is the embedded mock cluster, which keeps 5 MB per partition: the topics get
+//! enough partitions for the volume (the consume-and-discard baseline reads the same ones).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use duet_config::Config;
+use duet_speed::kafka::AssignedConsumer;
+use duet_speed::store::LocalRedis;
+use duet_speed::{EmbeddedStore, RedisStore, SpeedCounters, ViewStore};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::watch;
+
+use crate::bench::{machine, peak_rss_mib, wait_for};
+use crate::embedded::EmbeddedKafka;
+use crate::generator::Generator;
+
+const T0: i64 = 1_793_440_800_000;
+/// Bytes per partition the benchmark plans for (the mock cluster keeps 5 MB).
+const PARTITION_BYTES: usize = 3_500_000;
+
+/// Options of `duet bench speed`.
+#[derive(Debug, Clone)]
+pub struct SpeedBenchOptions {
+    /// Events for the throughput runs.
+    pub events: usize,
+    /// Events per second for the freshness runs.
+    pub rate: u32,
+    /// Seconds each freshness run produces for.
+    pub seconds: u64,
+    /// Scratch folder (removed afterwards).
+    pub dir: PathBuf,
+}
+
+/// One store's throughput run.
+struct Throughput {
+    store: &'static str,
+    elapsed: Duration,
+    batches: u64,
+    commit_p50_ms: f64,
+    rss_mib: Option<f64>,
+}
+
+/// One store's freshness run.
+struct Freshness {
+    store: &'static str,
+    events: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_lag: i64,
+}
+
+async fn produce_all(
+    producer: &FutureProducer,
+    msgs: &[(String, String, Vec<u8>)],
+) -> Result<HashMap<(String, i32), i64>> {
+    let mut end: HashMap<(String, i32), i64> = HashMap::new();
+    for chunk in msgs.chunks(5_000) {
+        let futs: Vec<_> = chunk
+            .iter()
+            .map(|(topic, key, v)| {
+                producer.send(
+                    FutureRecord::to(topic).key(key).payload(v),
+                    Duration::from_secs(30),
+                )
+            })
+            .collect();
+        for (d, (topic, _, _)) in futures::future::join_all(futs).await.into_iter().zip(chunk) {
+            let d = d.map_err(|(e, _)| e).context("produce")?;
+            let e = end.entry((topic.clone(), d.partition)).or_insert(0);
+            *e = (*e).max(d.offset + 1);
+        }
+    }
+    Ok(end)
+}
+
+async fn open(kind: &'static str, cfg: &Config, redis: &LocalRedis) -> Result<Arc<dyn ViewStore>> {
+    Ok(if kind == "Redis" {
+        Arc::new(RedisStore::connect(&redis.url(), &cfg.store.prefix, &cfg.views).await?)
+    } else {
+        Arc::new(EmbeddedStore::open(std::path::Path::new(&cfg.store.path))?)
+    })
+}
+
+/// A config of `base` for one run: its own store (file or key prefix) and consumer group.
+fn run_config(base: &Config, dir: &std::path::Path, name: &str) -> Arc<Config> {
+    let mut cfg = base.clone();
+    cfg.kafka.group_prefix = format!("bench-{name}");
+    cfg.store.path = dir
+        .join(format!("{name}.redb"))
+        .to_string_lossy()
+        .into_owned();
+    cfg.store.prefix = format!("bench-{name}");
+    Arc::new(cfg)
+}
+
+fn spawn_speed(
+    cfg: &Arc<Config>,
+    bootstrap: &str,
+    store: Arc<dyn ViewStore>,
+    counters: Arc<SpeedCounters>,
+    rx: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(crate::app::speed(
+        cfg.clone(),
+        bootstrap.to_string(),
+        store,
+        counters,
+        crate::app::no_seals(),
+        rx,
+    ))
+}
+
+async fn caught_up(
+    store: &Arc<dyn ViewStore>,
+    group: &str,
+    end: &HashMap<(String, i32), i64>,
+) -> Result<bool> {
+    for ((topic, p), o) in end {
+        if store.offsets(group, topic).await?.get(p) != Some(o) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Runs the benchmark and returns the report.
+pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
+    let events = opts.events.max(1_000);
+    std::fs::create_dir_all(&opts.dir)?;
+    let mut cfg = base.clone();
+    cfg.kafka.bootstrap_servers = None;
+    cfg.speed.batch_max = 5_000;
+    cfg.speed_batch_ms = 20;
+    let redis = LocalRedis::start(&opts.dir.join("redis"))?;
+
+    // the events, and enough partitions for them
+    let mut g = Generator::new(7, 20_000);
+    let mut msgs = Vec::with_capacity(events);
+    for i in 0..events {
+        let e = g.next(T0 + i as i64 * 5);
+        let topic = cfg
+            .source(e.source)
+            .map(|s| s.topic.clone())
+            .context("generator source")?;
+        msgs.push((topic, e.key, serde_json::to_vec(&e.value)?));
+    }
+    let bytes: usize = msgs.iter().map(|m| m.2.len()).sum();
+    let mut per_topic: HashMap<&str, usize> = HashMap::new();
+    for (t, _, b) in &msgs {
+        *per_topic.entry(t.as_str()).or_default() += b.len();
+    }
+    let busiest = per_topic.values().copied().max().unwrap_or(0);
+    cfg.kafka.partitions = i32::try_from(busiest.div_ceil(PARTITION_BYTES).max(4)).unwrap_or(4);
+    let topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
+    let kafka = EmbeddedKafka::start(&topics, cfg.kafka.partitions)?;
+    let bootstrap = kafka.bootstrap();
+    let producer = crate::producer::producer(&cfg.kafka, &bootstrap)?;
+    let t = Instant::now();
+    let end = produce_all(&producer, &msgs).await?;
+    let produce = t.elapsed();
+    drop(msgs);
+
+    // the ceiling: consume and discard, same broker, same process
+    let baseline = AssignedConsumer::new(
+        &cfg.kafka,
+        &bootstrap,
+        "bench-baseline",
+        &topics,
+        |_, _| None,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let t = Instant::now();
+    let mut seen = 0;
+    while seen < events {
+        seen += baseline
+            .next_batch(10_000, Duration::from_millis(50))
+            .await?
+            .len();
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("baseline consumer stalled at {seen} of {events}");
+        }
+    }
+    let consume = t.elapsed();
+    drop(baseline);
+
+    // the speed layer with each store, timed from its first message to its last commit
+    let mut runs = Vec::new();
+    for kind in ["embedded", "Redis"] {
+        let run_cfg = run_config(
+            &cfg,
+            &opts.dir,
+            &format!("throughput-{}", kind.to_lowercase()),
+        );
+        let store = open(kind, &run_cfg, &redis).await?;
+        let counters = Arc::new(SpeedCounters::default());
+        let (stop, rx) = watch::channel(false);
+        let task = spawn_speed(&run_cfg, &bootstrap, store.clone(), counters.clone(), rx);
+        wait_for(
+            "the first message",
+            Duration::from_secs(120),
+            Duration::from_millis(1),
+            || {
+                let c = counters.clone();
+                async move { Ok(c.consumed.load(Relaxed) > 0) }
+            },
+        )
+        .await?;
+        let t = Instant::now();
+        let group = duet_speed::group(&run_cfg);
+        wait_for(
+            kind,
+            Duration::from_secs(1_800),
+            Duration::from_millis(20),
+            || {
+                let (store, end, group) = (store.clone(), end.clone(), group.clone());
+                async move { caught_up(&store, &group, &end).await }
+            },
+        )
+        .await?;
+        let elapsed = t.elapsed();
+        let _ = stop.send(true);
+        task.await??;
+        runs.push(Throughput {
+            store: kind,
+            elapsed,
+            batches: counters.batches.load(Relaxed),
+            commit_p50_ms: counters
+                .commit_latency
+                .snapshot()
+                .quantile(0.5)
+                .unwrap_or(0.0)
+                * 1e3,
+            rss_mib: peak_rss_mib(),
+        });
+    }
+    drop(kafka);
+
+    // freshness: a steady rate of live events into a running speed layer
+    let mut fresh = Vec::new();
+    for kind in ["embedded", "Redis"] {
+        let kafka = EmbeddedKafka::start(&topics, 4)?;
+        let bootstrap = kafka.bootstrap();
+        let producer = crate::producer::producer(&cfg.kafka, &bootstrap)?;
+        let run_cfg = run_config(
+            &cfg,
+            &opts.dir,
+            &format!("freshness-{}", kind.to_lowercase()),
+        );
+        let store = open(kind, &run_cfg, &redis).await?;
+        let counters = Arc::new(SpeedCounters::default());
+        let (stop, rx) = watch::channel(false);
+        let task = spawn_speed(&run_cfg, &bootstrap, store.clone(), counters.clone(), rx);
+        wait_for(
+            "the group's assignment",
+            Duration::from_secs(120),
+            Duration::from_millis(10),
+            || {
+                let c = counters.clone();
+                async move { Ok(c.rebalances.load(Relaxed) > 0) }
+            },
+        )
+        .await?;
+        let mut g = Generator::new(11, 5_000);
+        let tick = Duration::from_millis(10);
+        let per_tick = (opts.rate as usize / 100).max(1);
+        let ticks = opts.seconds * 100;
+        let start = Instant::now();
+        let mut pending = Vec::new();
+        let mut max_lag = 0;
+        for n in 0..ticks {
+            let due = start + tick * u32::try_from(n).unwrap_or(u32::MAX);
+            tokio::time::sleep_until(due.into()).await;
+            let now = duet_speed::now_ms();
+            for _ in 0..per_tick {
+                let e = g.next(now);
+                let topic = run_cfg
+                    .source(e.source)
+                    .map(|s| s.topic.clone())
+                    .context("generator source")?;
+                let payload = serde_json::to_vec(&e.value)?;
+                let p = producer.clone();
+                pending.push(tokio::spawn(async move {
+                    p.send(
+                        FutureRecord::to(&topic).key(&e.key).payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map(|d| (topic, d.partition, d.offset))
+                    .map_err(|(e, _)| e)
+                }));
+            }
+            max_lag = max_lag.max(counters.lag().iter().map(|l| l.lag).sum::<i64>());
+        }
+        let mut end: HashMap<(String, i32), i64> = HashMap::new();
+        for p in pending {
+            let (topic, part, off) = p.await?.context("produce")?;
+            let e = end.entry((topic, part)).or_insert(0);
+            *e = (*e).max(off + 1);
+        }
+        let group = duet_speed::group(&run_cfg);
+        wait_for(
+            "the last commit",
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+            || {
+                let (store, end, group) = (store.clone(), end.clone(), group.clone());
+                async move { caught_up(&store, &group, &end).await }
+            },
+        )
+        .await?;
+        let _ = stop.send(true);
+        task.await??;
+        let h = counters.freshness.snapshot();
+        fresh.push(Freshness {
+            store: kind,
+            events: h.cumulative.last().copied().unwrap_or(0),
+            p50_ms: h.quantile(0.5).unwrap_or(0.0) * 1e3,
+            p99_ms: h.quantile(0.99).unwrap_or(0.0) * 1e3,
+            max_lag,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&opts.dir);
+
+    // the report
+    let per_s = |d: Duration| events as f64 / d.as_secs_f64().max(1e-9);
+    let base_rate = per_s(consume);
+    let mut r = String::new();
+    writeln!(r, "# Duet speed-layer benchmark\n")?;
+    writeln!(r, "- Machine: {}", machine())?;
+    writeln!(
+        r,
+        "- Events: {events} seed-shaped events ({:.1} MB of JSON, {} B each on average) over {} partitions per topic of the embedded mock cluster (5 MB per partition kept)",
+        bytes as f64 / 1e6,
+        bytes / events,
+        cfg.kafka.partitions
+    )?;
+    writeln!(
+        r,
+        "- Reference views ({}), speed batches of up to {} events; Redis: Debian `redis-server` on 127.0.0.1, append-only file (everysec)",
+        cfg.views.len(),
+        cfg.speed.batch_max
+    )?;
+    writeln!(
+        r,
+        "- Produced in {:.1} s ({:.0} events/s, idempotent, lz4)\n",
+        produce.as_secs_f64(),
+        per_s(produce)
+    )?;
+    writeln!(r, "## Throughput\n")?;
+    writeln!(
+        r,
+        "| run | events/s | vs. consume and discard | batches | commit p50 ms | peak RSS after, MiB |"
+    )?;
+    writeln!(r, "|---|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        r,
+        "| consume and discard (same broker, same process): the ceiling | {base_rate:.0} | 1.00 | | | |"
+    )?;
+    for t in &runs {
+        writeln!(
+            r,
+            "| speed layer, {} store (Kafka → decode → dedup → fold → commit) | {:.0} | {:.2} | {} | {:.1} | {} |",
+            t.store,
+            per_s(t.elapsed),
+            per_s(t.elapsed) / base_rate,
+            t.batches,
+            t.commit_p50_ms,
+            t.rss_mib.map_or("?".into(), |m| format!("{m:.0}"))
+        )?;
+    }
+    writeln!(
+        r,
+        "\n## Freshness: produce → visible in the store, {} events/s for {} s\n",
+        opts.rate, opts.seconds
+    )?;
+    writeln!(
+        r,
+        "| store | events | p50 ms | p99 ms | target p99 | max lag seen |"
+    )?;
+    writeln!(r, "|---|---:|---:|---:|---:|---:|")?;
+    for f in &fresh {
+        let target = if f.store == "Redis" { 250 } else { 100 };
+        writeln!(
+            r,
+            "| {} | {} | {:.1} | {:.1} | < {target} ms | {} |",
+            f.store, f.events, f.p50_ms, f.p99_ms, f.max_lag
+        )?;
+    }
+    writeln!(
+        r,
+        "\nFreshness is measured per event from its Kafka message timestamp (set by the producer \
+         when it sends, so it includes the producer's 10 ms linger) to the end of the store commit \
+         that made it visible (`duet_speed_freshness_seconds`), read from a histogram whose \
+         buckets are at most 20 % apart. Peak RSS is the whole benchmark process's, which also \
+         holds the broker's data."
+    )?;
+    Ok(r)
+}
