@@ -169,6 +169,7 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
     let end = produce_all(&producer, &msgs).await?;
     let produce = t.elapsed();
     drop(msgs);
+    drop(producer);
 
     // the ceiling: consume and discard, same broker, same process
     let baseline = AssignedConsumer::new(
@@ -321,6 +322,7 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
         .await?;
         let _ = stop.send(true);
         task.await??;
+        drop(producer);
         let h = counters.freshness.snapshot();
         fresh.push(Freshness {
             store: kind,

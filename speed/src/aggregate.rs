@@ -25,6 +25,20 @@ pub struct BatchStats {
     pub late: u64,
 }
 
+/// Event ids of batches not committed yet, per source: the next batch counts them as seen.
+pub type PendingIds = HashMap<String, HashSet<String>>;
+
+/// The ids `batch` remembers, per source.
+pub fn pending_ids(batch: &SpeedBatch) -> PendingIds {
+    let mut out = PendingIds::new();
+    for s in batch.parts.values().flat_map(|p| p.seen.iter()) {
+        out.entry(s.source.clone())
+            .or_default()
+            .insert(s.id.clone());
+    }
+    out
+}
+
 /// The speed layer's compiled form of a config.
 pub struct Aggregator {
     by_topic: HashMap<String, Vec<Source>>,
@@ -75,6 +89,20 @@ impl Aggregator {
         store: &dyn ViewStore,
         now_ms: i64,
         sealed_until: &BTreeMap<String, i64>,
+    ) -> Result<(SpeedBatch, BatchStats)> {
+        self.build_after(msgs, store, now_ms, sealed_until, &PendingIds::new())
+            .await
+    }
+
+    /// [`Aggregator::build`] while the batch that remembers `pending` is still being committed:
+    /// its ids count as seen.
+    pub async fn build_after(
+        &self,
+        msgs: &[Msg],
+        store: &dyn ViewStore,
+        now_ms: i64,
+        sealed_until: &BTreeMap<String, i64>,
+        pending: &PendingIds,
     ) -> Result<(SpeedBatch, BatchStats)> {
         let mut batch = SpeedBatch {
             at_ms: now_ms,
@@ -130,7 +158,10 @@ impl Aggregator {
                         });
                     }
                     Ok(ev) => {
-                        if in_batch.insert((source.name.as_str(), ev.id.clone())) {
+                        let committing = pending
+                            .get(&source.name)
+                            .is_some_and(|ids| ids.contains(&ev.id));
+                        if !committing && in_batch.insert((source.name.as_str(), ev.id.clone())) {
                             fresh.push((part, source, ev));
                         } else {
                             stats.duplicates += 1;

@@ -256,10 +256,13 @@ impl GroupConsumer {
         // defaults a config's pass-through settings may override
         // a crashed member's partitions move after `session.timeout.ms`: 10 s rather than
         // librdkafka's 45 s (6 s is the brokers' usual minimum)
+        // a broker holds a fetch until data arrives or `fetch.wait.max.ms` passes: 500 ms
+        // by default, which would be the speed layer's freshness on a quiet partition
         for (k, v) in [
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "1000"),
+            ("fetch.wait.max.ms", "10"),
         ] {
             if !kafka.client.contains_key(k) {
                 config.set(k, v);

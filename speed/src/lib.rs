@@ -59,6 +59,8 @@ pub async fn run(
     let _lag = AbortOnDrop(consumer.watch_lag(counters.clone(), Duration::from_secs(2)));
     let wait = Duration::from_millis(cfg.speed_batch_ms as u64);
     let mut positions = positions::Positions::default();
+    // the batch being committed while the next one is read and folded
+    let mut inflight: Option<InFlight> = None;
     loop {
         let msgs = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -66,7 +68,16 @@ pub async fn run(
         };
         // partitions the group gave or took while we polled: taken ones start where the store
         // says (a Redis store refuses from now on any worker that held them before)
-        for event in consumer.rebalances() {
+        let events = consumer.rebalances();
+        if !events.is_empty() {
+            // what was read of a revoked partition is in the store before anyone takes it
+            if let Some(f) = inflight.take()
+                && !f.finish(&consumer, &counters).await?
+            {
+                retake(store.as_ref(), &group, &mut positions).await?;
+            }
+        }
+        for event in events {
             counters.rebalances.fetch_add(1, Ordering::Relaxed);
             match event {
                 kafka::Rebalanced::Revoked(list) => {
@@ -93,47 +104,126 @@ pub async fn run(
             }
         }
         if msgs.is_empty() {
+            // idle: let the batch in flight land
+            if let Some(f) = inflight.take()
+                && !f.finish(&consumer, &counters).await?
+            {
+                retake(store.as_ref(), &group, &mut positions).await?;
+            }
             continue;
         }
         let produced: Vec<i64> = msgs.iter().filter_map(|m| m.timestamp_ms).collect();
         let now = now_ms();
         let frontiers = sealed.borrow().clone();
-        let (batch, stats) = agg.build(&msgs, store.as_ref(), now, &frontiers).await?;
+        let committing = inflight
+            .as_ref()
+            .map(|f| f.pending.clone())
+            .unwrap_or_default();
+        let (batch, stats) = agg
+            .build_after(&msgs, store.as_ref(), now, &frontiers, &committing)
+            .await?;
+        if let Some(f) = inflight.take()
+            && !f.finish(&consumer, &counters).await?
+        {
+            // the batch built on it is dropped: read again from the stored offsets
+            retake(store.as_ref(), &group, &mut positions).await?;
+            continue;
+        }
         let progress: HashMap<(String, i32), i64> = batch
             .offsets()
             .map(|(k, o)| ((k.topic.clone(), k.partition), o))
             .collect();
-        let started = Instant::now();
-        match store.commit(batch).await {
-            Ok(()) => {}
-            Err(Error::Fenced { detail }) => {
-                // another worker wrote, or the server lost writes: start again from the store
-                tracing::warn!(%group, %detail, "Store refused a batch; reading again from the stored offsets.");
-                let owned = positions.owned();
-                positions = positions::Positions::default();
-                take(store.as_ref(), &group, &owned, &mut positions).await?;
-                continue;
-            }
-            Err(e) => return Err(e),
-        }
-        counters.commit_latency.observe(started.elapsed());
-        let visible = now_ms();
-        for t in produced {
-            let ms = u64::try_from(visible.saturating_sub(t)).unwrap_or(0);
-            counters.freshness.observe(Duration::from_millis(ms));
-        }
-        consumer.commit_progress(&progress);
-        counters.applied.fetch_add(stats.applied, Ordering::Relaxed);
-        counters
-            .duplicates
-            .fetch_add(stats.duplicates, Ordering::Relaxed);
-        counters
-            .quarantined
-            .fetch_add(stats.quarantined, Ordering::Relaxed);
-        counters.late.fetch_add(stats.late, Ordering::Relaxed);
-        counters.batches.fetch_add(1, Ordering::Relaxed);
+        let pending = aggregate::pending_ids(&batch);
+        let task = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                store.commit(batch).await?;
+                Ok(Committed {
+                    took: started.elapsed(),
+                    visible_ms: now_ms(),
+                })
+            })
+        };
+        inflight = Some(InFlight {
+            task,
+            pending,
+            progress,
+            stats,
+            produced,
+        });
+    }
+    if let Some(f) = inflight.take() {
+        f.finish(&consumer, &counters).await?;
     }
     Ok(())
+}
+
+/// A batch being committed.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<Committed>>,
+    pending: aggregate::PendingIds,
+    progress: HashMap<(String, i32), i64>,
+    stats: BatchStats,
+    produced: Vec<i64>,
+}
+
+/// When and how fast a batch was committed.
+struct Committed {
+    took: Duration,
+    visible_ms: i64,
+}
+
+impl InFlight {
+    /// Waits for the commit and records it. `Ok(false)`: the store refused it (fenced), and
+    /// the worker must take its partitions again.
+    async fn finish(
+        self,
+        consumer: &kafka::GroupConsumer,
+        counters: &SpeedCounters,
+    ) -> Result<bool> {
+        let done = self.task.await.map_err(|source| Error::Task {
+            path: "the view store".into(),
+            operation: "commit a batch",
+            source,
+        })?;
+        let done = match done {
+            Ok(c) => c,
+            Err(Error::Fenced { detail }) => {
+                tracing::warn!(%detail, "Store refused a batch; reading again from the stored offsets.");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        counters.commit_latency.observe(done.took);
+        for t in self.produced {
+            let ms = u64::try_from(done.visible_ms.saturating_sub(t)).unwrap_or(0);
+            counters.freshness.observe(Duration::from_millis(ms));
+        }
+        consumer.commit_progress(&self.progress);
+        let s = self.stats;
+        counters.applied.fetch_add(s.applied, Ordering::Relaxed);
+        counters
+            .duplicates
+            .fetch_add(s.duplicates, Ordering::Relaxed);
+        counters
+            .quarantined
+            .fetch_add(s.quarantined, Ordering::Relaxed);
+        counters.late.fetch_add(s.late, Ordering::Relaxed);
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+/// Takes every owned partition again from the store's offsets (after a fenced batch).
+async fn retake(
+    store: &dyn ViewStore,
+    group: &str,
+    positions: &mut positions::Positions,
+) -> Result<()> {
+    let owned = positions.owned();
+    *positions = positions::Positions::default();
+    take(store, group, &owned, positions).await
 }
 
 fn keys(group: &str, list: &[(String, i32)]) -> Vec<PartitionKey> {
