@@ -609,3 +609,34 @@ fn quarantined_events_are_listed_shown_and_replayed() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, order.payload());
 }
+
+#[test]
+fn bench_speed_writes_a_report_beside_the_ceiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench").join("speed.md");
+    let (code, text) = duet(&[
+        "bench",
+        "speed",
+        "--events",
+        "3000",
+        "--rate",
+        "500",
+        "--seconds",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let report = std::fs::read_to_string(&out).unwrap();
+    for needle in [
+        "- Machine: ",
+        "| consume and discard (same broker, same process): the ceiling |",
+        "| speed layer, embedded store",
+        "| speed layer, Redis store",
+        "## Freshness: produce → visible in the store, 500 events/s for 1 s",
+        "| embedded | 500 |",
+        "| Redis | 500 |",
+    ] {
+        assert!(report.contains(needle), "missing {needle:?} in\n{report}");
+    }
+}
