@@ -178,9 +178,12 @@ impl Aggregator {
             })
             .collect();
         // ids seen by earlier batches, asked per partition and source
+        // (one question per source when the store remembers ids across partitions)
+        let per_partition = store.dedup_per_partition();
         let mut asks: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
         for (i, (part, s, _)) in fresh.iter().enumerate() {
-            asks.entry((*part, s.name.as_str())).or_default().push(i);
+            let part = if per_partition { *part } else { 0 };
+            asks.entry((part, s.name.as_str())).or_default().push(i);
         }
         let mut dup = vec![false; fresh.len()];
         for ((part, source), idx) in asks {

@@ -188,6 +188,11 @@ pub trait ViewStore: Send + Sync {
     async fn commit(&self, batch: SpeedBatch) -> Result<()>;
     /// The next offsets to read for a consumer group and topic, per partition.
     async fn offsets(&self, group: &str, topic: &str) -> Result<HashMap<i32, i64>>;
+    /// Whether ids are remembered per Kafka partition (Redis) rather than across all of them
+    /// (the embedded store): the speed layer then asks [`ViewStore::seen`] per partition.
+    fn dedup_per_partition(&self) -> bool {
+        false
+    }
     /// Which of `ids` of `source`, read from partition `part`, were already seen. The embedded
     /// store answers over all partitions; the Redis store over the ids read from `part` (see
     /// `docs/semantics.md`).

@@ -680,6 +680,10 @@ impl ViewStore for RedisStore {
         self.take(parts).await
     }
 
+    fn dedup_per_partition(&self) -> bool {
+        true
+    }
+
     async fn release(&self, parts: &[PartitionKey]) -> Result<()> {
         let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
