@@ -171,29 +171,32 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
     drop(msgs);
     drop(producer);
 
-    // the ceiling: consume and discard, same broker, same process
-    let baseline = AssignedConsumer::new(
-        &cfg.kafka,
-        &bootstrap,
-        "bench-baseline",
-        &topics,
-        |_, _| None,
-        Duration::from_secs(30),
-    )
-    .await?;
-    let t = Instant::now();
-    let mut seen = 0;
-    while seen < events {
-        seen += baseline
-            .next_batch(10_000, Duration::from_millis(50))
-            .await?
-            .len();
-        if t.elapsed() > Duration::from_secs(600) {
-            bail!("baseline consumer stalled at {seen} of {events}");
+    // the ceiling: consume and discard, same broker, same process (the best of two reads:
+    // it varies more from run to run than the speed layer does)
+    let mut consume = Duration::MAX;
+    for round in 0..2 {
+        let baseline = AssignedConsumer::new(
+            &cfg.kafka,
+            &bootstrap,
+            &format!("bench-baseline-{round}"),
+            &topics,
+            |_, _| None,
+            Duration::from_secs(30),
+        )
+        .await?;
+        let t = Instant::now();
+        let mut seen = 0;
+        while seen < events {
+            seen += baseline
+                .next_batch(10_000, Duration::from_millis(50))
+                .await?
+                .len();
+            if t.elapsed() > Duration::from_secs(600) {
+                bail!("baseline consumer stalled at {seen} of {events}");
+            }
         }
+        consume = consume.min(t.elapsed());
     }
-    let consume = t.elapsed();
-    drop(baseline);
 
     // the speed layer with each store, timed from its first message to its last commit
     let mut runs = Vec::new();
@@ -367,7 +370,7 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
     writeln!(r, "|---|---:|---:|---:|---:|---:|")?;
     writeln!(
         r,
-        "| consume and discard (same broker, same process): the ceiling | {base_rate:.0} | 1.00 | | | |"
+        "| consume and discard (same broker, same process, best of 2): the ceiling | {base_rate:.0} | 1.00 | | | |"
     )?;
     for t in &runs {
         writeln!(

@@ -630,7 +630,7 @@ fn bench_speed_writes_a_report_beside_the_ceiling() {
     let report = std::fs::read_to_string(&out).unwrap();
     for needle in [
         "- Machine: ",
-        "| consume and discard (same broker, same process): the ceiling |",
+        "| consume and discard (same broker, same process, best of 2): the ceiling |",
         "| speed layer, embedded store",
         "| speed layer, Redis store",
         "## Freshness: produce → visible in the store, 500 events/s for 1 s",

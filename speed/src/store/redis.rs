@@ -69,6 +69,8 @@ local function expire_at_least(key, at)
   if t >= 0 and t < tonumber(at) then redis.call('PEXPIREAT', key, at) end
   if t == -1 then redis.call('PEXPIREAT', key, at) end
 end
+-- the latest expiry each sorted set needs, set once per set
+local expiry = {}
 local i = 6
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
@@ -79,7 +81,7 @@ for _ = 1, n do
   redis.call('PEXPIREAT', h, exp)
   local z = base .. 'buckets:' .. view
   redis.call('ZADD', z, ms, label)
-  expire_at_least(z, exp)
+  if not expiry[z] or expiry[z] < tonumber(exp) then expiry[z] = tonumber(exp) end
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
@@ -103,8 +105,9 @@ for _ = 1, n do
   i = i + 4
   local z = base .. 'seen:' .. view
   redis.call('ZADD', z, 'GT', score, id)
-  expire_at_least(z, exp)
+  if not expiry[z] or expiry[z] < tonumber(exp) then expiry[z] = tonumber(exp) end
 end
+for key, at in pairs(expiry) do expire_at_least(key, at) end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   redis.call('LPUSH', KEYS[4], ARGV[i]); i = i + 1
