@@ -241,7 +241,6 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
     // speed layer, end to end (Kafka → store commits)
     let store = Arc::new(EmbeddedStore::open(std::path::Path::new(&cfg.store.path))?);
     let (stop, rx) = watch::channel(false);
-    let t = Instant::now();
     let counters = Arc::new(duet_speed::SpeedCounters::default());
     let speed = tokio::spawn(crate::app::speed(
         cfg.clone(),
@@ -251,6 +250,18 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
         crate::app::no_seals(),
         rx.clone(),
     ));
+    // timed from the first message: joining the consumer group is not throughput
+    wait_for(
+        "the first message",
+        Duration::from_secs(120),
+        Duration::from_millis(1),
+        || {
+            let c = counters.clone();
+            async move { Ok(c.consumed.load(std::sync::atomic::Ordering::Relaxed) > 0) }
+        },
+    )
+    .await?;
+    let t = Instant::now();
     let group = duet_speed::group(&cfg);
     wait_for(
         "the speed layer",
