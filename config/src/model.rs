@@ -90,8 +90,9 @@ pub struct StoreConfig {
     /// File of the embedded store (used when `url` is not set).
     #[serde(default = "default_store_path")]
     pub path: String,
-    /// A Redis server (`redis://host:6379/0`, `rediss://…` for TLS): the speed layer's views
-    /// live there instead of the embedded file.
+    /// A Redis server (`redis://host:6379/0`, `rediss://…` for TLS) or cluster
+    /// (`redis-cluster://host1:6379,host2:6379`): the speed layer's views live there instead
+    /// of the embedded file.
     pub url: Option<String>,
     /// Prefix of every Redis key Duet writes (`duet`).
     #[serde(default = "default_store_prefix")]

@@ -194,11 +194,13 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
         p.add("speed.quarantine_cap", "expected at least 1");
     }
     if let Some(url) = &store.url
-        && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        && !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis-cluster://"))
     {
         p.add(
             "store.url",
-            format!("expected a Redis URL such as redis://127.0.0.1:6379/0, found {url:?}"),
+            format!("expected a Redis URL such as redis://127.0.0.1:6379/0 (or redis-cluster://host1:6379,host2:6379 for a cluster), found {url:?}"),
         );
     }
     if store.prefix.is_empty()
@@ -780,7 +782,7 @@ mod tests {
         ) + "\n[store]\nurl = \"localhost:6379\"\nprefix = \"duet{x}\"\n";
         let p = problems(&bad);
         for e in [
-            "store.url: expected a Redis URL such as redis://127.0.0.1:6379/0, found \"localhost:6379\"",
+            "store.url: expected a Redis URL such as redis://127.0.0.1:6379/0",
             "store.prefix: expected letters, digits",
             "views[0].retention: duration `forever`",
         ] {

@@ -13,7 +13,7 @@ use duet_config::{DimKey, Row, State, ViewDefinition, ViewSpec};
 use crate::error::{Error, Result, ViewMismatch};
 
 pub use embedded::{EmbeddedStore, EncodedRow};
-pub use local_redis::LocalRedis;
+pub use local_redis::{LocalRedis, LocalRedisCluster};
 pub use redis::RedisStore;
 
 /// A malformed event, kept with its reason, origin and bytes.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use duet_config::Config;
 use duet_jobs::embedded::EmbeddedKafka;
 use duet_jobs::generator::Generator;
-use duet_speed::store::LocalRedis;
+use duet_speed::store::{LocalRedis, LocalRedisCluster};
 use duet_speed::{EmbeddedStore, RedisStore, ViewStore};
 use tokio::sync::watch;
 
@@ -17,23 +17,36 @@ use crate::support::{caught_up, generated, ground_truth, produce, reference_conf
 
 const T0: i64 = 1_793_448_000_000;
 
-/// Which view store a test runs on.
+/// Which kind of view store a test runs on.
+#[derive(Clone, Copy)]
+enum Kind {
+    Embedded,
+    Redis,
+    Cluster,
+}
+
+/// The view store a test runs on.
 enum Stores {
     /// The embedded file.
     Embedded(std::path::PathBuf),
     /// A real `redis-server` (kept running for the test).
     Redis(LocalRedis, Vec<duet_config::ViewSpec>),
+    /// A three-node Redis Cluster.
+    Cluster(LocalRedisCluster, Vec<duet_config::ViewSpec>),
 }
 
 impl Stores {
-    fn new(redis: bool, cfg: &Config, dir: &std::path::Path) -> Stores {
-        if redis {
-            Stores::Redis(
+    fn new(kind: Kind, cfg: &Config, dir: &std::path::Path) -> Stores {
+        match kind {
+            Kind::Redis => Stores::Redis(
                 LocalRedis::start(&dir.join("redis")).unwrap(),
                 cfg.views.clone(),
-            )
-        } else {
-            Stores::Embedded(cfg.store.path.clone().into())
+            ),
+            Kind::Cluster => Stores::Cluster(
+                LocalRedisCluster::start(&dir.join("cluster"), 3).unwrap(),
+                cfg.views.clone(),
+            ),
+            Kind::Embedded => Stores::Embedded(cfg.store.path.clone().into()),
         }
     }
 
@@ -52,6 +65,11 @@ impl Stores {
             }
             Stores::Redis(server, views) => Arc::new(
                 RedisStore::connect(&server.url(), "duet", views)
+                    .await
+                    .unwrap(),
+            ),
+            Stores::Cluster(cluster, views) => Arc::new(
+                RedisStore::connect(&cluster.url(), "duet", views)
                     .await
                     .unwrap(),
             ),
@@ -77,7 +95,7 @@ fn spawn_speed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_aborted_speed_layer_restarts_without_loss_or_double_count() {
-    tokio::time::timeout(Duration::from_secs(180), run(false))
+    tokio::time::timeout(Duration::from_secs(180), run(Kind::Embedded))
         .await
         .expect("the restart test timed out");
 }
@@ -86,16 +104,24 @@ async fn an_aborted_speed_layer_restarts_without_loss_or_double_count() {
 /// with new epochs, while the aborted one's last script may still be in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_aborted_speed_layer_restarts_without_loss_or_double_count_on_redis() {
-    tokio::time::timeout(Duration::from_secs(180), run(true))
+    tokio::time::timeout(Duration::from_secs(180), run(Kind::Redis))
         .await
         .expect("the restart test timed out");
 }
 
-async fn run(redis: bool) {
+/// The same with a three-node Redis Cluster: partitions' keys spread over the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aborted_speed_layer_restarts_without_loss_or_double_count_on_a_redis_cluster() {
+    tokio::time::timeout(Duration::from_secs(180), run(Kind::Cluster))
+        .await
+        .expect("the restart test timed out");
+}
+
+async fn run(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = reference_config(dir.path());
     cfg.speed.batch_max = 20;
-    let stores = Stores::new(redis, &cfg, dir.path());
+    let stores = Stores::new(kind, &cfg, dir.path());
     let cfg = Arc::new(cfg);
     let topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
     let kafka = EmbeddedKafka::start(&topics, cfg.kafka.partitions).unwrap();

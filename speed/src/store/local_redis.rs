@@ -17,6 +17,7 @@ pub struct LocalRedis {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    extra: Vec<String>,
 }
 
 fn failed(detail: impl Into<String>, source: Option<std::io::Error>) -> Error {
@@ -30,6 +31,10 @@ impl LocalRedis {
     /// Starts a server keeping its data in `dir` on a free port, and waits (up to 10 s) until
     /// it answers `PING`.
     pub fn start(dir: &Path) -> Result<LocalRedis> {
+        LocalRedis::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Result<LocalRedis> {
         std::fs::create_dir_all(dir)
             .map_err(|e| failed(format!("create {}", dir.display()), Some(e)))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -40,6 +45,7 @@ impl LocalRedis {
             child: None,
             port,
             dir: dir.to_path_buf(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn()?;
         Ok(server)
@@ -63,6 +69,7 @@ impl LocalRedis {
                 "--logfile",
                 "redis.log",
             ])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -125,5 +132,79 @@ impl LocalRedis {
 impl Drop for LocalRedis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of `redis-server`s on 127.0.0.1 (no replicas), made with
+/// `redis-cli --cluster create` (Debian's `redis-tools`, installed with `redis-server`), for
+/// tests. Killed when dropped.
+#[derive(Debug)]
+pub struct LocalRedisCluster {
+    nodes: Vec<LocalRedis>,
+}
+
+impl LocalRedisCluster {
+    /// Starts `n` (at least 3) nodes with their data under `dir` and joins them into one
+    /// cluster whose slots they share; waits until the cluster is ready.
+    pub fn start(dir: &Path, n: usize) -> Result<LocalRedisCluster> {
+        let nodes = (0..n.max(3))
+            .map(|i| {
+                LocalRedis::start_with(
+                    &dir.join(format!("node-{i}")),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ],
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .map_err(|e| failed("run `redis-cli --cluster create`", Some(e)))?;
+        if !out.status.success() {
+            return Err(failed(
+                format!(
+                    "redis-cli --cluster create: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                ),
+                None,
+            ));
+        }
+        let cluster = LocalRedisCluster { nodes };
+        let start = Instant::now();
+        while !cluster.ready() {
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err(failed("the cluster did not become ready within 20 s", None));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(cluster)
+    }
+
+    fn ready(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            Command::new("redis-cli")
+                .args(["-p", &n.port.to_string(), "cluster", "info"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        })
+    }
+
+    /// The cluster's URL for `[store] url`: `redis-cluster://127.0.0.1:p1,127.0.0.1:p2,…`.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-cluster://{}",
+            self.nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
     }
 }

@@ -1,5 +1,6 @@
 //! The Redis store: the speed layer's views in a real Redis, readable with `redis-cli`, with
-//! the same code on one server and on a Redis Cluster.
+//! the same code on one server (`redis://…`) and on a Redis Cluster
+//! (`redis-cluster://host1:port,host2:port`, pipelines split by hash tag).
 //!
 //! # Key layout (prefix `duet`, see `docs/redis.md`)
 //! Everything one Kafka partition's events change lives under one hash tag, the partition's
@@ -42,6 +43,7 @@ use std::sync::Mutex;
 use duet_config::{DimKey, Row, State, ViewDefinition, ViewSpec, codec};
 use redis::Value;
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 
 use super::{PartitionKey, Quarantined, SpeedBatch, StateKey, StoreStats, ViewStore};
 use crate::error::{Error, Result};
@@ -150,7 +152,7 @@ struct Owned {
 
 /// The Redis view store.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     /// The server, without credentials (for errors).
     server: String,
     prefix: String,
@@ -170,6 +172,58 @@ impl std::fmt::Debug for RedisStore {
             .field("prefix", &self.prefix)
             .finish()
     }
+}
+
+/// A connection to one server, or to a Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    /// One server (reconnects by itself).
+    Single(ConnectionManager),
+    /// A cluster (follows its slots).
+    Cluster(ClusterConnection),
+}
+
+/// The key a command is routed by: its first key (for `EVAL`, the first of its `KEYS`).
+fn routing_key(cmd: &redis::Cmd) -> Vec<u8> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let first = if args
+        .first()
+        .is_some_and(|n| n.eq_ignore_ascii_case(b"EVAL"))
+    {
+        args.get(3)
+    } else {
+        args.get(1)
+    };
+    first.map(|k| k.to_vec()).unwrap_or_default()
+}
+
+/// The part of a key that decides its cluster slot: what is between the first `{` and the
+/// next `}` if that is not empty, else the whole key.
+fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|b| *b == b'{')
+        && let Some(len) = key[open + 1..].iter().position(|b| *b == b'}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
+/// `redis-cluster://h1:p1,h2:p2` → the nodes' `redis://` URLs (`None`: not a cluster URL).
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let rest = url.strip_prefix("redis-cluster://")?;
+    Some(
+        rest.split(',')
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("redis://{n}"))
+            .collect(),
+    )
 }
 
 /// `redis://user:secret@host` → `redis://host`.
@@ -261,14 +315,27 @@ impl RedisStore {
                 source,
             }
         };
-        let client = redis::Client::open(url).map_err(err("open"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(3)
-            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(30)));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(err("connect"))?;
+        let conn = match cluster_nodes(url) {
+            Some(nodes) => Conn::Cluster(
+                redis::cluster::ClusterClient::new(nodes)
+                    .map_err(err("open"))?
+                    .get_async_connection()
+                    .await
+                    .map_err(err("connect"))?,
+            ),
+            None => {
+                let client = redis::Client::open(url).map_err(err("open"))?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_number_of_retries(3)
+                    .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+                    .set_response_timeout(Some(std::time::Duration::from_secs(30)));
+                Conn::Single(
+                    ConnectionManager::new_with_config(client, config)
+                        .await
+                        .map_err(err("connect"))?,
+                )
+            }
+        };
         let mut by_source: HashMap<String, Vec<String>> = HashMap::new();
         for v in views {
             by_source
@@ -326,18 +393,55 @@ impl RedisStore {
         operation: &'static str,
         cmd: &redis::Cmd,
     ) -> Result<T> {
-        cmd.query_async(&mut self.conn.clone())
-            .await
-            .map_err(self.err(operation))
+        match &self.conn {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+        .map_err(self.err(operation))
     }
 
+    /// Sends the commands of `p` and returns one reply per command, in order: as one pipeline
+    /// to a single server; to a cluster, as one pipeline per hash tag (a cluster pipeline may
+    /// touch one slot only), all at once.
     async fn pipeline(&self, operation: &'static str, p: &redis::Pipeline) -> Result<Vec<Value>> {
         if p.cmd_iter().next().is_none() {
             return Ok(Vec::new());
         }
-        p.query_async(&mut self.conn.clone())
-            .await
-            .map_err(self.err(operation))
+        let c = match &self.conn {
+            Conn::Single(c) => {
+                return p
+                    .query_async(&mut c.clone())
+                    .await
+                    .map_err(self.err(operation));
+            }
+            Conn::Cluster(c) => c,
+        };
+        let mut groups: Vec<(Vec<u8>, redis::Pipeline, Vec<usize>)> = Vec::new();
+        for (i, cmd) in p.cmd_iter().enumerate() {
+            let key = routing_key(cmd);
+            let tag = hash_tag(&key).to_vec();
+            let g = match groups.iter().position(|(t, _, _)| *t == tag) {
+                Some(g) => g,
+                None => {
+                    groups.push((tag, redis::pipe(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[g].1.add_command(cmd.clone());
+            groups[g].2.push(i);
+        }
+        let sent = futures::future::join_all(groups.iter().map(|(_, pipe, _)| {
+            let mut c = c.clone();
+            async move { pipe.query_async::<Vec<Value>>(&mut c).await }
+        }))
+        .await;
+        let mut out = vec![Value::Nil; p.cmd_iter().count()];
+        for ((_, _, idx), replies) in groups.iter().zip(sent) {
+            for (i, v) in idx.iter().zip(replies.map_err(self.err(operation))?) {
+                out[*i] = v;
+            }
+        }
+        Ok(out)
     }
 
     /// Every partition tag written to.
@@ -384,15 +488,12 @@ impl RedisStore {
             let base = self.base(&tag(part));
             p.cmd("INCR").arg(format!("{base}epoch"));
             p.cmd("GET").arg(format!("{base}offset"));
-            p.cmd("SADD")
-                .arg(self.global("partitions"))
-                .arg(tag(part))
-                .ignore();
+            p.cmd("SADD").arg(self.global("partitions")).arg(tag(part));
         }
         let replies = self.pipeline("take partitions", &p).await?;
         let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        for (part, r) in parts.iter().zip(replies.chunks(2)) {
+        for (part, r) in parts.iter().zip(replies.chunks(3)) {
             let epoch = r.first().and_then(int).unwrap_or(0);
             let offset = r.get(1).and_then(int);
             owned.insert(part.clone(), Owned { epoch, offset });
@@ -644,8 +745,7 @@ impl RedisStore {
                 .arg(1)
                 .arg(self.global("watermarks"))
                 .arg(source)
-                .arg(*t)
-                .ignore();
+                .arg(*t);
         }
         if let Err(e) = self.pipeline("commit a batch", &p).await {
             // which partitions were written is unknown: hold none until taken again
@@ -883,14 +983,22 @@ impl ViewStore for RedisStore {
                 st.last_commit_ms = st.last_commit_ms.max(Some(at));
             }
         }
-        let info: String = self
+        // one server's text, or (on a cluster) a map of every node's: summed
+        let info: Value = self
             .query("read memory use", redis::cmd("INFO").arg("memory"))
             .await?;
-        st.bytes = info
-            .lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let texts: Vec<String> = match info {
+            Value::Map(m) => m.iter().filter_map(|(_, v)| text(v)).collect(),
+            other => text(&other).into_iter().collect(),
+        };
+        st.bytes = texts
+            .iter()
+            .filter_map(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("used_memory:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum();
         Ok(st)
     }
 
@@ -925,8 +1033,7 @@ impl ViewStore for RedisStore {
             p.cmd("HSET")
                 .arg(self.global("definitions"))
                 .arg(view)
-                .arg(json)
-                .ignore();
+                .arg(json);
         }
         self.pipeline("record definitions", &p).await?;
         Ok(())
@@ -946,16 +1053,11 @@ impl ViewStore for RedisStore {
         for (t, r) in tags.iter().zip(replies) {
             let base = self.base(t);
             for label in items(r).iter().filter_map(text) {
-                p.cmd("DEL")
-                    .arg(format!("{base}state:{view}:{label}"))
-                    .ignore();
+                p.cmd("DEL").arg(format!("{base}state:{view}:{label}"));
             }
-            p.cmd("DEL").arg(format!("{base}buckets:{view}")).ignore();
+            p.cmd("DEL").arg(format!("{base}buckets:{view}"));
         }
-        p.cmd("HDEL")
-            .arg(self.global("definitions"))
-            .arg(view)
-            .ignore();
+        p.cmd("HDEL").arg(self.global("definitions")).arg(view);
         self.pipeline("drop a view", &p).await?;
         self.cache
             .lock()
@@ -968,7 +1070,7 @@ impl ViewStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{LocalRedis, Release, SeenId};
+    use crate::store::{LocalRedis, LocalRedisCluster, Release, SeenId};
     use duet_config::Config;
 
     const CONFIG: &str = r#"
@@ -1045,6 +1147,16 @@ measures = [{ name = "n", kind = "count" }]
         (dir, server, store)
     }
 
+    /// A three-node Redis Cluster: the same code, keys spread over the nodes by partition.
+    async fn cluster() -> (tempfile::TempDir, LocalRedisCluster, RedisStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = LocalRedisCluster::start(&dir.path().join("cluster"), 3).unwrap();
+        let store = RedisStore::connect(&cluster.url(), "duet", &views())
+            .await
+            .unwrap();
+        (dir, cluster, store)
+    }
+
     fn batch(p: i32, next: i64, deltas: &[(StateKey, i64)], ids: &[SeenId]) -> SpeedBatch {
         let mut b = SpeedBatch {
             at_ms: 1_000,
@@ -1065,7 +1177,17 @@ measures = [{ name = "n", kind = "count" }]
 
     #[tokio::test]
     async fn partitions_merge_when_read_and_keys_are_readable() {
-        let (_dir, _server, store) = server().await;
+        let (_dir, server, store) = server().await;
+        merge_and_read(&server.url(), store).await;
+    }
+
+    #[tokio::test]
+    async fn partitions_merge_when_read_on_a_cluster() {
+        let (_dir, cluster, store) = cluster().await;
+        merge_and_read(&cluster.url(), store).await;
+    }
+
+    async fn merge_and_read(url: &str, store: RedisStore) {
         store.assign(&[part(0), part(1)]).await.unwrap();
         store
             .commit(batch(
@@ -1138,9 +1260,7 @@ measures = [{ name = "n", kind = "count" }]
         let week = 7 * 86_400_000;
         assert!((crate::now_ms() + week - ttl).abs() < 60_000, "{ttl}");
         // a second process reads the same
-        let other = RedisStore::connect(&_server.url(), "duet", &views())
-            .await
-            .unwrap();
+        let other = RedisStore::connect(url, "duet", &views()).await.unwrap();
         assert_eq!(other.read("a", 0, 180_000).await.unwrap(), rows);
         assert_eq!(other.stats().await.unwrap().seen_ids, 1);
     }
@@ -1151,14 +1271,22 @@ measures = [{ name = "n", kind = "count" }]
     #[tokio::test]
     async fn stale_workers_are_fenced() {
         let (_dir, server, old) = server().await;
+        fencing(&server.url(), old).await;
+    }
+
+    #[tokio::test]
+    async fn stale_workers_are_fenced_on_a_cluster() {
+        let (_dir, cluster, old) = cluster().await;
+        fencing(&cluster.url(), old).await;
+    }
+
+    async fn fencing(url: &str, old: RedisStore) {
         old.assign(&[part(0)]).await.unwrap();
         old.commit(batch(0, 3, &[(key("a", 0), 3)], &[]))
             .await
             .unwrap();
         // a rebalance: another worker takes partition 0
-        let new = RedisStore::connect(&server.url(), "duet", &views())
-            .await
-            .unwrap();
+        let new = RedisStore::connect(url, "duet", &views()).await.unwrap();
         new.assign(&[part(0)]).await.unwrap();
         assert_eq!(new.offsets("g", "t").await.unwrap()[&0], 3);
         let refused = old.commit(batch(0, 5, &[(key("a", 0), 2)], &[])).await;
