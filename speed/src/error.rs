@@ -84,6 +84,12 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// Stored bytes are not what the store wrote.
+    #[error("view store: unreadable {what}")]
+    Unreadable {
+        /// What was being read.
+        what: &'static str,
+    },
     /// Merging states failed (states of different kinds).
     #[error("view `{view}`: merging states")]
     Merge {

@@ -31,17 +31,18 @@ pub struct Seek {
     pub next: Option<i64>,
 }
 
-/// The owned partitions and their positions.
+/// The owned partitions and their positions, by topic and partition (looked up per message
+/// without allocating).
 #[derive(Debug, Default)]
 pub struct Positions {
-    parts: HashMap<(String, i32), Position>,
+    parts: HashMap<String, HashMap<i32, Position>>,
 }
 
 impl Positions {
     /// Owns `topic`/`partition` from the store's `next` offset; the consumer must be sought.
     pub fn take(&mut self, topic: &str, partition: i32, next: Option<i64>) {
-        self.parts.insert(
-            (topic.to_string(), partition),
+        self.parts.entry(topic.to_string()).or_default().insert(
+            partition,
             Position {
                 next,
                 sought: false,
@@ -51,12 +52,18 @@ impl Positions {
 
     /// Gives up `topic`/`partition`.
     pub fn revoke(&mut self, topic: &str, partition: i32) {
-        self.parts.remove(&(topic.to_string(), partition));
+        if let Some(t) = self.parts.get_mut(topic) {
+            t.remove(&partition);
+        }
     }
 
     /// Every owned partition.
     pub fn owned(&self) -> Vec<(String, i32)> {
-        let mut v: Vec<(String, i32)> = self.parts.keys().cloned().collect();
+        let mut v: Vec<(String, i32)> = self
+            .parts
+            .iter()
+            .flat_map(|(t, ps)| ps.keys().map(move |p| (t.clone(), *p)))
+            .collect();
         v.sort();
         v
     }
@@ -67,7 +74,11 @@ impl Positions {
     pub fn filter(&mut self, msgs: Vec<Msg>) -> Vec<Msg> {
         msgs.into_iter()
             .filter(|m| {
-                let Some(pos) = self.parts.get_mut(&(m.topic.clone(), m.partition)) else {
+                let Some(pos) = self
+                    .parts
+                    .get_mut(m.topic.as_str())
+                    .and_then(|t| t.get_mut(&m.partition))
+                else {
                     return false;
                 };
                 let ok = match pos.next {
@@ -88,11 +99,14 @@ impl Positions {
         let mut v: Vec<Seek> = self
             .parts
             .iter()
-            .filter(|(_, p)| !p.sought)
-            .map(|((topic, partition), p)| Seek {
-                topic: topic.clone(),
-                partition: *partition,
-                next: p.next,
+            .flat_map(|(topic, ps)| {
+                ps.iter()
+                    .filter(|(_, p)| !p.sought)
+                    .map(move |(partition, p)| Seek {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        next: p.next,
+                    })
             })
             .collect();
         v.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
@@ -101,7 +115,11 @@ impl Positions {
 
     /// Records that the consumer was sought in `topic`/`partition`.
     pub fn sought(&mut self, topic: &str, partition: i32) {
-        if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
+        if let Some(p) = self
+            .parts
+            .get_mut(topic)
+            .and_then(|t| t.get_mut(&partition))
+        {
             p.sought = true;
         }
     }

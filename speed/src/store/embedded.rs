@@ -25,9 +25,14 @@ const VIEWS: TableDefinition<(&str, i64, &str), &[u8]> = TableDefinition::new("v
 const OFFSETS: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("offsets");
 /// (source, event id) → number of index entries still holding it.
 const SEEN: TableDefinition<(&str, &str), u32> = TableDefinition::new("seen_ids");
-/// (view, bucket end, source, event id) → (): which ids a view's unsealed buckets hold.
+/// (view, bucket end, source, event id) → (): which ids a view's unsealed buckets hold, one
+/// entry per id (written by earlier versions; still released, no longer written).
 const SEEN_INDEX: TableDefinition<(&str, i64, &str, &str), ()> =
     TableDefinition::new("seen_by_bucket");
+/// (view, bucket end, batch sequence) → the (source, id) pairs of one batch whose latest
+/// bucket of the view ends there, packed ([`pack_ids`]): one entry per batch and bucket
+/// instead of one per id.
+const SEEN_BLOCKS: TableDefinition<(&str, i64, u64), &[u8]> = TableDefinition::new("seen_blocks");
 /// view → the sealed frontier its index entries were pruned to.
 const FRONTIERS: TableDefinition<&str, i64> = TableDefinition::new("frontiers");
 /// (at_ms, topic, partition, offset) → record as JSON.
@@ -112,6 +117,83 @@ fn fingerprints(
     Ok(out)
 }
 
+/// (source, id) pairs as bytes: for each string, its length (u32, little-endian) and bytes.
+fn pack_ids(ids: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.iter().map(|(s, i)| s.len() + i.len() + 8).sum());
+    for (source, id) in ids {
+        for part in [source, id] {
+            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+    }
+    out
+}
+
+/// One length-prefixed string from the front of `bytes`, which moves past it.
+fn take_str(bytes: &mut &[u8]) -> Option<String> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let s = std::str::from_utf8(bytes.get(4..4usize.checked_add(len)?)?)
+        .ok()?
+        .to_string();
+    *bytes = &bytes[4 + len..];
+    Some(s)
+}
+
+/// The pairs [`pack_ids`] packed; `None` if the bytes are not such a list.
+fn unpack_ids(mut bytes: &[u8]) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let source = take_str(&mut bytes)?;
+        out.push((source, take_str(&mut bytes)?));
+    }
+    Some(out)
+}
+
+/// Drops one index entry's hold on an id; an id no entry holds any more is forgotten
+/// (returns whether it was).
+fn unref(
+    seen: &mut redb::Table<(&str, &str), u32>,
+    source: &str,
+    id: &str,
+    e: &Op<'_>,
+) -> Result<bool> {
+    let refs = seen.get((source, id)).ctx(e)?.map_or(0, |v| v.value());
+    if refs <= 1 {
+        Ok(seen.remove((source, id)).ctx(e)?.is_some())
+    } else {
+        seen.insert((source, id), refs - 1).ctx(e)?;
+        Ok(false)
+    }
+}
+
+/// Removes the dedup blocks of `view` whose bucket end is at or before `until` and releases
+/// their ids. Returns how many ids were forgotten.
+fn release_blocks(
+    blocks: &mut redb::Table<(&str, i64, u64), &[u8]>,
+    seen: &mut redb::Table<(&str, &str), u32>,
+    view: &str,
+    until: i64,
+    e: &Op<'_>,
+) -> Result<i64> {
+    let found: Vec<((i64, u64), Vec<u8>)> = blocks
+        .range((view, i64::MIN, 0)..=(view, until, u64::MAX))
+        .ctx(e)?
+        .map(|item| item.map(|(k, v)| ((k.value().1, k.value().2), v.value().to_vec())))
+        .collect::<std::result::Result<_, _>>()
+        .ctx(e)?;
+    let mut forgotten = 0;
+    for ((end, seq), bytes) in found {
+        blocks.remove((view, end, seq)).ctx(e)?;
+        let ids = unpack_ids(&bytes).ok_or(Error::Unreadable {
+            what: "dedup block",
+        })?;
+        for (source, id) in ids {
+            forgotten += i64::from(unref(seen, &source, &id, e)?);
+        }
+    }
+    Ok(forgotten)
+}
+
 /// Removes the dedup index entries of one view whose bucket end lies in `range` (inclusive)
 /// and releases their ids: an id no entry holds any more is forgotten. Returns how many were.
 fn release(
@@ -137,22 +219,7 @@ fn release(
         index
             .remove((lo.0, end, source.as_str(), id.as_str()))
             .ctx(e)?;
-        let refs = seen
-            .get((source.as_str(), id.as_str()))
-            .ctx(e)?
-            .map_or(0, |v| v.value());
-        if refs <= 1 {
-            if seen
-                .remove((source.as_str(), id.as_str()))
-                .ctx(e)?
-                .is_some()
-            {
-                forgotten += 1;
-            }
-        } else {
-            seen.insert((source.as_str(), id.as_str()), refs - 1)
-                .ctx(e)?;
-        }
+        forgotten += i64::from(unref(seen, &source, &id, e)?);
     }
     Ok(forgotten)
 }
@@ -214,6 +281,7 @@ impl EmbeddedStore {
             tx.open_table(OFFSETS).ctx(&e)?;
             tx.open_table(SEEN).ctx(&e)?;
             tx.open_table(SEEN_INDEX).ctx(&e)?;
+            tx.open_table(SEEN_BLOCKS).ctx(&e)?;
             tx.open_table(FRONTIERS).ctx(&e)?;
             tx.open_table(QUARANTINE).ctx(&e)?;
             tx.open_table(WATERMARKS).ctx(&e)?;
@@ -309,6 +377,7 @@ impl EmbeddedStore {
             // dedup ids: forget what sealed buckets no longer need, then remember the new
             let mut seen = tx.open_table(SEEN).ctx(&e)?;
             let mut index = tx.open_table(SEEN_INDEX).ctx(&e)?;
+            let mut blocks = tx.open_table(SEEN_BLOCKS).ctx(&e)?;
             let mut frontiers = tx.open_table(FRONTIERS).ctx(&e)?;
             let mut forgotten = 0;
             for (view, until) in &batch.sealed_until {
@@ -325,20 +394,28 @@ impl EmbeddedStore {
                     (view.as_str(), i64::MIN)..=(view.as_str(), *until),
                     &e,
                 )?;
+                forgotten += release_blocks(&mut blocks, &mut seen, view, *until, &e)?;
                 frontiers.insert(view.as_str(), *until).ctx(&e)?;
             }
+            let mut frontier_of: HashMap<String, i64> = HashMap::new();
+            for item in frontiers.iter().ctx(&e)? {
+                let (k, v) = item.ctx(&e)?;
+                frontier_of.insert(k.value().to_string(), v.value());
+            }
             let mut remembered = 0;
+            let mut groups: BTreeMap<(&str, i64), Vec<(&str, &str)>> = BTreeMap::new();
             for s in batch.parts.values().flat_map(|p| p.seen.iter()) {
-                let mut live = Vec::new();
-                for r in &s.releases {
-                    let frontier = frontiers
-                        .get(r.view.as_str())
-                        .ctx(&e)?
-                        .map_or(i64::MIN, |v| v.value());
-                    if r.bucket_end > frontier {
-                        live.push(r);
-                    }
-                }
+                let live: Vec<_> = s
+                    .releases
+                    .iter()
+                    .filter(|r| {
+                        r.bucket_end
+                            > frontier_of
+                                .get(r.view.as_str())
+                                .copied()
+                                .unwrap_or(i64::MIN)
+                    })
+                    .collect();
                 if live.is_empty()
                     || seen
                         .get((s.source.as_str(), s.id.as_str()))
@@ -347,17 +424,28 @@ impl EmbeddedStore {
                 {
                     continue;
                 }
-                for r in &live {
-                    index
-                        .insert(
-                            (r.view.as_str(), r.bucket_end, s.source.as_str(), s.id.as_str()),
-                            (),
-                        )
-                        .ctx(&e)?;
-                }
                 seen.insert((s.source.as_str(), s.id.as_str()), live.len() as u32)
                     .ctx(&e)?;
+                for r in live {
+                    groups
+                        .entry((r.view.as_str(), r.bucket_end))
+                        .or_default()
+                        .push((s.source.as_str(), s.id.as_str()));
+                }
                 remembered += 1;
+            }
+            for ((view, end), ids) in &groups {
+                // after the last block of this view and bucket end
+                let seq = blocks
+                    .range((*view, *end, 0)..=(*view, *end, u64::MAX))
+                    .ctx(&e)?
+                    .next_back()
+                    .transpose()
+                    .ctx(&e)?
+                    .map_or(0, |(k, _)| k.value().2 + 1);
+                blocks
+                    .insert((*view, *end, seq), pack_ids(ids).as_slice())
+                    .ctx(&e)?;
             }
             if remembered != forgotten {
                 counter("seen_ids", remembered - forgotten)?;
@@ -456,13 +544,14 @@ impl EmbeddedStore {
                 views.remove((view, bucket, dims.as_str())).ctx(&e)?;
             }
             let mut index = tx.open_table(SEEN_INDEX).ctx(&e)?;
+            let mut blocks = tx.open_table(SEEN_BLOCKS).ctx(&e)?;
             let mut seen = tx.open_table(SEEN).ctx(&e)?;
             let forgotten = release(
                 &mut index,
                 &mut seen,
                 (view, i64::MIN)..=(view, i64::MAX),
                 &e,
-            )?;
+            )? + release_blocks(&mut blocks, &mut seen, view, i64::MAX, &e)?;
             let mut meta = tx.open_table(META).ctx(&e)?;
             let old = meta.get("seen_ids").ctx(&e)?.map_or(0, |v| v.value());
             meta.insert("seen_ids", old - forgotten).ctx(&e)?;
@@ -808,6 +897,57 @@ mod tests {
         assert_eq!(store.stats().await.unwrap().seen_ids, 6);
         // dropping a view releases its share
         store.drop_view("a").await.unwrap();
+        assert_eq!(store.stats().await.unwrap().seen_ids, 0);
+    }
+
+    #[test]
+    fn id_blocks_round_trip() {
+        let ids = [("orders", "o-1|paid"), ("", ""), ("behavior", "e-\u{e9}")];
+        let back = unpack_ids(&pack_ids(&ids)).unwrap();
+        assert_eq!(
+            back,
+            ids.iter()
+                .map(|(s, i)| (s.to_string(), i.to_string()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(unpack_ids(&[]), Some(Vec::new()));
+        assert_eq!(unpack_ids(&[9, 0, 0, 0, b'x']), None);
+    }
+
+    /// Ids indexed one entry each by an earlier version are still released as views seal.
+    #[tokio::test]
+    async fn ids_of_the_earlier_index_are_still_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        store
+            .write("test", |tx| {
+                let mut index = tx.open_table(SEEN_INDEX).unwrap();
+                index.insert(("a", 60_000, "s", "old"), ()).unwrap();
+                tx.open_table(SEEN)
+                    .unwrap()
+                    .insert(("s", "old"), 1)
+                    .unwrap();
+                tx.open_table(META).unwrap().insert("seen_ids", 1).unwrap();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            store
+                .seen(&anywhere(), "s", vec!["old".into()])
+                .await
+                .unwrap(),
+            vec![true]
+        );
+        let mut b = SpeedBatch::default();
+        b.sealed_until.insert("a".into(), 60_000);
+        store.commit(b).await.unwrap();
+        assert_eq!(
+            store
+                .seen(&anywhere(), "s", vec!["old".into()])
+                .await
+                .unwrap(),
+            vec![false]
+        );
         assert_eq!(store.stats().await.unwrap().seen_ids, 0);
     }
 
