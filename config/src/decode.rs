@@ -91,8 +91,30 @@ fn is_number(raw: &str) -> bool {
     matches!(raw.as_bytes().first(), Some(b'-' | b'0'..=b'9'))
 }
 
+/// Where a value sits in the event (`items[2].productId`), built as text only when a problem
+/// is reported: decoding a valid event formats no paths.
+#[derive(Debug, Clone, Copy)]
+enum Path<'a> {
+    /// A declared top-level field.
+    Field(&'a str),
+    /// A member of a struct.
+    Member(&'a Path<'a>, &'a str),
+    /// An element of an array.
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Field(name) => f.write_str(name),
+            Path::Member(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
 /// A scalar's JSON text (a number's digits, a string's quoted text), decoded as type `t`.
-fn decode_scalar(path: &str, t: &FieldType, text: &str) -> Result<Value, DecodeError> {
+fn decode_scalar(path: &Path<'_>, t: &FieldType, text: &str) -> Result<Value, DecodeError> {
     let mismatch = || DecodeError::Type {
         path: path.to_string(),
         expected: t.to_string(),
@@ -165,7 +187,7 @@ struct Fields<'s> {
 
 /// One declared value at `path` of type `t`.
 struct Typed<'s> {
-    path: std::borrow::Cow<'s, str>,
+    path: Path<'s>,
     t: &'s FieldType,
     field: &'s str,
     problem: &'s std::cell::RefCell<Option<(String, DecodeError)>>,
@@ -202,9 +224,10 @@ impl<'de> serde::de::DeserializeSeed<'de> for Typed<'_> {
                 let items: Vec<&RawValue> =
                     serde_json::from_str(text).map_err(serde::de::Error::custom)?;
                 let mut out = Vec::with_capacity(items.len());
+                let parent = self.path;
                 for (i, item) in items.into_iter().enumerate() {
                     let seed = Typed {
-                        path: format!("{}[{i}]", self.path).into(),
+                        path: Path::Index(&parent, i),
                         t: inner,
                         field: self.field,
                         problem: self.problem,
@@ -233,12 +256,13 @@ impl<'de> serde::de::DeserializeSeed<'de> for Typed<'_> {
                 let obj: HashMap<std::borrow::Cow<'_, str>, &RawValue> =
                     serde_json::from_str(text).map_err(serde::de::Error::custom)?;
                 let mut out = BTreeMap::new();
+                let parent = self.path;
                 for (name, ft) in fields {
                     let v = match obj.get(name.as_str()) {
                         None => Value::Null,
                         Some(raw) => {
                             let seed = Typed {
-                                path: format!("{}.{name}", self.path).into(),
+                                path: Path::Member(&parent, name.as_str()),
                                 t: ft,
                                 field: self.field,
                                 problem: self.problem,
@@ -273,7 +297,7 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
             match self.fields.get_key_value(key.as_ref()) {
                 Some((name, t)) => {
                     let v = map.next_value_seed(Typed {
-                        path: std::borrow::Cow::Borrowed(name.as_str()),
+                        path: Path::Field(name.as_str()),
                         t,
                         field: name.as_str(),
                         problem: self.problem,
