@@ -92,6 +92,79 @@ pub(crate) fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Produces `msgs` (topic, key, bytes), 5 000 in flight at a time; returns the next offset of
+/// every partition written.
+pub(crate) async fn produce_all(
+    producer: &rdkafka::producer::FutureProducer,
+    msgs: &[(String, String, Vec<u8>)],
+) -> Result<HashMap<(String, i32), i64>> {
+    let mut end: HashMap<(String, i32), i64> = HashMap::new();
+    for chunk in msgs.chunks(5_000) {
+        let futs: Vec<_> = chunk
+            .iter()
+            .map(|(topic, key, v)| {
+                producer.send(
+                    FutureRecord::to(topic).key(key).payload(v),
+                    Duration::from_secs(30),
+                )
+            })
+            .collect();
+        for (d, (topic, _, _)) in futures::future::join_all(futs).await.into_iter().zip(chunk) {
+            let d = d.map_err(|(e, _)| e).context("produce")?;
+            let e = end.entry((topic.clone(), d.partition)).or_insert(0);
+            *e = (*e).max(d.offset + 1);
+        }
+    }
+    Ok(end)
+}
+
+/// How long a consumer of group `group` takes to read and discard `events` messages of
+/// `topics` from their start: the ceiling any consumer of this broker reaches here.
+pub(crate) async fn consume_all(
+    cfg: &Config,
+    bootstrap: &str,
+    group: &str,
+    topics: &[String],
+    events: usize,
+) -> Result<Duration> {
+    let baseline = AssignedConsumer::new(
+        &cfg.kafka,
+        bootstrap,
+        group,
+        topics,
+        |_, _| None,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let t = Instant::now();
+    let mut seen = 0;
+    while seen < events {
+        seen += baseline
+            .next_batch(10_000, Duration::from_millis(50))
+            .await?
+            .len();
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("baseline consumer stalled at {seen} of {events}");
+        }
+    }
+    Ok(t.elapsed())
+}
+
+/// Waits until a speed layer has read its first message (joining its group is not part of
+/// its throughput).
+pub(crate) async fn first_message(counters: &Arc<duet_speed::SpeedCounters>) -> Result<Duration> {
+    wait_for(
+        "the first message",
+        Duration::from_secs(120),
+        Duration::from_millis(1),
+        || {
+            let c = counters.clone();
+            async move { Ok(c.consumed.load(std::sync::atomic::Ordering::Relaxed) > 0) }
+        },
+    )
+    .await
+}
+
 pub(crate) async fn wait_for<F, Fut>(
     what: &str,
     limit: Duration,
@@ -181,48 +254,11 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
     let bytes: usize = msgs.iter().map(|m| m.2.len()).sum();
     let producer = crate::producer::producer(&cfg.kafka, &bootstrap)?;
     let t = Instant::now();
-    let mut end: HashMap<(String, i32), i64> = HashMap::new();
-    for chunk in msgs.chunks(5_000) {
-        let futs: Vec<_> = chunk
-            .iter()
-            .map(|(topic, key, v)| {
-                producer.send(
-                    FutureRecord::to(topic).key(key).payload(v),
-                    Duration::from_secs(30),
-                )
-            })
-            .collect();
-        for (d, (topic, _, _)) in futures::future::join_all(futs).await.into_iter().zip(chunk) {
-            let d = d.map_err(|(e, _)| e).context("produce")?;
-            let e = end.entry((topic.clone(), d.partition)).or_insert(0);
-            *e = (*e).max(d.offset + 1);
-        }
-    }
+    let end = produce_all(&producer, &msgs).await?;
     let produce = t.elapsed();
 
     // baseline: consume and discard
-    let baseline = AssignedConsumer::new(
-        &cfg.kafka,
-        &bootstrap,
-        "bench-baseline",
-        &topics,
-        |_, _| None,
-        Duration::from_secs(30),
-    )
-    .await?;
-    let t = Instant::now();
-    let mut seen = 0;
-    while seen < events {
-        seen += baseline
-            .next_batch(10_000, Duration::from_millis(50))
-            .await?
-            .len();
-        if t.elapsed() > Duration::from_secs(300) {
-            bail!("baseline consumer stalled at {seen} of {events}");
-        }
-    }
-    let consume = t.elapsed();
-    drop(baseline);
+    let consume = consume_all(&cfg, &bootstrap, "bench-baseline", &topics, events).await?;
 
     // CPU share: decode and fold in memory
     let t = Instant::now();
@@ -251,16 +287,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
         rx.clone(),
     ));
     // timed from the first message: joining the consumer group is not throughput
-    wait_for(
-        "the first message",
-        Duration::from_secs(120),
-        Duration::from_millis(1),
-        || {
-            let c = counters.clone();
-            async move { Ok(c.consumed.load(std::sync::atomic::Ordering::Relaxed) > 0) }
-        },
-    )
-    .await?;
+    first_message(&counters).await?;
     let t = Instant::now();
     let group = duet_speed::group(&cfg);
     wait_for(

@@ -12,15 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use duet_config::Config;
-use duet_speed::kafka::AssignedConsumer;
 use duet_speed::store::LocalRedis;
 use duet_speed::{EmbeddedStore, RedisStore, SpeedCounters, ViewStore};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tokio::sync::watch;
 
-use crate::bench::{machine, peak_rss_mib, wait_for};
+use crate::bench::{consume_all, first_message, machine, peak_rss_mib, produce_all, wait_for};
 use crate::embedded::EmbeddedKafka;
 use crate::generator::Generator;
 
@@ -57,30 +56,6 @@ struct Freshness {
     p50_ms: f64,
     p99_ms: f64,
     max_lag: i64,
-}
-
-async fn produce_all(
-    producer: &FutureProducer,
-    msgs: &[(String, String, Vec<u8>)],
-) -> Result<HashMap<(String, i32), i64>> {
-    let mut end: HashMap<(String, i32), i64> = HashMap::new();
-    for chunk in msgs.chunks(5_000) {
-        let futs: Vec<_> = chunk
-            .iter()
-            .map(|(topic, key, v)| {
-                producer.send(
-                    FutureRecord::to(topic).key(key).payload(v),
-                    Duration::from_secs(30),
-                )
-            })
-            .collect();
-        for (d, (topic, _, _)) in futures::future::join_all(futs).await.into_iter().zip(chunk) {
-            let d = d.map_err(|(e, _)| e).context("produce")?;
-            let e = end.entry((topic.clone(), d.partition)).or_insert(0);
-            *e = (*e).max(d.offset + 1);
-        }
-    }
-    Ok(end)
 }
 
 async fn open(kind: &'static str, cfg: &Config, redis: &LocalRedis) -> Result<Arc<dyn ViewStore>> {
@@ -175,27 +150,8 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
     // it varies more from run to run than the speed layer does)
     let mut consume = Duration::MAX;
     for round in 0..2 {
-        let baseline = AssignedConsumer::new(
-            &cfg.kafka,
-            &bootstrap,
-            &format!("bench-baseline-{round}"),
-            &topics,
-            |_, _| None,
-            Duration::from_secs(30),
-        )
-        .await?;
-        let t = Instant::now();
-        let mut seen = 0;
-        while seen < events {
-            seen += baseline
-                .next_batch(10_000, Duration::from_millis(50))
-                .await?
-                .len();
-            if t.elapsed() > Duration::from_secs(600) {
-                bail!("baseline consumer stalled at {seen} of {events}");
-            }
-        }
-        consume = consume.min(t.elapsed());
+        let group = format!("bench-baseline-{round}");
+        consume = consume.min(consume_all(&cfg, &bootstrap, &group, &topics, events).await?);
     }
 
     // the speed layer with each store, timed from its first message to its last commit
@@ -210,16 +166,7 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
         let counters = Arc::new(SpeedCounters::default());
         let (stop, rx) = watch::channel(false);
         let task = spawn_speed(&run_cfg, &bootstrap, store.clone(), counters.clone(), rx);
-        wait_for(
-            "the first message",
-            Duration::from_secs(120),
-            Duration::from_millis(1),
-            || {
-                let c = counters.clone();
-                async move { Ok(c.consumed.load(Relaxed) > 0) }
-            },
-        )
-        .await?;
+        first_message(&counters).await?;
         let t = Instant::now();
         let group = duet_speed::group(&run_cfg);
         wait_for(

@@ -116,26 +116,6 @@ impl AssignedConsumer {
         matches!(high, Ok(Ok((_, high))) if next >= high)
     }
 
-    /// Starts a task that, every `every`, asks the broker for the high watermark of each
-    /// assigned partition and records in `counters` how far the consumer's position is behind
-    /// it. A partition the broker does not answer for keeps its last known lag.
-    pub fn watch_lag(
-        &self,
-        counters: std::sync::Arc<crate::SpeedCounters>,
-        every: Duration,
-    ) -> tokio::task::JoinHandle<()> {
-        let consumer = self.consumer.clone();
-        tokio::spawn(async move {
-            loop {
-                let c = consumer.clone();
-                if let Ok(lags) = tokio::task::spawn_blocking(move || lags(c.as_ref())).await {
-                    counters.set_lag(lags);
-                }
-                tokio::time::sleep(every).await;
-            }
-        })
-    }
-
     /// Tells the group how far we got (monitoring only; Duet's own state is the truth).
     pub fn commit_progress(&self, next: &HashMap<(String, i32), i64>) {
         commit_progress(self.consumer.as_ref(), &self.group, next);
@@ -318,8 +298,9 @@ impl GroupConsumer {
             })
     }
 
-    /// Starts the task that records the consumer lag of the assigned partitions (see
-    /// [`AssignedConsumer::watch_lag`]).
+    /// Starts a task that, every `every`, asks the broker for the high watermark of each
+    /// assigned partition and records in `counters` how far the consumer's position is behind
+    /// it (replacing what was recorded: revoked partitions drop out).
     pub fn watch_lag(
         &self,
         counters: std::sync::Arc<crate::SpeedCounters>,

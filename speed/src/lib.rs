@@ -115,12 +115,10 @@ pub async fn run(
         let produced: Vec<i64> = msgs.iter().filter_map(|m| m.timestamp_ms).collect();
         let now = now_ms();
         let frontiers = sealed.borrow().clone();
-        let committing = inflight
-            .as_ref()
-            .map(|f| f.pending.clone())
-            .unwrap_or_default();
+        let none = aggregate::PendingIds::new();
+        let committing = inflight.as_ref().map_or(&none, |f| &f.pending);
         let (batch, stats) = agg
-            .build_after(&msgs, store.as_ref(), now, &frontiers, &committing)
+            .build_after(&msgs, store.as_ref(), now, &frontiers, committing)
             .await?;
         if let Some(f) = inflight.take()
             && !f.finish(&consumer, &counters).await?

@@ -463,10 +463,19 @@ impl EmbeddedStore {
                 .ctx(&e)?;
             }
             // the quarantine is bounded: a retention and a cap (the lake keeps every event)
+            // (keys are ordered by time: drop the oldest, those before the retention and those
+            // beyond the cap)
             let keep = batch.quarantine_keep;
-            let old: Vec<(i64, String, i32, i64)> = q
+            let expired = q
                 .range(..(keep.since_ms, "", i32::MIN, i64::MIN))
                 .ctx(&e)?
+                .count();
+            let kept = (q.len().ctx(&e)? as usize).saturating_sub(expired);
+            let drop = expired + kept.saturating_sub(keep.cap);
+            let oldest: Vec<(i64, String, i32, i64)> = q
+                .iter()
+                .ctx(&e)?
+                .take(drop)
                 .map(|item| {
                     item.map(|(k, _)| {
                         let (at, t, p, o) = k.value();
@@ -475,26 +484,8 @@ impl EmbeddedStore {
                 })
                 .collect::<std::result::Result<_, _>>()
                 .ctx(&e)?;
-            for (at, t, p, o) in &old {
+            for (at, t, p, o) in &oldest {
                 q.remove((*at, t.as_str(), *p, *o)).ctx(&e)?;
-            }
-            let excess = (q.len().ctx(&e)? as usize).saturating_sub(keep.cap);
-            if excess > 0 {
-                let first: Vec<(i64, String, i32, i64)> = q
-                    .iter()
-                    .ctx(&e)?
-                    .take(excess)
-                    .map(|item| {
-                        item.map(|(k, _)| {
-                            let (at, t, p, o) = k.value();
-                            (at, t.to_string(), p, o)
-                        })
-                    })
-                    .collect::<std::result::Result<_, _>>()
-                    .ctx(&e)?;
-                for (at, t, p, o) in &first {
-                    q.remove((*at, t.as_str(), *p, *o)).ctx(&e)?;
-                }
             }
             let mut w = tx.open_table(WATERMARKS).ctx(&e)?;
             for (s, t) in &batch.watermarks {
