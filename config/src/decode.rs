@@ -7,7 +7,7 @@
 //! float, so `12345678901234567890.12` stays exact; floats must be finite. When several
 //! declared fields are wrong, the first by name is reported.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
@@ -177,18 +177,86 @@ fn decode_scalar(path: &Path<'_>, t: &FieldType, text: &str) -> Result<Value, De
     })
 }
 
+/// Which declared values an event keeps. Every declared value is checked against its type
+/// either way, so an event is valid or refused alike whatever it keeps; values not kept are
+/// not built (they read as `Null`). The speed layer keeps what its views read, the lake sink
+/// keeps everything.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Keep {
+    /// Keep the whole value.
+    all: bool,
+    /// Members of a struct (or of an array's struct elements) to keep.
+    members: BTreeMap<String, Keep>,
+}
+
+impl Keep {
+    /// Keeps every value.
+    pub fn all() -> Keep {
+        Keep {
+            all: true,
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// Also keeps the value at dotted `path` (`deviceInfo.platform`, `items.productId`: the
+    /// members of an array's struct elements are named as if the array were a struct).
+    fn path(&mut self, path: &str) {
+        let mut k = self;
+        for seg in path.split('.') {
+            if k.all {
+                return;
+            }
+            k = k.members.entry(seg.to_string()).or_default();
+        }
+        k.all = true;
+        k.members.clear();
+    }
+
+    /// Keeps the value at `path` itself, with only the members [`Keep::path`] names.
+    fn container(&mut self, path: &str) {
+        let mut k = self;
+        for seg in path.split('.') {
+            if k.all {
+                return;
+            }
+            k = k.members.entry(seg.to_string()).or_default();
+        }
+    }
+
+    fn member(&self, name: &str) -> Option<&Keep> {
+        if self.all {
+            Some(self)
+        } else {
+            self.members.get(name)
+        }
+    }
+}
+
+/// A string's JSON text (quoted, valid JSON) as the string it stands for.
+fn json_string(text: &str) -> Option<String> {
+    let body = text.get(1..text.len().saturating_sub(1))?;
+    if body.contains('\\') {
+        serde_json::from_str(text).ok()
+    } else {
+        Some(body.to_string())
+    }
+}
+
 /// Decoding in one pass over the JSON text: the declared fields are decoded as they come
 /// (scalars from their raw text, so numbers stay exact), everything else is skipped without
 /// being built. The first problem, by field name, is kept in `problem`; the parse then stops.
 struct Fields<'s> {
     fields: &'s BTreeMap<String, FieldType>,
+    keep: &'s Keep,
     problem: &'s std::cell::RefCell<Option<(String, DecodeError)>>,
 }
 
-/// One declared value at `path` of type `t`.
+/// One declared value at `path` of type `t`; `keep` is `None` when it is only checked.
+#[derive(Clone, Copy)]
 struct Typed<'s> {
     path: Path<'s>,
     t: &'s FieldType,
+    keep: Option<&'s Keep>,
     field: &'s str,
     problem: &'s std::cell::RefCell<Option<(String, DecodeError)>>,
 }
@@ -201,86 +269,159 @@ impl Typed<'_> {
         }
         E::custom("refused")
     }
+
+    fn mismatch<E: serde::de::Error>(&self, text: &str) -> E {
+        self.fail(DecodeError::Type {
+            path: self.path.to_string(),
+            expected: self.t.to_string(),
+            found: found(text),
+        })
+    }
+
+    /// Decodes the value's JSON text `text` (a whole, valid JSON value).
+    fn decode_text<E: serde::de::Error>(self, text: &str) -> Result<Value, E> {
+        match self.t {
+            FieldType::Array(inner) => {
+                if text == "null" {
+                    return Ok(Value::Null);
+                }
+                if !text.starts_with('[') {
+                    return Err(self.mismatch(text));
+                }
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde::Deserializer::deserialize_seq(
+                    &mut de,
+                    Elements {
+                        item: Typed { t: inner, ..self },
+                    },
+                )
+                .map_err(E::custom)
+            }
+            FieldType::Struct(fields) => {
+                if text == "null" {
+                    return Ok(Value::Null);
+                }
+                if !text.starts_with('{') {
+                    return Err(self.mismatch(text));
+                }
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde::Deserializer::deserialize_map(&mut de, Members { fields, of: self })
+                    .map_err(E::custom)
+            }
+            FieldType::String if self.keep.is_none() => {
+                if text == "null" || text.starts_with('"') {
+                    Ok(Value::Null)
+                } else {
+                    Err(self.mismatch(text))
+                }
+            }
+            FieldType::String => {
+                if text == "null" {
+                    return Ok(Value::Null);
+                }
+                if !text.starts_with('"') {
+                    return Err(self.mismatch(text));
+                }
+                json_string(text)
+                    .map(Value::Str)
+                    .ok_or_else(|| self.mismatch(text))
+            }
+            scalar => {
+                let v = decode_scalar(&self.path, scalar, text).map_err(|e| self.fail(e))?;
+                Ok(if self.keep.is_some() { v } else { Value::Null })
+            }
+        }
+    }
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Typed<'_> {
     type Value = Value;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        match self.t {
-            FieldType::Array(inner) => {
-                let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
-                let text = raw.get();
-                if text == "null" {
-                    return Ok(Value::Null);
+        let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
+        self.decode_text(raw.get())
+    }
+}
+
+/// The elements of an array, each decoded as `item` (its path gets the index).
+struct Elements<'s> {
+    item: Typed<'s>,
+}
+
+impl<'de> serde::de::Visitor<'de> for Elements<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let parent = self.item.path;
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+        let mut i = 0;
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            let item = Typed {
+                path: Path::Index(&parent, i),
+                ..self.item
+            };
+            out.push(item.decode_text(raw.get())?);
+            i += 1;
+        }
+        Ok(if self.item.keep.is_some() {
+            Value::Array(out)
+        } else {
+            Value::Null
+        })
+    }
+}
+
+/// The members of a struct value `of`: declared ones decoded (absent ones `Null`), others
+/// skipped.
+struct Members<'s> {
+    fields: &'s [(String, FieldType)],
+    of: Typed<'s>,
+}
+
+impl<'de> serde::de::Visitor<'de> for Members<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let parent = self.of.path;
+        let mut out = BTreeMap::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match self.fields.iter().find(|(n, _)| n.as_str() == key.as_ref()) {
+                Some((name, t)) => {
+                    let keep = self.of.keep.and_then(|k| k.member(name));
+                    let raw: &'de RawValue = map.next_value()?;
+                    let v = Typed {
+                        path: Path::Member(&parent, name.as_str()),
+                        t,
+                        keep,
+                        ..self.of
+                    }
+                    .decode_text(raw.get())?;
+                    if keep.is_some() {
+                        out.insert(name.clone(), v);
+                    }
                 }
-                if !text.starts_with('[') {
-                    return Err(self.fail(DecodeError::Type {
-                        path: self.path.to_string(),
-                        expected: self.t.to_string(),
-                        found: found(text),
-                    }));
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
                 }
-                let items: Vec<&RawValue> =
-                    serde_json::from_str(text).map_err(serde::de::Error::custom)?;
-                let mut out = Vec::with_capacity(items.len());
-                let parent = self.path;
-                for (i, item) in items.into_iter().enumerate() {
-                    let seed = Typed {
-                        path: Path::Index(&parent, i),
-                        t: inner,
-                        field: self.field,
-                        problem: self.problem,
-                    };
-                    let mut de = serde_json::Deserializer::from_str(item.get());
-                    out.push(
-                        serde::de::DeserializeSeed::deserialize(seed, &mut de)
-                            .map_err(serde::de::Error::custom)?,
-                    );
-                }
-                Ok(Value::Array(out))
-            }
-            FieldType::Struct(fields) => {
-                let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
-                let text = raw.get();
-                if text == "null" {
-                    return Ok(Value::Null);
-                }
-                if !text.starts_with('{') {
-                    return Err(self.fail(DecodeError::Type {
-                        path: self.path.to_string(),
-                        expected: self.t.to_string(),
-                        found: found(text),
-                    }));
-                }
-                let obj: HashMap<std::borrow::Cow<'_, str>, &RawValue> =
-                    serde_json::from_str(text).map_err(serde::de::Error::custom)?;
-                let mut out = BTreeMap::new();
-                let parent = self.path;
-                for (name, ft) in fields {
-                    let v = match obj.get(name.as_str()) {
-                        None => Value::Null,
-                        Some(raw) => {
-                            let seed = Typed {
-                                path: Path::Member(&parent, name.as_str()),
-                                t: ft,
-                                field: self.field,
-                                problem: self.problem,
-                            };
-                            let mut de = serde_json::Deserializer::from_str(raw.get());
-                            serde::de::DeserializeSeed::deserialize(seed, &mut de)
-                                .map_err(serde::de::Error::custom)?
-                        }
-                    };
-                    out.insert(name.clone(), v);
-                }
-                Ok(Value::Struct(out))
-            }
-            scalar => {
-                let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
-                decode_scalar(&self.path, scalar, raw.get()).map_err(|e| self.fail(e))
             }
         }
+        let Some(keep) = self.of.keep else {
+            return Ok(Value::Null);
+        };
+        for (name, _) in self.fields {
+            if keep.member(name).is_some() && !out.contains_key(name.as_str()) {
+                out.insert(name.clone(), Value::Null);
+            }
+        }
+        Ok(Value::Struct(out))
     }
 }
 
@@ -296,13 +437,17 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match self.fields.get_key_value(key.as_ref()) {
                 Some((name, t)) => {
+                    let keep = self.keep.member(name);
                     let v = map.next_value_seed(Typed {
                         path: Path::Field(name.as_str()),
                         t,
+                        keep,
                         field: name.as_str(),
                         problem: self.problem,
                     })?;
-                    out.insert(name.clone(), v);
+                    if keep.is_some() {
+                        out.insert(name.clone(), v);
+                    }
                 }
                 None => {
                     map.next_value::<serde::de::IgnoredAny>()?;
@@ -320,7 +465,19 @@ impl Source {
     /// ahead of `produced_ms` is refused too. Both layers decide by the message's own
     /// timestamp, so they refuse the same events.
     pub fn decode_at(&self, bytes: &[u8], produced_ms: i64) -> Result<Event, DecodeError> {
-        let e = self.decode(bytes)?;
+        self.decode_keeping(bytes, produced_ms, &Keep::all())
+    }
+
+    /// [`Source::decode_at`], building only the values `keep` (from [`Source::keep`]) names:
+    /// other declared values are checked but read as `Null`. An event is refused, and for the
+    /// same reason, whatever it keeps.
+    pub fn decode_keeping(
+        &self,
+        bytes: &[u8],
+        produced_ms: i64,
+        keep: &Keep,
+    ) -> Result<Event, DecodeError> {
+        let e = self.decode_with(bytes, keep)?;
         let ahead = e.time_ms.saturating_sub(produced_ms);
         if ahead > self.max_future_ms {
             return Err(DecodeError::Future {
@@ -334,6 +491,35 @@ impl Source {
 
     /// Decodes one message value into an event, or says why it is refused.
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        self.decode_with(bytes, &Keep::all())
+    }
+
+    /// What to keep for `views` (of this source): the values they read, and what decoding
+    /// itself reads (id, time, required fields, check). An exploded array is kept with only
+    /// the members of its elements that are read.
+    pub fn keep<'v>(&self, views: impl IntoIterator<Item = &'v crate::view::ViewSpec>) -> Keep {
+        let mut k = Keep::default();
+        for v in views {
+            for p in v.paths() {
+                k.path(p);
+            }
+            if let Some(x) = &v.explode {
+                k.container(x);
+            }
+        }
+        for f in self.event_id.iter().chain(&self.required) {
+            k.path(f);
+        }
+        k.path(&self.event_time);
+        if let Some((check, _)) = &self.check {
+            for (p, _) in check.paths() {
+                k.path(p);
+            }
+        }
+        k
+    }
+
+    fn decode_with(&self, bytes: &[u8], keep: &Keep) -> Result<Event, DecodeError> {
         let first = bytes
             .iter()
             .find(|b| !b.is_ascii_whitespace())
@@ -345,6 +531,7 @@ impl Source {
             &mut de,
             Fields {
                 fields: &self.fields,
+                keep,
                 problem: &problem,
             },
         )
@@ -365,7 +552,7 @@ impl Source {
             }
         };
         for name in self.fields.keys() {
-            if !fields.contains_key(name) {
+            if keep.member(name).is_some() && !fields.contains_key(name) {
                 fields.insert(name.clone(), Value::Null);
             }
         }
@@ -552,8 +739,84 @@ mod tests {
         })
     }
 
+    /// The orders source of [`orders`] with one view that explodes its items.
+    fn orders_and_view() -> (Source, crate::view::ViewSpec) {
+        let cfg = Config::from_toml_str(
+            r#"
+            [[sources]]
+            name = "orders"
+            topic = "orders"
+            event_id = ["orderId", "orderStatus"]
+            event_time = "createTime"
+            required = ["userId"]
+            check = "totalAmount > 0"
+            fields = { orderId = "string", orderStatus = "string", userId = "string", createTime = "int",
+                       totalAmount = "decimal(2)", items = "array<struct<productId: string, quantity: int>>" }
+
+            [[views]]
+            name = "units"
+            source = "orders"
+            filter = "orderStatus == 'paid'"
+            explode = "items"
+            bucket = "1m"
+            measures = [{ name = "units", kind = "sum", field = "items.quantity" }]
+            "#,
+            "t.toml".as_ref(),
+        )
+        .unwrap();
+        (cfg.sources[0].clone(), cfg.views[0].clone())
+    }
+
+    #[test]
+    fn a_view_keeps_only_what_it_reads() {
+        let (s, v) = orders_and_view();
+        let keep = s.keep([&v]);
+        let text =
+            br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":7,"totalAmount":3,
+                        "items":[{"productId":"p","quantity":2},null]}"#;
+        let e = s.decode_keeping(text, 7, &keep).unwrap();
+        assert_eq!(e.id, "o|paid");
+        assert_eq!(
+            e.get("items"),
+            &Value::Array(vec![
+                Value::Struct(BTreeMap::from([("quantity".into(), Value::Int(2))])),
+                Value::Null
+            ])
+        );
+        assert_eq!(e.get("userId"), &Value::Str("u".into()));
+        assert_eq!(
+            v.contributions(&e),
+            v.contributions(&s.decode(text).unwrap())
+        );
+        // what is not kept is still checked
+        let bad =
+            br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":7,"totalAmount":3,
+                       "items":[{"productId":5}]}"#;
+        assert_eq!(
+            s.decode_keeping(bad, 7, &keep).unwrap_err(),
+            s.decode(bad).unwrap_err()
+        );
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// Keeping only what a view reads refuses the same events for the same reasons, and
+        /// gives the view the same contributions.
+        #[test]
+        fn keeping_less_decides_alike(text in jsonish(), produced in proptest::prelude::any::<i64>()) {
+            let (s, v) = orders_and_view();
+            let keep = s.keep([&v]);
+            match (s.decode_at(text.as_bytes(), produced), s.decode_keeping(text.as_bytes(), produced, &keep)) {
+                (Ok(all), Ok(some)) => {
+                    proptest::prop_assert_eq!(&all.id, &some.id);
+                    proptest::prop_assert_eq!(all.time_ms, some.time_ms);
+                    proptest::prop_assert_eq!(v.contributions(&all), v.contributions(&some));
+                }
+                (Err(a), Err(b)) => proptest::prop_assert_eq!(a, b),
+                (a, b) => proptest::prop_assert!(false, "{:?} vs {:?}", a, b),
+            }
+        }
 
         /// Any bytes decode to an event or a reason; nothing panics.
         #[test]

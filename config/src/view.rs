@@ -272,6 +272,21 @@ impl ViewSpec {
             .collect()
     }
 
+    /// The field paths whose values the view reads (filter, time, dimensions, measure inputs;
+    /// of the exploded array only what these name).
+    pub fn paths(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = vec![self.time_field.as_str()];
+        if let Some(f) = &self.filter {
+            out.extend(f.paths().into_iter().map(|(p, _)| p));
+        }
+        out.extend(self.dimensions.iter().map(String::as_str));
+        for m in &self.measures {
+            out.extend(m.field.as_deref());
+            out.extend(m.by.as_deref());
+        }
+        out
+    }
+
     /// The rows an event contributes: explode, filter, bucket, one state per measure.
     /// Dedup happens before, per source.
     pub fn contributions(&self, event: &Event) -> Vec<Contribution> {

@@ -126,7 +126,7 @@ pub(crate) async fn consume_all(
     group: &str,
     topics: &[String],
     events: usize,
-) -> Result<Duration> {
+) -> Result<Consumed> {
     let baseline = AssignedConsumer::new(
         &cfg.kafka,
         bootstrap,
@@ -136,18 +136,54 @@ pub(crate) async fn consume_all(
         Duration::from_secs(30),
     )
     .await?;
-    let t = Instant::now();
+    let started = Instant::now();
+    // timed from the first message, as the speed layer is
+    let mut first: Option<(Instant, f64)> = None;
     let mut seen = 0;
     while seen < events {
-        seen += baseline
+        let n = baseline
             .next_batch(10_000, Duration::from_millis(50))
             .await?
             .len();
-        if t.elapsed() > Duration::from_secs(600) {
+        if n > 0 && first.is_none() {
+            first = Some((Instant::now(), cpu_seconds().unwrap_or(0.0)));
+        }
+        seen += n;
+        if started.elapsed() > Duration::from_secs(600) {
             bail!("baseline consumer stalled at {seen} of {events}");
         }
     }
-    Ok(t.elapsed())
+    let (t, cpu) = first.unwrap_or((started, 0.0));
+    let elapsed = t.elapsed();
+    Ok(Consumed {
+        elapsed,
+        cores: cores_since(cpu, elapsed),
+    })
+}
+
+/// How long a consume-and-discard read took, and the cores the process used meanwhile.
+pub(crate) struct Consumed {
+    /// From the first message to the last.
+    pub elapsed: Duration,
+    /// CPU time of the whole process over `elapsed` (2.0: both cores of a 2-core machine).
+    pub cores: Option<f64>,
+}
+
+/// CPU time (user + system) the process has used so far, in seconds (Linux).
+pub(crate) fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // fields after the command name, which is in parentheses and may hold spaces
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ: 100 on every Linux this runs on
+    Some(ticks / 100.0)
+}
+
+/// The cores used since `cpu` (from [`cpu_seconds`]) over `elapsed`.
+pub(crate) fn cores_since(cpu: f64, elapsed: Duration) -> Option<f64> {
+    let now = cpu_seconds()?;
+    Some((now - cpu) / elapsed.as_secs_f64().max(1e-9))
 }
 
 /// Waits until a speed layer has read its first message (joining its group is not part of
@@ -258,7 +294,9 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
     let produce = t.elapsed();
 
     // baseline: consume and discard
-    let consume = consume_all(&cfg, &bootstrap, "bench-baseline", &topics, events).await?;
+    let consume = consume_all(&cfg, &bootstrap, "bench-baseline", &topics, events)
+        .await?
+        .elapsed;
 
     // CPU share: decode and fold in memory
     let t = Instant::now();

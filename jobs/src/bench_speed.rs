@@ -19,7 +19,10 @@ use duet_speed::{EmbeddedStore, RedisStore, SpeedCounters, ViewStore};
 use rdkafka::producer::FutureRecord;
 use tokio::sync::watch;
 
-use crate::bench::{consume_all, first_message, machine, peak_rss_mib, produce_all, wait_for};
+use crate::bench::{
+    consume_all, cores_since, cpu_seconds, first_message, machine, peak_rss_mib, produce_all,
+    wait_for,
+};
 use crate::embedded::EmbeddedKafka;
 use crate::generator::Generator;
 
@@ -47,6 +50,7 @@ struct Throughput {
     batches: u64,
     commit_p50_ms: f64,
     rss_mib: Option<f64>,
+    cores: Option<f64>,
 }
 
 /// One store's freshness run.
@@ -149,9 +153,14 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
     // the ceiling: consume and discard, same broker, same process (the best of two reads:
     // it varies more from run to run than the speed layer does)
     let mut consume = Duration::MAX;
+    let mut consume_cores = None;
     for round in 0..2 {
         let group = format!("bench-baseline-{round}");
-        consume = consume.min(consume_all(&cfg, &bootstrap, &group, &topics, events).await?);
+        let c = consume_all(&cfg, &bootstrap, &group, &topics, events).await?;
+        if c.elapsed < consume {
+            consume = c.elapsed;
+            consume_cores = c.cores;
+        }
     }
 
     // the speed layer with each store, timed from its first message to its last commit
@@ -168,6 +177,7 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
         let task = spawn_speed(&run_cfg, &bootstrap, store.clone(), counters.clone(), rx);
         first_message(&counters).await?;
         let t = Instant::now();
+        let cpu = cpu_seconds().unwrap_or(0.0);
         let group = duet_speed::group(&run_cfg);
         wait_for(
             kind,
@@ -180,9 +190,11 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
         )
         .await?;
         let elapsed = t.elapsed();
+        let cores = cores_since(cpu, elapsed);
         let _ = stop.send(true);
         task.await??;
         runs.push(Throughput {
+            cores,
             store: kind,
             elapsed,
             batches: counters.batches.load(Relaxed),
@@ -312,20 +324,23 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
     writeln!(r, "## Throughput\n")?;
     writeln!(
         r,
-        "| run | events/s | vs. consume and discard | batches | commit p50 ms | peak RSS after, MiB |"
+        "| run | events/s | vs. consume and discard | CPU cores used | batches | commit p50 ms | peak RSS after, MiB |"
     )?;
-    writeln!(r, "|---|---:|---:|---:|---:|---:|")?;
+    writeln!(r, "|---|---:|---:|---:|---:|---:|---:|")?;
+    let cores = |c: Option<f64>| c.map_or("?".into(), |c| format!("{c:.2}"));
     writeln!(
         r,
-        "| consume and discard (same broker, same process, best of 2): the ceiling | {base_rate:.0} | 1.00 | | | |"
+        "| consume and discard (same broker, same process, best of 2): the ceiling | {base_rate:.0} | 1.00 | {} | | | |",
+        cores(consume_cores)
     )?;
     for t in &runs {
         writeln!(
             r,
-            "| speed layer, {} store (Kafka → decode → dedup → fold → commit) | {:.0} | {:.2} | {} | {:.1} | {} |",
+            "| speed layer, {} store (Kafka → decode → dedup → fold → commit) | {:.0} | {:.2} | {} | {} | {:.1} | {} |",
             t.store,
             per_s(t.elapsed),
             per_s(t.elapsed) / base_rate,
+            cores(t.cores),
             t.batches,
             t.commit_p50_ms,
             t.rss_mib.map_or("?".into(), |m| format!("{m:.0}"))
@@ -355,7 +370,9 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
          when it sends, so it includes the producer's 10 ms linger) to the end of the store commit \
          that made it visible (`duet_speed_freshness_seconds`), read from a histogram whose \
          buckets are at most 20 % apart. Peak RSS is the whole benchmark process's, which also \
-         holds the broker's data."
+         holds the broker's data. Throughput runs are timed from the first message read to the \
+         last one (the ceiling) or to the commit of the last one (the speed layer); CPU cores \
+         used is the whole process's CPU time over that span, the in-process broker's included."
     )?;
     Ok(r)
 }

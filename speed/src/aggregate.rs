@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use duet_config::DecodeError;
+use duet_config::decode::Keep;
 use duet_config::{Config, Event, Source, ViewSpec};
 
 use crate::error::{Error, Result};
@@ -11,6 +13,17 @@ use crate::kafka::Msg;
 use crate::store::{
     PartitionBatch, PartitionKey, Quarantined, Release, SeenId, SpeedBatch, StateKey, ViewStore,
 };
+
+/// Batches of at least this many messages are decoded on all cores.
+const PARALLEL_FROM: usize = 256;
+
+/// What one thread folded: the shares of its partitions (by index), and how many of its
+/// events were late.
+#[derive(Default)]
+struct Folded {
+    shares: HashMap<usize, PartitionBatch>,
+    late: u64,
+}
 
 /// Counts of what a batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,7 +54,7 @@ pub fn pending_ids(batch: &SpeedBatch) -> PendingIds {
 
 /// The speed layer's compiled form of a config.
 pub struct Aggregator {
-    by_topic: HashMap<String, Vec<Source>>,
+    by_topic: HashMap<String, Vec<(Source, Keep)>>,
     by_source: HashMap<String, Vec<ViewSpec>>,
     group: String,
     sealed_retention_ms: i64,
@@ -52,9 +65,14 @@ pub struct Aggregator {
 impl Aggregator {
     /// Compiles the sources and views of `cfg` for consumer group `group`.
     pub fn new(cfg: &Config, group: &str) -> Aggregator {
-        let mut by_topic: HashMap<String, Vec<Source>> = HashMap::new();
+        // each source decodes only what its views read (and checks the rest)
+        let mut by_topic: HashMap<String, Vec<(Source, Keep)>> = HashMap::new();
         for s in &cfg.sources {
-            by_topic.entry(s.topic.clone()).or_default().push(s.clone());
+            let keep = s.keep(cfg.views.iter().filter(|v| v.source == s.name));
+            by_topic
+                .entry(s.topic.clone())
+                .or_default()
+                .push((s.clone(), keep));
         }
         let mut by_source: HashMap<String, Vec<ViewSpec>> = HashMap::new();
         for v in &cfg.views {
@@ -78,6 +96,100 @@ impl Aggregator {
         let mut t: Vec<String> = self.by_topic.keys().cloned().collect();
         t.sort();
         t
+    }
+
+    /// Every message decoded by every source of its topic, in that order; on all cores
+    /// when there are enough messages to share.
+    fn decode_all(
+        &self,
+        msgs: &[Msg],
+        now_ms: i64,
+    ) -> Vec<std::result::Result<Event, DecodeError>> {
+        let decode = |part: &[Msg]| -> Vec<_> {
+            let mut out = Vec::with_capacity(part.len());
+            for m in part {
+                for (source, keep) in self.by_topic.get(&m.topic).into_iter().flatten() {
+                    out.push(source.decode_keeping(&m.payload, m.produced_ms(now_ms), keep));
+                }
+            }
+            out
+        };
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        if threads < 2 || msgs.len() < PARALLEL_FROM {
+            return decode(msgs);
+        }
+        let chunk = msgs.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let mut parts = msgs.chunks(chunk);
+            let first = parts.next().unwrap_or_default();
+            let others: Vec<_> = parts.map(|p| scope.spawn(move || decode(p))).collect();
+            let mut out = decode(first);
+            for h in others {
+                match h.join() {
+                    Ok(mut v) => out.append(&mut v),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            out
+        })
+    }
+
+    /// Folds applied events (partition index, source, event) into their partitions' deltas
+    /// and remembered ids.
+    fn fold(
+        &self,
+        events: Vec<(usize, &Source, Event)>,
+        sealed_until: &BTreeMap<String, i64>,
+    ) -> Result<Folded> {
+        let mut out = Folded::default();
+        for (part, source, ev) in events {
+            let share = out.shares.entry(part).or_default();
+            let mut releases = Vec::new();
+            let mut late = false;
+            for view in self.by_source.get(&source.name).into_iter().flatten() {
+                let mut last_end = None;
+                for c in view.contributions(&ev) {
+                    last_end = last_end.max(Some(c.bucket + view.bucket_ms));
+                    let key = StateKey {
+                        view: view.name.clone(),
+                        bucket: c.bucket,
+                        dims: c.dims,
+                    };
+                    match share.deltas.get_mut(&key) {
+                        Some(acc) => {
+                            duet_config::measure::merge_row(acc, c.states).map_err(|source| {
+                                Error::Merge {
+                                    view: view.name.clone(),
+                                    source,
+                                }
+                            })?
+                        }
+                        None => {
+                            share.deltas.insert(key, c.states);
+                        }
+                    }
+                }
+                if let Some(bucket_end) = last_end {
+                    late |= sealed_until
+                        .get(&view.name)
+                        .is_some_and(|sealed| bucket_end <= *sealed);
+                    releases.push(Release {
+                        view: view.name.clone(),
+                        bucket_end,
+                    });
+                }
+            }
+            out.late += u64::from(late);
+            // an event that counts in no bucket needs no dedup: a copy would count in none
+            if !releases.is_empty() {
+                share.seen.push(SeenId {
+                    source: source.name.clone(),
+                    id: ev.id,
+                    releases,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Builds the batch for `msgs`, consulting `store` for ids seen in earlier batches;
@@ -122,6 +234,7 @@ impl Aggregator {
         let mut parts: Vec<(PartitionKey, i64)> = Vec::new();
         let mut fresh: Vec<(usize, &Source, Event)> = Vec::new();
         let mut in_batch: HashSet<(&str, String)> = HashSet::new();
+        let mut decoded = self.decode_all(msgs, now_ms).into_iter();
         for m in msgs {
             let part = match parts
                 .iter()
@@ -141,8 +254,11 @@ impl Aggregator {
                 }
             };
             parts[part].1 = parts[part].1.max(m.offset + 1);
-            for source in self.by_topic.get(&m.topic).into_iter().flatten() {
-                match source.decode_at(&m.payload, m.produced_ms(now_ms)) {
+            for (source, _) in self.by_topic.get(&m.topic).into_iter().flatten() {
+                let Some(result) = decoded.next() else {
+                    break;
+                };
+                match result {
                     Err(e) => {
                         tracing::debug!(source = %source.name, topic = %m.topic, partition = m.partition,
                             offset = m.offset, error = %e, "Quarantined event.");
@@ -185,16 +301,26 @@ impl Aggregator {
             let part = if per_partition { *part } else { 0 };
             asks.entry((part, s.name.as_str())).or_default().push(i);
         }
-        let mut dup = vec![false; fresh.len()];
-        for ((part, source), idx) in asks {
+        // all questions at once (a Redis store pipelines them into one round trip)
+        let answers = futures::future::try_join_all(asks.iter().map(|((part, source), idx)| {
             let ids: Vec<String> = idx.iter().map(|i| fresh[*i].2.id.clone()).collect();
-            for (i, seen) in idx
-                .iter()
-                .zip(store.seen(&parts[part].0, source, ids).await?)
-            {
+            store.seen(&parts[*part].0, source, ids)
+        }))
+        .await?;
+        let mut dup = vec![false; fresh.len()];
+        for (idx, seen) in asks.values().zip(answers) {
+            for (i, seen) in idx.iter().zip(seen) {
                 dup[*i] = seen;
             }
         }
+        // what is applied, split by partition into one list per thread
+        let threads = if fresh.len() >= PARALLEL_FROM {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            1
+        };
+        let mut lists: Vec<Vec<(usize, &Source, Event)>> =
+            (0..threads).map(|_| Vec::new()).collect();
         for ((part, source, ev), dup) in fresh.into_iter().zip(dup) {
             if dup {
                 stats.duplicates += 1;
@@ -206,50 +332,36 @@ impl Aggregator {
                 .entry(source.name.clone())
                 .or_insert(ev.time_ms);
             *w = (*w).max(ev.time_ms);
-            let share = &mut shares[part];
-            let mut releases = Vec::new();
-            let mut late = false;
-            for view in self.by_source.get(&source.name).into_iter().flatten() {
-                let mut last_end = None;
-                for c in view.contributions(&ev) {
-                    last_end = last_end.max(Some(c.bucket + view.bucket_ms));
-                    let key = StateKey {
-                        view: view.name.clone(),
-                        bucket: c.bucket,
-                        dims: c.dims,
-                    };
-                    match share.deltas.get_mut(&key) {
-                        Some(acc) => {
-                            duet_config::measure::merge_row(acc, c.states).map_err(|source| {
-                                Error::Merge {
-                                    view: view.name.clone(),
-                                    source,
-                                }
-                            })?
-                        }
-                        None => {
-                            share.deltas.insert(key, c.states);
-                        }
-                    }
-                }
-                if let Some(bucket_end) = last_end {
-                    late |= sealed_until
-                        .get(&view.name)
-                        .is_some_and(|sealed| bucket_end <= *sealed);
-                    releases.push(Release {
-                        view: view.name.clone(),
-                        bucket_end,
-                    });
-                }
-            }
-            stats.late += u64::from(late);
-            // an event that counts in no bucket needs no dedup: a copy would count in none
-            if !releases.is_empty() {
-                share.seen.push(SeenId {
-                    source: source.name.clone(),
-                    id: ev.id,
-                    releases,
-                });
+            lists[part % threads].push((part, source, ev));
+        }
+        let folded: Vec<Result<Folded>> = if threads == 1 {
+            lists
+                .into_iter()
+                .map(|l| self.fold(l, sealed_until))
+                .collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = lists
+                    .into_iter()
+                    .map(|l| scope.spawn(move || self.fold(l, sealed_until)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect()
+            })
+        };
+        for f in folded {
+            let f = f?;
+            stats.late += f.late;
+            for (part, share) in f.shares {
+                shares[part] = PartitionBatch {
+                    next_offset: shares[part].next_offset,
+                    ..share
+                };
             }
         }
         for ((key, _), share) in parts.into_iter().zip(shares) {

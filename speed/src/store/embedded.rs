@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use duet_config::codec;
-use duet_config::{DimKey, Row, ViewDefinition};
+use duet_config::{DimKey, Row, State, ViewDefinition};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{PartitionKey, Quarantined, SpeedBatch, StoreStats, ViewStore};
+use super::{PartitionKey, Quarantined, SpeedBatch, StateKey, StoreStats, ViewStore};
 use crate::error::{Error, Result};
 
 /// (view, bucket, dims as JSON) → states in the binary encoding ([`duet_config::codec`]).
@@ -311,9 +311,22 @@ impl EmbeddedStore {
             let mut views = tx.open_table(VIEWS).ctx(&e)?;
             let mut corrupt = tx.open_table(CORRUPT).ctx(&e)?;
             let mut set_aside = 0;
-            let deltas = batch.parts.values().flat_map(|p| p.deltas.iter());
+            // one state per key here (not per partition): the partitions' deltas merged first
+            let mut deltas: HashMap<&StateKey, Vec<State>> = HashMap::new();
+            for (key, delta) in batch.parts.values().flat_map(|p| p.deltas.iter()) {
+                match deltas.get_mut(key) {
+                    Some(acc) => duet_config::measure::merge_row(acc, delta.clone()).map_err(
+                        |source| Error::Merge {
+                            view: key.view.clone(),
+                            source,
+                        },
+                    )?,
+                    None => {
+                        deltas.insert(key, delta.clone());
+                    }
+                }
+            }
             for (key, delta) in deltas {
-                let delta = delta.clone();
                 let print = prints.get(&key.view).copied().unwrap_or(0);
                 let dims = dims_key(&key.dims);
                 let k = (key.view.as_str(), key.bucket, dims.as_str());
@@ -816,6 +829,36 @@ mod tests {
 
     /// Ids are forgotten once every view they count in is sealed past their buckets; an
     /// event far in the future does not erase anything.
+    #[tokio::test]
+    async fn partitions_of_one_batch_add_up_in_one_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        for round in 0..2 {
+            let mut b = SpeedBatch::default();
+            for p in 0..3 {
+                let part = b.part(PartitionKey {
+                    group: "g".into(),
+                    topic: "t".into(),
+                    partition: p,
+                });
+                part.deltas.insert(
+                    key("v", 60_000),
+                    vec![State::Count(1), State::Sum(Num::Int(i64::from(p)))],
+                );
+                part.next_offset = Some(round + 1);
+            }
+            store.commit(b).await.unwrap();
+        }
+        let rows = store.read("v", 0, 120_000).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0].states,
+            vec![State::Count(6), State::Sum(Num::Int(6))]
+        );
+        let offsets = store.offsets("g", "t").await.unwrap();
+        assert_eq!(offsets, HashMap::from([(0, 2), (1, 2), (2, 2)]));
+    }
+
     #[tokio::test]
     async fn seen_ids_are_forgotten_as_their_buckets_seal() {
         let dir = tempfile::tempdir().unwrap();
