@@ -242,6 +242,27 @@ fn json_string(text: &str) -> Option<String> {
     }
 }
 
+/// The declared field named `key`, by a scan that compares lengths first (a handful of
+/// fields: cheaper than a tree's string comparisons).
+fn lookup<'f>(
+    fields: impl IntoIterator<Item = (&'f String, &'f FieldType)>,
+    key: &str,
+) -> Option<(&'f String, &'f FieldType)> {
+    fields
+        .into_iter()
+        .find(|(n, _)| n.len() == key.len() && n.as_str() == key)
+}
+
+/// Parses a JSON object with `visitor`, and checks that nothing follows it.
+fn parse_object<'de, R: serde_json::de::Read<'de>>(
+    de: &mut serde_json::Deserializer<R>,
+    visitor: Fields<'_>,
+) -> serde_json::Result<BTreeMap<String, Value>> {
+    let v = serde::Deserializer::deserialize_map(&mut *de, visitor)?;
+    de.end()?;
+    Ok(v)
+}
+
 /// Decoding in one pass over the JSON text: the declared fields are decoded as they come
 /// (scalars from their raw text, so numbers stay exact), everything else is skipped without
 /// being built. The first problem, by field name, is kept in `problem`; the parse then stops.
@@ -393,7 +414,7 @@ impl<'de> serde::de::Visitor<'de> for Members<'_> {
         let parent = self.of.path;
         let mut out = BTreeMap::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match self.fields.iter().find(|(n, _)| n.as_str() == key.as_ref()) {
+            match lookup(self.fields.iter().map(|(n, t)| (n, t)), key.as_ref()) {
                 Some((name, t)) => {
                     let keep = self.of.keep.and_then(|k| k.member(name));
                     let raw: &'de RawValue = map.next_value()?;
@@ -416,8 +437,8 @@ impl<'de> serde::de::Visitor<'de> for Members<'_> {
         let Some(keep) = self.of.keep else {
             return Ok(Value::Null);
         };
-        for (name, _) in self.fields {
-            if keep.member(name).is_some() && !out.contains_key(name.as_str()) {
+        for (name, _) in self.fields.iter().filter(|_| keep.all) {
+            if !out.contains_key(name.as_str()) {
                 out.insert(name.clone(), Value::Null);
             }
         }
@@ -435,7 +456,7 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = BTreeMap::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match self.fields.get_key_value(key.as_ref()) {
+            match lookup(self.fields, key.as_ref()) {
                 Some((name, t)) => {
                     let keep = self.keep.member(name);
                     let v = map.next_value_seed(Typed {
@@ -526,16 +547,17 @@ impl Source {
             .copied()
             .unwrap_or(b' ');
         let problem = std::cell::RefCell::new(None);
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let parsed = serde::Deserializer::deserialize_map(
-            &mut de,
-            Fields {
-                fields: &self.fields,
-                keep,
-                problem: &problem,
-            },
-        )
-        .and_then(|v| de.end().map(|()| v));
+        let visitor = Fields {
+            fields: &self.fields,
+            keep,
+            problem: &problem,
+        };
+        // text checked as UTF-8 once, not string by string (bytes that are not UTF-8 are
+        // parsed as bytes, for the parser's own message)
+        let parsed = match std::str::from_utf8(bytes) {
+            Ok(text) => parse_object(&mut serde_json::Deserializer::from_str(text), visitor),
+            Err(_) => parse_object(&mut serde_json::Deserializer::from_slice(bytes), visitor),
+        };
         let mut fields = match parsed {
             Ok(f) => f,
             Err(e) => {
@@ -551,9 +573,13 @@ impl Source {
                 return Err(DecodeError::Json(e.to_string()));
             }
         };
-        for name in self.fields.keys() {
-            if keep.member(name).is_some() && !fields.contains_key(name) {
-                fields.insert(name.clone(), Value::Null);
+        // a whole event has every declared field (absent ones null); a partial one need not
+        // (what is absent reads as null all the same)
+        if keep.all {
+            for name in self.fields.keys() {
+                if !fields.contains_key(name) {
+                    fields.insert(name.clone(), Value::Null);
+                }
             }
         }
         let event = Event {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use duet_config::DecodeError;
 use duet_config::decode::Keep;
-use duet_config::{Config, Event, Source, ViewSpec};
+use duet_config::{Config, Event, Source, State, ViewSpec};
 
 use crate::error::{Error, Result};
 use crate::kafka::Msg;
@@ -55,7 +55,10 @@ pub fn pending_ids(batch: &SpeedBatch) -> PendingIds {
 /// The speed layer's compiled form of a config.
 pub struct Aggregator {
     by_topic: HashMap<String, Vec<(Source, Keep)>>,
-    by_source: HashMap<String, Vec<ViewSpec>>,
+    /// Every view, in config order.
+    views: Vec<ViewSpec>,
+    /// Per source, its views (indices into `views`).
+    by_source: HashMap<String, Vec<usize>>,
     group: String,
     sealed_retention_ms: i64,
     quarantine_cap: usize,
@@ -74,15 +77,13 @@ impl Aggregator {
                 .or_default()
                 .push((s.clone(), keep));
         }
-        let mut by_source: HashMap<String, Vec<ViewSpec>> = HashMap::new();
-        for v in &cfg.views {
-            by_source
-                .entry(v.source.clone())
-                .or_default()
-                .push(v.clone());
+        let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, v) in cfg.views.iter().enumerate() {
+            by_source.entry(v.source.clone()).or_default().push(i);
         }
         Aggregator {
             by_topic,
+            views: cfg.views.clone(),
             by_source,
             group: group.to_string(),
             sealed_retention_ms: cfg.sealed_retention_ms,
@@ -142,30 +143,29 @@ impl Aggregator {
         sealed_until: &BTreeMap<String, i64>,
     ) -> Result<Folded> {
         let mut out = Folded::default();
+        // deltas keyed without owned view names until the end: (partition, view, bucket, dims)
+        let mut deltas: HashMap<(usize, usize, i64, duet_config::DimKey), Vec<State>> =
+            HashMap::new();
+        let none = Vec::new();
         for (part, source, ev) in events {
-            let share = out.shares.entry(part).or_default();
             let mut releases = Vec::new();
             let mut late = false;
-            for view in self.by_source.get(&source.name).into_iter().flatten() {
+            for &vi in self.by_source.get(&source.name).unwrap_or(&none) {
+                let view = &self.views[vi];
                 let mut last_end = None;
                 for c in view.contributions(&ev) {
                     last_end = last_end.max(Some(c.bucket + view.bucket_ms));
-                    let key = StateKey {
-                        view: view.name.clone(),
-                        bucket: c.bucket,
-                        dims: c.dims,
-                    };
-                    match share.deltas.get_mut(&key) {
-                        Some(acc) => {
-                            duet_config::measure::merge_row(acc, c.states).map_err(|source| {
-                                Error::Merge {
+                    match deltas.entry((part, vi, c.bucket, c.dims)) {
+                        std::collections::hash_map::Entry::Occupied(mut acc) => {
+                            duet_config::measure::merge_row(acc.get_mut(), c.states).map_err(
+                                |source| Error::Merge {
                                     view: view.name.clone(),
                                     source,
-                                }
-                            })?
+                                },
+                            )?
                         }
-                        None => {
-                            share.deltas.insert(key, c.states);
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(c.states);
                         }
                     }
                 }
@@ -182,12 +182,25 @@ impl Aggregator {
             out.late += u64::from(late);
             // an event that counts in no bucket needs no dedup: a copy would count in none
             if !releases.is_empty() {
-                share.seen.push(SeenId {
+                out.shares.entry(part).or_default().seen.push(SeenId {
                     source: source.name.clone(),
                     id: ev.id,
                     releases,
                 });
+            } else {
+                out.shares.entry(part).or_default();
             }
+        }
+        for ((part, vi, bucket, dims), states) in deltas {
+            let view = &self.views[vi];
+            out.shares.entry(part).or_default().deltas.insert(
+                StateKey {
+                    view: view.name.clone(),
+                    bucket,
+                    dims,
+                },
+                states,
+            );
         }
         Ok(out)
     }

@@ -58,11 +58,18 @@ pub struct EncodedRow {
     pub bytes: Vec<u8>,
 }
 
+/// How long a speed batch's commit may stay in memory only: batch commits in between are
+/// atomic but not synced, and a crash takes the store back to the last synced one, offsets
+/// with states, so the batches after it are read from Kafka again.
+const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The embedded, durable view store.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// When a batch commit was last synced to disk.
+    synced: Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -240,6 +247,7 @@ impl EmbeddedStore {
         let store = EmbeddedStore {
             db: Arc::new(db),
             path: path.to_path_buf(),
+            synced: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         };
         // create the tables so that readers never meet a missing one
         store.write("create tables", |_| Ok(()))?;
@@ -274,8 +282,20 @@ impl EmbeddedStore {
         operation: &'static str,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
     ) -> Result<()> {
+        self.write_with(operation, redb::Durability::Immediate, f)
+    }
+
+    fn write_with(
+        &self,
+        operation: &'static str,
+        durability: redb::Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
+    ) -> Result<()> {
         let e = self.err(operation);
-        let tx = self.db.begin_write().ctx(&e)?;
+        let mut tx = self.db.begin_write().ctx(&e)?;
+        // refused only when the database is shared between processes; the transaction then
+        // keeps its default, a synced commit
+        let _ = tx.set_durability(durability);
         {
             tx.open_table(VIEWS).ctx(&e)?;
             tx.open_table(OFFSETS).ctx(&e)?;
@@ -298,7 +318,20 @@ impl EmbeddedStore {
     }
 
     fn apply(&self, batch: SpeedBatch) -> Result<()> {
-        self.write("commit a batch", |tx| {
+        // synced at most every SYNC_EVERY (see there); every commit is atomic and visible
+        let durability = {
+            let mut synced = self
+                .synced
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if synced.elapsed() >= SYNC_EVERY {
+                *synced = std::time::Instant::now();
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
+            }
+        };
+        self.write_with("commit a batch", durability, |tx| {
             let e = self.err("commit a batch");
             let mut meta = tx.open_table(META).ctx(&e)?;
             let mut counter = |name: &str, delta: i64| -> Result<()> {
