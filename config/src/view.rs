@@ -290,66 +290,72 @@ impl ViewSpec {
     /// The rows an event contributes: explode, filter, bucket, one state per measure.
     /// Dedup happens before, per source.
     pub fn contributions(&self, event: &Event) -> Vec<Contribution> {
-        let elements: Vec<Option<&Value>> = match &self.explode {
-            None => vec![None],
-            Some(x) => match event.get(x) {
-                Value::Array(items) => items
-                    .iter()
-                    .filter(|v| !matches!(v, Value::Null))
-                    .map(Some)
-                    .collect(),
-                _ => Vec::new(),
-            },
-        };
-        let mut out = Vec::with_capacity(elements.len());
-        for el in elements {
-            let resolve = |path: &str| -> &Value {
-                if let (Some(x), Some(el)) = (&self.explode, el) {
-                    if path == x {
-                        return el;
-                    }
-                    if let Some(rest) = path
-                        .strip_prefix(x.as_str())
-                        .and_then(|r| r.strip_prefix('.'))
-                    {
-                        return el.get_path(rest);
+        let mut out = Vec::new();
+        self.each_contribution(event, |c| out.push(c));
+        out
+    }
+
+    /// [`ViewSpec::contributions`], handed to `f` one by one (nothing collected).
+    pub fn each_contribution(&self, event: &Event, mut f: impl FnMut(Contribution)) {
+        match &self.explode {
+            None => self.contribution(event, None, &mut f),
+            Some(x) => {
+                if let Value::Array(items) = event.get(x) {
+                    for el in items.iter().filter(|v| !matches!(v, Value::Null)) {
+                        self.contribution(event, Some(el), &mut f);
                     }
                 }
-                event.get(path)
-            };
-            if let Some(f) = &self.filter
-                && f.eval(&resolve) != Some(true)
-            {
-                continue;
             }
-            // rows without a time, before the epoch or after 9999 belong to no bucket (in both
-            // layers)
-            let Value::Int(t) = resolve(&self.time_field) else {
-                continue;
-            };
-            if *t < 0 || *t > crate::time::MAX_TIME_MS {
-                continue;
-            }
-            let dims = self
-                .dimensions
-                .iter()
-                .map(|d| resolve(d).key_text())
-                .collect();
-            let states = self
-                .measures
-                .iter()
-                .map(|m| {
-                    let v = m.field.as_deref().map_or(&Value::Null, &resolve);
-                    measure_input(&m.kind, v, m.by.as_deref().map(&resolve))
-                })
-                .collect();
-            out.push(Contribution {
-                bucket: self.bucket_of(*t),
-                dims,
-                states,
-            });
         }
-        out
+    }
+
+    /// The row of `event` (or of its exploded element `el`), if it passes the filter.
+    fn contribution(&self, event: &Event, el: Option<&Value>, f: &mut impl FnMut(Contribution)) {
+        let resolve = |path: &str| -> &Value {
+            if let (Some(x), Some(el)) = (&self.explode, el) {
+                if path == x {
+                    return el;
+                }
+                if let Some(rest) = path
+                    .strip_prefix(x.as_str())
+                    .and_then(|r| r.strip_prefix('.'))
+                {
+                    return el.get_path(rest);
+                }
+            }
+            event.get(path)
+        };
+        if let Some(flt) = &self.filter
+            && flt.eval(&resolve) != Some(true)
+        {
+            return;
+        }
+        // rows without a time, before the epoch or after 9999 belong to no bucket (in both
+        // layers)
+        let Value::Int(t) = resolve(&self.time_field) else {
+            return;
+        };
+        if *t < 0 || *t > crate::time::MAX_TIME_MS {
+            return;
+        }
+        let dims = self
+            .dimensions
+            .iter()
+            .map(|d| resolve(d).key_text())
+            .collect();
+        let states = self
+            .measures
+            .iter()
+            .map(|m| {
+                let v = m.field.as_deref().map_or(&Value::Null, &resolve);
+                measure_input(&m.kind, v, m.by.as_deref().map(&resolve))
+            })
+            .collect();
+        f(Contribution {
+            bucket: self.bucket_of(*t),
+            dims,
+            states,
+        });
     }
 }
 

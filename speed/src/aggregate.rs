@@ -153,21 +153,27 @@ impl Aggregator {
             for &vi in self.by_source.get(&source.name).unwrap_or(&none) {
                 let view = &self.views[vi];
                 let mut last_end = None;
-                for c in view.contributions(&ev) {
+                let mut failed = None;
+                view.each_contribution(&ev, |c| {
                     last_end = last_end.max(Some(c.bucket + view.bucket_ms));
                     match deltas.entry((part, vi, c.bucket, c.dims)) {
                         std::collections::hash_map::Entry::Occupied(mut acc) => {
-                            duet_config::measure::merge_row(acc.get_mut(), c.states).map_err(
-                                |source| Error::Merge {
-                                    view: view.name.clone(),
-                                    source,
-                                },
-                            )?
+                            if let Err(source) =
+                                duet_config::measure::merge_row(acc.get_mut(), c.states)
+                            {
+                                failed.get_or_insert(source);
+                            }
                         }
                         std::collections::hash_map::Entry::Vacant(slot) => {
                             slot.insert(c.states);
                         }
                     }
+                });
+                if let Some(source) = failed {
+                    return Err(Error::Merge {
+                        view: view.name.clone(),
+                        source,
+                    });
                 }
                 if let Some(bucket_end) = last_end {
                     late |= sealed_until

@@ -462,16 +462,19 @@ impl EmbeddedStore {
                                 .unwrap_or(i64::MIN)
                     })
                     .collect();
-                if live.is_empty()
-                    || seen
-                        .get((s.source.as_str(), s.id.as_str()))
-                        .ctx(&e)?
-                        .is_some()
-                {
+                if live.is_empty() {
                     continue;
                 }
-                seen.insert((s.source.as_str(), s.id.as_str()), live.len() as u32)
-                    .ctx(&e)?;
+                // one lookup: an id already remembered keeps its count
+                let id = (s.source.as_str(), s.id.as_str());
+                let old = seen
+                    .insert(id, live.len() as u32)
+                    .ctx(&e)?
+                    .map(|v| v.value());
+                if let Some(old) = old {
+                    seen.insert(id, old).ctx(&e)?;
+                    continue;
+                }
                 for r in live {
                     groups
                         .entry((r.view.as_str(), r.bucket_end))
