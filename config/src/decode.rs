@@ -201,26 +201,23 @@ impl Keep {
     /// Also keeps the value at dotted `path` (`deviceInfo.platform`, `items.productId`: the
     /// members of an array's struct elements are named as if the array were a struct).
     fn path(&mut self, path: &str) {
-        let mut k = self;
-        for seg in path.split('.') {
-            if k.all {
-                return;
-            }
-            k = k.members.entry(seg.to_string()).or_default();
+        if let Some(k) = self.container(path) {
+            k.all = true;
+            k.members.clear();
         }
-        k.all = true;
-        k.members.clear();
     }
 
-    /// Keeps the value at `path` itself, with only the members [`Keep::path`] names.
-    fn container(&mut self, path: &str) {
+    /// Keeps the value at `path` itself, with only the members [`Keep::path`] names; `None`
+    /// when a value above it is kept whole already.
+    fn container(&mut self, path: &str) -> Option<&mut Keep> {
         let mut k = self;
         for seg in path.split('.') {
             if k.all {
-                return;
+                return None;
             }
             k = k.members.entry(seg.to_string()).or_default();
         }
+        Some(k)
     }
 
     fn member(&self, name: &str) -> Option<&Keep> {
@@ -355,15 +352,6 @@ impl Typed<'_> {
     }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for Typed<'_> {
-    type Value = Value;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
-        self.decode_text(raw.get())
-    }
-}
-
 /// The elements of an array, each decoded as `item` (its path gets the index).
 struct Elements<'s> {
     item: Typed<'s>,
@@ -410,30 +398,23 @@ impl<'de> serde::de::Visitor<'de> for Members<'_> {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
         let parent = self.of.path;
-        let mut out = BTreeMap::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match lookup(self.fields.iter().map(|(n, t)| (n, t)), key.as_ref()) {
-                Some((name, t)) => {
-                    let keep = self.of.keep.and_then(|k| k.member(name));
-                    let raw: &'de RawValue = map.next_value()?;
-                    let v = Typed {
-                        path: Path::Member(&parent, name.as_str()),
-                        t,
-                        keep,
-                        ..self.of
-                    }
-                    .decode_text(raw.get())?;
-                    if keep.is_some() {
-                        out.insert(name.clone(), v);
-                    }
+        let mut out = read_object(
+            map,
+            |key| lookup(self.fields.iter().map(|(n, t)| (n, t)), key),
+            |name, t, raw| {
+                let keep = self.of.keep.and_then(|k| k.member(name));
+                let v = Typed {
+                    path: Path::Member(&parent, name.as_str()),
+                    t,
+                    keep,
+                    ..self.of
                 }
-                None => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
+                .decode_text(raw.get())?;
+                Ok(keep.map(|_| v))
+            },
+        )?;
         let Some(keep) = self.of.keep else {
             return Ok(Value::Null);
         };
@@ -453,30 +434,48 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = BTreeMap::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match lookup(self.fields, key.as_ref()) {
-                Some((name, t)) => {
-                    let keep = self.keep.member(name);
-                    let v = map.next_value_seed(Typed {
-                        path: Path::Field(name.as_str()),
-                        t,
-                        keep,
-                        field: name.as_str(),
-                        problem: self.problem,
-                    })?;
-                    if keep.is_some() {
-                        out.insert(name.clone(), v);
-                    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        read_object(
+            map,
+            |key| lookup(self.fields, key),
+            |name, t, raw| {
+                let keep = self.keep.member(name);
+                let v = Typed {
+                    path: Path::Field(name.as_str()),
+                    t,
+                    keep,
+                    field: name.as_str(),
+                    problem: self.problem,
                 }
-                None => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
+                .decode_text(raw.get())?;
+                Ok(keep.map(|_| v))
+            },
+        )
+    }
+}
+
+/// Reads an object's members: the declared ones (`find` gives their name and type) decoded
+/// by `decode`, which returns the value to keep, if any; the others skipped.
+fn read_object<'de, 'f, A: serde::de::MapAccess<'de>>(
+    mut map: A,
+    find: impl Fn(&str) -> Option<(&'f String, &'f FieldType)>,
+    mut decode: impl FnMut(&'f String, &'f FieldType, &'de RawValue) -> Result<Option<Value>, A::Error>,
+) -> Result<BTreeMap<String, Value>, A::Error> {
+    let mut out = BTreeMap::new();
+    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        match find(key.as_ref()) {
+            Some((name, t)) => {
+                let raw: &'de RawValue = map.next_value()?;
+                if let Some(v) = decode(name, t, raw)? {
+                    out.insert(name.clone(), v);
                 }
             }
+            None => {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 impl Source {
@@ -626,9 +625,8 @@ mod tests {
     use super::*;
     use crate::Config;
 
-    fn orders() -> Source {
-        let cfg = Config::from_toml_str(
-            r#"
+    /// The test source, as TOML.
+    const ORDERS: &str = r#"
             [[sources]]
             name = "orders"
             topic = "orders"
@@ -638,10 +636,10 @@ mod tests {
             check = "totalAmount > 0"
             fields = { orderId = "string", orderStatus = "string", userId = "string", createTime = "int",
                        totalAmount = "decimal(2)", items = "array<struct<productId: string, quantity: int>>" }
-            "#,
-            "t.toml".as_ref(),
-        )
-        .unwrap();
+"#;
+
+    fn orders() -> Source {
+        let cfg = Config::from_toml_str(ORDERS, "t.toml".as_ref()).unwrap();
         cfg.sources[0].clone()
     }
 
@@ -768,17 +766,9 @@ mod tests {
     /// The orders source of [`orders`] with one view that explodes its items.
     fn orders_and_view() -> (Source, crate::view::ViewSpec) {
         let cfg = Config::from_toml_str(
-            r#"
-            [[sources]]
-            name = "orders"
-            topic = "orders"
-            event_id = ["orderId", "orderStatus"]
-            event_time = "createTime"
-            required = ["userId"]
-            check = "totalAmount > 0"
-            fields = { orderId = "string", orderStatus = "string", userId = "string", createTime = "int",
-                       totalAmount = "decimal(2)", items = "array<struct<productId: string, quantity: int>>" }
-
+            &[
+                ORDERS,
+                r#"
             [[views]]
             name = "units"
             source = "orders"
@@ -787,6 +777,8 @@ mod tests {
             bucket = "1m"
             measures = [{ name = "units", kind = "sum", field = "items.quantity" }]
             "#,
+            ]
+            .concat(),
             "t.toml".as_ref(),
         )
         .unwrap();

@@ -863,8 +863,7 @@ mod tests {
         assert_eq!(store.stats().await.unwrap().seen_ids, 2);
     }
 
-    /// Ids are forgotten once every view they count in is sealed past their buckets; an
-    /// event far in the future does not erase anything.
+    /// The deltas of one key from several partitions of a batch all count, in one state.
     #[tokio::test]
     async fn partitions_of_one_batch_add_up_in_one_state() {
         let dir = tempfile::tempdir().unwrap();
@@ -895,6 +894,8 @@ mod tests {
         assert_eq!(offsets, HashMap::from([(0, 2), (1, 2), (2, 2)]));
     }
 
+    /// Ids are forgotten once every view they count in is sealed past their buckets; an
+    /// event far in the future does not erase anything.
     #[tokio::test]
     async fn seen_ids_are_forgotten_as_their_buckets_seal() {
         let dir = tempfile::tempdir().unwrap();
