@@ -193,8 +193,6 @@ impl Aggregator {
                     id: ev.id,
                     releases,
                 });
-            } else {
-                out.shares.entry(part).or_default();
             }
         }
         for ((part, vi, bucket, dims), states) in deltas {
