@@ -39,6 +39,15 @@ pub enum Error {
     /// Reading the speed store failed.
     #[error(transparent)]
     Store(Box<duet_speed::Error>),
+    /// Two of a view's states could not be merged (they disagree on a measure's kind).
+    #[error("view `{view}`: states could not be merged: {source}")]
+    Merge {
+        /// View name.
+        view: String,
+        /// The algebra error.
+        #[source]
+        source: duet_config::Error,
+    },
     /// The server could not bind or serve.
     #[error("http server on {addr}: {source}")]
     Serve {
@@ -73,7 +82,7 @@ impl IntoResponse for Error {
             Error::BadParam { .. } | Error::UnknownParam { .. } | Error::BadQuery(_) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
-            Error::Lake(_) | Error::Store(_) | Error::Serve { .. } => {
+            Error::Lake(_) | Error::Store(_) | Error::Merge { .. } | Error::Serve { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };

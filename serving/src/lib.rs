@@ -7,6 +7,7 @@ pub mod health;
 pub mod http;
 pub mod openapi;
 pub mod query;
+pub mod rollup;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
