@@ -44,8 +44,8 @@ pub use model::{
 };
 pub use types::{FieldType, Num, NumType, Value};
 pub use view::{
-    Contribution, DimKey, Event, MeasureSpec, Row, STATE_FORMAT, Source, ViewDefinition,
-    ViewMismatch, ViewSpec,
+    Contribution, DimKey, Event, MeasureSpec, Quarantined, Row, STATE_FORMAT, Source,
+    ViewDefinition, ViewMismatch, ViewSpec,
 };
 
 /// A loaded, validated deployment.

@@ -50,6 +50,33 @@ impl Event {
     }
 }
 
+/// A malformed event, kept with its reason, origin and bytes (in the speed store's quarantine
+/// and in the lake's `quarantine` table alike).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Quarantined {
+    /// Source whose schema refused it.
+    pub source: String,
+    /// Kafka topic.
+    pub topic: String,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+    /// Why it was refused.
+    pub reason: String,
+    /// The message bytes.
+    pub payload: Vec<u8>,
+    /// When it was quarantined, epoch ms.
+    pub at_ms: i64,
+}
+
+impl Quarantined {
+    /// `topic/partition@offset`: how the CLI names a record.
+    pub fn id(&self) -> String {
+        format!("{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
+
 /// One measure of a resolved view.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeasureSpec {

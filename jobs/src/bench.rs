@@ -92,6 +92,28 @@ pub(crate) fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// `events` seed-shaped messages (topic, key, JSON bytes) for `users` users, the i-th at
+/// `t0 + i * step_ms`, from a generator with a fixed seed.
+pub(crate) fn generate(
+    cfg: &Config,
+    users: u32,
+    events: usize,
+    t0: i64,
+    step_ms: i64,
+) -> Result<Vec<(String, String, Vec<u8>)>> {
+    let mut g = Generator::new(7, users);
+    let mut msgs = Vec::with_capacity(events);
+    for i in 0..events {
+        let e = g.next(t0 + i as i64 * step_ms);
+        let topic = cfg
+            .source(e.source)
+            .map(|s| s.topic.clone())
+            .context("generator source")?;
+        msgs.push((topic, e.key, serde_json::to_vec(&e.value)?));
+    }
+    Ok(msgs)
+}
+
 /// Produces `msgs` (topic, key, bytes), 5 000 in flight at a time; returns the next offset of
 /// every partition written.
 pub(crate) async fn produce_all(
@@ -277,16 +299,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
     let bootstrap = kafka.bootstrap();
 
     // produce
-    let mut g = Generator::new(7, 5_000);
-    let mut msgs = Vec::with_capacity(events);
-    for i in 0..events {
-        let e = g.next(T0 + i as i64 * 20);
-        let topic = cfg
-            .source(e.source)
-            .map(|s| s.topic.clone())
-            .context("generator source")?;
-        msgs.push((topic, e.key, serde_json::to_vec(&e.value)?));
-    }
+    let msgs = generate(&cfg, 5_000, events, T0, 20)?;
     let bytes: usize = msgs.iter().map(|m| m.2.len()).sum();
     let producer = crate::producer::producer(&cfg.kafka, &bootstrap)?;
     let t = Instant::now();

@@ -20,8 +20,8 @@ use rdkafka::producer::FutureRecord;
 use tokio::sync::watch;
 
 use crate::bench::{
-    consume_all, cores_since, cpu_seconds, first_message, machine, peak_rss_mib, produce_all,
-    wait_for,
+    consume_all, cores_since, cpu_seconds, first_message, generate, machine, peak_rss_mib,
+    produce_all, wait_for,
 };
 use crate::embedded::EmbeddedKafka;
 use crate::generator::Generator;
@@ -123,16 +123,7 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
     let redis = LocalRedis::start(&opts.dir.join("redis"))?;
 
     // the events, and enough partitions for them
-    let mut g = Generator::new(7, 20_000);
-    let mut msgs = Vec::with_capacity(events);
-    for i in 0..events {
-        let e = g.next(T0 + i as i64 * 5);
-        let topic = cfg
-            .source(e.source)
-            .map(|s| s.topic.clone())
-            .context("generator source")?;
-        msgs.push((topic, e.key, serde_json::to_vec(&e.value)?));
-    }
+    let msgs = generate(&cfg, 20_000, events, T0, 5)?;
     let bytes: usize = msgs.iter().map(|m| m.2.len()).sum();
     let mut per_topic: HashMap<&str, usize> = HashMap::new();
     for (t, _, b) in &msgs {

@@ -14,12 +14,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use duet_config::Config;
+use duet_config::{Config, Quarantined};
 use duet_lake::late::late_marks;
 use duet_lake::watermark::Watermarks;
-use duet_lake::{
-    Lake, LedgerReader, QuarantineRecord, QuarantineWriter, RawRecord, RawWriter, SealLedger,
-};
+use duet_lake::{Lake, LedgerReader, QuarantineWriter, RawRecord, RawWriter, SealLedger};
 use duet_speed::kafka::{AssignedConsumer, Msg, topic_partitions};
 use tokio::sync::watch;
 
@@ -39,7 +37,7 @@ pub struct Sink {
     ledger: LedgerReader,
     pending: HashMap<String, Vec<RawRecord>>,
     quarantine: QuarantineWriter,
-    refused: Vec<QuarantineRecord>,
+    refused: Vec<Quarantined>,
 }
 
 impl Sink {
@@ -116,7 +114,7 @@ impl Sink {
                             offset: m.offset,
                             payload: String::from_utf8_lossy(&m.payload).into_owned(),
                         }),
-                    Err(e) => self.refused.push(QuarantineRecord {
+                    Err(e) => self.refused.push(Quarantined {
                         source: s.name.clone(),
                         topic: m.topic.clone(),
                         partition: m.partition,

@@ -6,10 +6,11 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result, bail};
 use duet_config::Config;
-use duet_lake::{Lake, QuarantineRecord, read_quarantine};
+use duet_config::Quarantined;
+use duet_lake::{Lake, read_quarantine};
 
 /// The quarantined events of the lake, newest first, of `source` if given.
-pub async fn records(cfg: &Config, source: Option<&str>) -> Result<Vec<QuarantineRecord>> {
+pub async fn records(cfg: &Config, source: Option<&str>) -> Result<Vec<Quarantined>> {
     if let Some(s) = source
         && cfg.source(s).is_none()
     {
@@ -24,7 +25,7 @@ pub async fn records(cfg: &Config, source: Option<&str>) -> Result<Vec<Quarantin
 }
 
 /// One line per record: id, time, source, reason.
-pub fn list(records: &[QuarantineRecord], limit: usize) -> String {
+pub fn list(records: &[Quarantined], limit: usize) -> String {
     let mut out = String::from("id\tquarantined\tsource\treason\n");
     for r in records.iter().take(limit) {
         let _ = writeln!(
@@ -43,8 +44,8 @@ pub fn list(records: &[QuarantineRecord], limit: usize) -> String {
 }
 
 /// The record named `id` (`topic/partition@offset`), in full.
-pub fn show(records: &[QuarantineRecord], id: &str) -> Result<String> {
-    let found: Vec<&QuarantineRecord> = records.iter().filter(|r| r.id() == id).collect();
+pub fn show(records: &[Quarantined], id: &str) -> Result<String> {
+    let found: Vec<&Quarantined> = records.iter().filter(|r| r.id() == id).collect();
     if found.is_empty() {
         bail!(
             "no quarantined event `{id}` (ids are topic/partition@offset; see `duet quarantine list`)"
@@ -81,7 +82,7 @@ pub struct Replayed {
 pub async fn replay(
     cfg: &Config,
     bootstrap: &str,
-    records: &[QuarantineRecord],
+    records: &[Quarantined],
     ids: &[String],
     payload: Option<Vec<u8>>,
     dry_run: bool,

@@ -399,27 +399,35 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     });
 }
 
+/// Runs `duet <args> --out <dir>/<file>`, expects success, and returns the report.
+fn bench_report(file: &str, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join(file);
+    let mut all = args.to_vec();
+    all.extend(["--out", out.to_str().unwrap()]);
+    let (code, text) = duet(&all);
+    assert_eq!(code, 0, "{text}");
+    std::fs::read_to_string(&out).unwrap()
+}
+
 #[test]
 fn bench_writes_a_report_with_baselines() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("report.md");
-    let (code, text) = duet(&[
-        "bench",
-        "--events",
-        "1000",
-        "--queries",
-        "10",
-        "--seals",
-        "20",
-        "--store-events",
-        "6000",
-        "--store-days",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{text}");
-    let report = std::fs::read_to_string(&out).unwrap();
+    let report = bench_report(
+        "report.md",
+        &[
+            "bench",
+            "--events",
+            "1000",
+            "--queries",
+            "10",
+            "--seals",
+            "20",
+            "--store-events",
+            "6000",
+            "--store-days",
+            "2",
+        ],
+    );
     for needle in [
         "- Machine: ",
         "| baseline: consume and discard (same broker, same process) |",
@@ -529,7 +537,7 @@ fn quarantined_events_are_listed_shown_and_replayed() {
         let mut w = duet_lake::QuarantineWriter::open(&lake, "duet-lake")
             .await
             .unwrap();
-        w.append(&[duet_lake::QuarantineRecord {
+        w.append(&[duet_config::Quarantined {
             source: "orders".into(),
             topic: "orders".into(),
             partition: 1,
@@ -612,22 +620,19 @@ fn quarantined_events_are_listed_shown_and_replayed() {
 
 #[test]
 fn bench_speed_writes_a_report_beside_the_ceiling() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("bench").join("speed.md");
-    let (code, text) = duet(&[
-        "bench",
-        "speed",
-        "--events",
-        "3000",
-        "--rate",
-        "500",
-        "--seconds",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{text}");
-    let report = std::fs::read_to_string(&out).unwrap();
+    let report = bench_report(
+        "bench/speed.md",
+        &[
+            "bench",
+            "speed",
+            "--events",
+            "3000",
+            "--rate",
+            "500",
+            "--seconds",
+            "1",
+        ],
+    );
     for needle in [
         "- Machine: ",
         "| consume and discard (same broker, same process, best of 2): the ceiling |",

@@ -22,7 +22,7 @@ pub use error::{Error, Result};
 pub use ledger::{
     AppOffset, Interval, LateMark, LedgerReader, LedgerSnapshot, Seal, SealLedger, ViewSeals,
 };
-pub use quarantine::{QuarantineRecord, QuarantineWriter, read_quarantine};
+pub use quarantine::{QuarantineWriter, read_quarantine};
 pub use raw::{RawRecord, RawWriter};
 pub use views::{ViewReader, ViewRow, ViewTable};
 

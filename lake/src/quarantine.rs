@@ -19,6 +19,8 @@ use url::Url;
 
 use crate::arrow_util::{active_files, read_files, timestamp_type};
 use crate::commit::{self, TableLayout, TxnExpectation, txn_version, write_files, writer_schema};
+use duet_config::Quarantined;
+
 use crate::error::{Error, Result};
 use crate::{Lake, load_or_create, try_load};
 
@@ -29,32 +31,6 @@ const LAYOUT: TableLayout = TableLayout {
 
 /// The table's partition column.
 pub const PARTITIONS: [&str; 1] = ["quarantined_date"];
-
-/// A malformed event as the lake keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuarantineRecord {
-    /// The source whose schema refused it.
-    pub source: String,
-    /// Kafka topic.
-    pub topic: String,
-    /// Kafka partition.
-    pub partition: i32,
-    /// Kafka offset.
-    pub offset: i64,
-    /// Why it was refused.
-    pub reason: String,
-    /// The message bytes.
-    pub payload: Vec<u8>,
-    /// When it was quarantined, epoch ms.
-    pub at_ms: i64,
-}
-
-impl QuarantineRecord {
-    /// `topic/partition@offset`: how the CLI names a record.
-    pub fn id(&self) -> String {
-        format!("{}/{}@{}", self.topic, self.partition, self.offset)
-    }
-}
 
 /// The arrow schema of the `quarantine` table.
 pub fn quarantine_schema() -> Schema {
@@ -113,7 +89,7 @@ impl QuarantineWriter {
 
     /// Appends `records` in one commit, skipping those at or below their partition's
     /// committed offset (re-delivery). Returns the new version, if anything was written.
-    pub async fn append(&mut self, records: &[QuarantineRecord]) -> Result<Option<i64>> {
+    pub async fn append(&mut self, records: &[Quarantined]) -> Result<Option<i64>> {
         let mut fresh = Vec::new();
         let mut last: HashMap<(String, i32), i64> = HashMap::new();
         for r in records {
@@ -188,7 +164,7 @@ impl QuarantineWriter {
 }
 
 /// Every record of the lake's quarantine, newest first (empty if there is no table yet).
-pub async fn read_quarantine(lake: &Lake) -> Result<Vec<QuarantineRecord>> {
+pub async fn read_quarantine(lake: &Lake) -> Result<Vec<Quarantined>> {
     let url = quarantine_url(lake);
     let Some(table) = try_load(&url).await? else {
         return Ok(Vec::new());
@@ -229,7 +205,7 @@ pub async fn read_quarantine(lake: &Lake) -> Result<Vec<QuarantineRecord>> {
             .cloned()
             .ok_or_else(|| bad("quarantined_at"))?;
         for i in 0..b.num_rows() {
-            out.push(QuarantineRecord {
+            out.push(Quarantined {
                 source: source.value(i).to_string(),
                 topic: topic.value(i).to_string(),
                 partition: partition.value(i),
@@ -250,8 +226,8 @@ pub async fn read_quarantine(lake: &Lake) -> Result<Vec<QuarantineRecord>> {
 mod tests {
     use super::*;
 
-    fn rec(partition: i32, offset: i64, at_ms: i64) -> QuarantineRecord {
-        QuarantineRecord {
+    fn rec(partition: i32, offset: i64, at_ms: i64) -> Quarantined {
+        Quarantined {
             source: "orders".into(),
             topic: "orders".into(),
             partition,
@@ -285,7 +261,7 @@ mod tests {
         );
         let all = read_quarantine(&lake).await.unwrap();
         assert_eq!(
-            all.iter().map(QuarantineRecord::id).collect::<Vec<_>>(),
+            all.iter().map(Quarantined::id).collect::<Vec<_>>(),
             vec!["orders/0@4", "orders/1@9", "orders/0@3"]
         );
         assert_eq!(all[2], rec(0, 3, 1_000));

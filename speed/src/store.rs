@@ -16,24 +16,7 @@ pub use embedded::{EmbeddedStore, EncodedRow};
 pub use local_redis::{LocalRedis, LocalRedisCluster};
 pub use redis::RedisStore;
 
-/// A malformed event, kept with its reason, origin and bytes.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Quarantined {
-    /// Source whose schema refused it.
-    pub source: String,
-    /// Kafka topic.
-    pub topic: String,
-    /// Kafka partition.
-    pub partition: i32,
-    /// Kafka offset.
-    pub offset: i64,
-    /// Why it was refused.
-    pub reason: String,
-    /// The message bytes.
-    pub payload: Vec<u8>,
-    /// When it was quarantined, epoch ms.
-    pub at_ms: i64,
-}
+pub use duet_config::Quarantined;
 
 /// The key of one partial-state row: a view, a bucket and the dimension values.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
