@@ -62,54 +62,83 @@ struct Freshness {
     max_lag: i64,
 }
 
-async fn open(kind: &'static str, cfg: &Config, redis: &LocalRedis) -> Result<Arc<dyn ViewStore>> {
-    Ok(if kind == "Redis" {
-        Arc::new(RedisStore::connect(&redis.url(), &cfg.store.prefix, &cfg.views).await?)
-    } else {
-        Arc::new(EmbeddedStore::open(std::path::Path::new(&cfg.store.path))?)
-    })
-}
-
-/// A config of `base` for one run: its own store (file or key prefix) and consumer group.
-fn run_config(base: &Config, dir: &std::path::Path, name: &str) -> Arc<Config> {
-    let mut cfg = base.clone();
-    cfg.kafka.group_prefix = format!("bench-{name}");
-    cfg.store.path = dir
-        .join(format!("{name}.redb"))
-        .to_string_lossy()
-        .into_owned();
-    cfg.store.prefix = format!("bench-{name}");
-    Arc::new(cfg)
-}
-
-fn spawn_speed(
-    cfg: &Arc<Config>,
-    bootstrap: &str,
+/// A speed layer running for one benchmark run, with its own store (file or key prefix)
+/// and consumer group.
+struct SpeedRun {
     store: Arc<dyn ViewStore>,
     counters: Arc<SpeedCounters>,
-    rx: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Result<()>> {
-    tokio::spawn(crate::app::speed(
-        cfg.clone(),
-        bootstrap.to_string(),
-        store,
-        counters,
-        crate::app::no_seals(),
-        rx,
-    ))
+    group: String,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<()>>,
 }
 
-async fn caught_up(
-    store: &Arc<dyn ViewStore>,
-    group: &str,
-    end: &HashMap<(String, i32), i64>,
-) -> Result<bool> {
-    for ((topic, p), o) in end {
-        if store.offsets(group, topic).await?.get(p) != Some(o) {
-            return Ok(false);
-        }
+impl SpeedRun {
+    /// Starts a speed layer of `base` named `name` on `bootstrap`, over the `kind` store.
+    async fn start(
+        base: &Config,
+        dir: &std::path::Path,
+        name: &str,
+        kind: &'static str,
+        redis: &LocalRedis,
+        bootstrap: &str,
+    ) -> Result<SpeedRun> {
+        let mut cfg = base.clone();
+        cfg.kafka.group_prefix = format!("bench-{name}");
+        cfg.store.path = dir
+            .join(format!("{name}.redb"))
+            .to_string_lossy()
+            .into_owned();
+        cfg.store.prefix = format!("bench-{name}");
+        let store: Arc<dyn ViewStore> = if kind == "Redis" {
+            Arc::new(RedisStore::connect(&redis.url(), &cfg.store.prefix, &cfg.views).await?)
+        } else {
+            Arc::new(EmbeddedStore::open(std::path::Path::new(&cfg.store.path))?)
+        };
+        let counters = Arc::new(SpeedCounters::default());
+        let (stop, rx) = watch::channel(false);
+        let group = duet_speed::group(&cfg);
+        let task = tokio::spawn(crate::app::speed(
+            Arc::new(cfg),
+            bootstrap.to_string(),
+            store.clone(),
+            counters.clone(),
+            crate::app::no_seals(),
+            rx,
+        ));
+        Ok(SpeedRun {
+            store,
+            counters,
+            group,
+            stop,
+            task,
+        })
     }
-    Ok(true)
+
+    /// Waits (up to `limit`) until the store's offsets reach `end` (next offset per topic
+    /// and partition).
+    async fn wait_until_at(
+        &self,
+        what: &str,
+        limit: Duration,
+        end: &HashMap<(String, i32), i64>,
+    ) -> Result<()> {
+        wait_for(what, limit, Duration::from_millis(20), || async {
+            for ((topic, p), o) in end {
+                if self.store.offsets(&self.group, topic).await?.get(p) != Some(o) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Stops the speed layer and waits for it to end.
+    async fn finish(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await?
+    }
 }
 
 /// Runs the benchmark and returns the report.
@@ -157,33 +186,17 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
     // the speed layer with each store, timed from its first message to its last commit
     let mut runs = Vec::new();
     for kind in ["embedded", "Redis"] {
-        let run_cfg = run_config(
-            &cfg,
-            &opts.dir,
-            &format!("throughput-{}", kind.to_lowercase()),
-        );
-        let store = open(kind, &run_cfg, &redis).await?;
-        let counters = Arc::new(SpeedCounters::default());
-        let (stop, rx) = watch::channel(false);
-        let task = spawn_speed(&run_cfg, &bootstrap, store.clone(), counters.clone(), rx);
+        let name = format!("throughput-{}", kind.to_lowercase());
+        let run = SpeedRun::start(&cfg, &opts.dir, &name, kind, &redis, &bootstrap).await?;
+        let counters = run.counters.clone();
         first_message(&counters).await?;
         let t = Instant::now();
         let cpu = cpu_seconds().unwrap_or(0.0);
-        let group = duet_speed::group(&run_cfg);
-        wait_for(
-            kind,
-            Duration::from_secs(1_800),
-            Duration::from_millis(20),
-            || {
-                let (store, end, group) = (store.clone(), end.clone(), group.clone());
-                async move { caught_up(&store, &group, &end).await }
-            },
-        )
-        .await?;
+        run.wait_until_at(kind, Duration::from_secs(1_800), &end)
+            .await?;
         let elapsed = t.elapsed();
         let cores = cores_since(cpu, elapsed);
-        let _ = stop.send(true);
-        task.await??;
+        run.finish().await?;
         runs.push(Throughput {
             cores,
             store: kind,
@@ -206,15 +219,9 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
         let kafka = EmbeddedKafka::start(&topics, 4)?;
         let bootstrap = kafka.bootstrap();
         let producer = crate::producer::producer(&cfg.kafka, &bootstrap)?;
-        let run_cfg = run_config(
-            &cfg,
-            &opts.dir,
-            &format!("freshness-{}", kind.to_lowercase()),
-        );
-        let store = open(kind, &run_cfg, &redis).await?;
-        let counters = Arc::new(SpeedCounters::default());
-        let (stop, rx) = watch::channel(false);
-        let task = spawn_speed(&run_cfg, &bootstrap, store.clone(), counters.clone(), rx);
+        let name = format!("freshness-{}", kind.to_lowercase());
+        let run = SpeedRun::start(&cfg, &opts.dir, &name, kind, &redis, &bootstrap).await?;
+        let counters = run.counters.clone();
         wait_for(
             "the group's assignment",
             Duration::from_secs(120),
@@ -238,7 +245,7 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
             let now = duet_speed::now_ms();
             for _ in 0..per_tick {
                 let e = g.next(now);
-                let topic = run_cfg
+                let topic = cfg
                     .source(e.source)
                     .map(|s| s.topic.clone())
                     .context("generator source")?;
@@ -262,19 +269,9 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
             let e = end.entry((topic, part)).or_insert(0);
             *e = (*e).max(off + 1);
         }
-        let group = duet_speed::group(&run_cfg);
-        wait_for(
-            "the last commit",
-            Duration::from_secs(120),
-            Duration::from_millis(20),
-            || {
-                let (store, end, group) = (store.clone(), end.clone(), group.clone());
-                async move { caught_up(&store, &group, &end).await }
-            },
-        )
-        .await?;
-        let _ = stop.send(true);
-        task.await??;
+        run.wait_until_at("the last commit", Duration::from_secs(120), &end)
+            .await?;
+        run.finish().await?;
         drop(producer);
         let h = counters.freshness.snapshot();
         fresh.push(Freshness {
