@@ -59,6 +59,8 @@ pub struct Aggregator {
     views: Vec<ViewSpec>,
     /// Per source, its views (indices into `views`).
     by_source: HashMap<String, Vec<usize>>,
+    /// Threads a large batch is decoded and folded on (the machine's cores).
+    threads: usize,
     group: String,
     sealed_retention_ms: i64,
     quarantine_cap: usize,
@@ -85,6 +87,7 @@ impl Aggregator {
             by_topic,
             views: cfg.views.clone(),
             by_source,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
             group: group.to_string(),
             sealed_retention_ms: cfg.sealed_retention_ms,
             quarantine_cap: cfg.speed.quarantine_cap,
@@ -115,11 +118,10 @@ impl Aggregator {
             }
             out
         };
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        if threads < 2 || msgs.len() < PARALLEL_FROM {
+        if self.threads < 2 || msgs.len() < PARALLEL_FROM {
             return decode(msgs);
         }
-        let chunk = msgs.len().div_ceil(threads);
+        let chunk = msgs.len().div_ceil(self.threads);
         std::thread::scope(|scope| {
             let mut parts = msgs.chunks(chunk);
             let first = parts.next().unwrap_or_default();
@@ -332,7 +334,7 @@ impl Aggregator {
         }
         // what is applied, split by partition into one list per thread
         let threads = if fresh.len() >= PARALLEL_FROM {
-            std::thread::available_parallelism().map_or(1, usize::from)
+            self.threads
         } else {
             1
         };
