@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use duet_config::{DimKey, State, ViewSpec};
+use duet_config::measure::MeasureKind;
+use duet_config::{DimKey, Num, State, ViewSpec};
 
 use crate::error::{Error, Result};
 use crate::query::{MergedRow, Provenance};
@@ -36,8 +37,73 @@ pub struct DimFilter {
     pub values: Vec<String>,
 }
 
+/// What the rows of an answer are ordered by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderKey {
+    /// The output bucket.
+    Bucket,
+    /// A measure's value (a top-k has no order and is refused).
+    Measure(String),
+    /// A grouped dimension's value.
+    Dimension(String),
+}
+
+/// An order: a key and a direction. Ties are broken by bucket, then dimensions, ascending, so
+/// every order is total. A null value sorts after every other in ascending order and before
+/// them in descending order, as in PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderBy {
+    /// What is compared.
+    pub key: OrderKey,
+    /// Largest first.
+    pub descending: bool,
+}
+
+impl Default for OrderBy {
+    fn default() -> Self {
+        OrderBy {
+            key: OrderKey::Bucket,
+            descending: false,
+        }
+    }
+}
+
+/// The value a row is ordered by, besides its bucket and dimensions.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortValue {
+    /// Ordered by bucket: nothing more.
+    Bucket,
+    /// A dimension's value.
+    Dimension(Option<String>),
+    /// A measure's value (`None`: null, such as the minimum of no rows or an overflowed sum).
+    Measure(Option<Num>),
+}
+
+/// Where a row stands in an order: a page of an answer continues after the cursor of the
+/// previous page's last row, so rows are neither repeated nor skipped when buckets before it
+/// change (keyset pagination).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// The ordered value.
+    pub value: SortValue,
+    /// Output bucket start, epoch ms.
+    pub bucket: i64,
+    /// Grouped dimension values.
+    pub dims: DimKey,
+}
+
+/// A query's rows: at most the limit, and where the next page starts if more follow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rolled {
+    /// The rows, in order.
+    pub rows: Vec<RolledRow>,
+    /// The position of the last row, when rows after it were cut by the limit.
+    pub next: Option<Cursor>,
+}
+
 /// What a query asks of a view's rows.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RollupSpec {
     /// Output bucket width in ms; `None`: the view's own bucket.
     pub grain_ms: Option<i64>,
@@ -45,17 +111,32 @@ pub struct RollupSpec {
     pub group_by: Option<Vec<String>>,
     /// Filters, all of which a row must pass.
     pub filters: Vec<DimFilter>,
-    /// At most this many output rows (the first by bucket, then dimensions).
+    /// The order of the output rows; `None`: by bucket, then dimensions.
+    pub order: Option<OrderBy>,
+    /// Only rows after this position in the order (the previous page's last row).
+    pub after: Option<Cursor>,
+    /// At most this many output rows (the first in the order).
     pub limit: Option<usize>,
 }
 
 /// A [`RollupSpec`] checked against a view: dimensions resolved to their positions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rollup {
     grain_ms: i64,
     group_by: Vec<usize>,
     filters: Vec<(usize, DimOp, Vec<String>)>,
+    order: Order,
+    descending: bool,
+    after: Option<Cursor>,
     limit: Option<usize>,
+}
+
+/// A resolved order key: a measure by index, a grouped dimension by its output position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Bucket,
+    Measure(usize),
+    Dimension(usize),
 }
 
 /// One output row.
@@ -159,12 +240,112 @@ impl Rollup {
             }
             filters.push((i, f.op, f.values.clone()));
         }
+        let order_by = spec.order.clone().unwrap_or_default();
+        let order = match &order_by.key {
+            OrderKey::Bucket => Order::Bucket,
+            OrderKey::Measure(name) => {
+                let i = view
+                    .measures
+                    .iter()
+                    .position(|m| &m.name == name)
+                    .ok_or_else(|| Error::BadParam {
+                        name: "order",
+                        message: format!(
+                            "`{name}` is neither `bucket` nor a measure or grouped dimension of `{}` (measures: {})",
+                            view.name,
+                            view.measures
+                                .iter()
+                                .map(|m| m.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })?;
+                if matches!(view.measures[i].kind, MeasureKind::TopK { .. }) {
+                    return Err(Error::BadParam {
+                        name: "order",
+                        message: format!("`{name}` is a top-k list, which has no order"),
+                    });
+                }
+                Order::Measure(i)
+            }
+            OrderKey::Dimension(name) => {
+                let i = position("order", name)?;
+                let at = group_by
+                    .iter()
+                    .position(|g| *g == i)
+                    .ok_or_else(|| Error::BadParam {
+                        name: "order",
+                        message: format!("`{name}` is not grouped by, so rows have no value of it"),
+                    })?;
+                Order::Dimension(at)
+            }
+        };
+        if let Some(after) = &spec.after {
+            let fits = match (order, &after.value) {
+                (Order::Bucket, SortValue::Bucket)
+                | (Order::Dimension(_), SortValue::Dimension(_))
+                | (Order::Measure(_), SortValue::Measure(_)) => after.dims.len() == group_by.len(),
+                _ => false,
+            };
+            if !fits {
+                return Err(Error::BadParam {
+                    name: "cursor",
+                    message: "the cursor belongs to a query with another order or group_by"
+                        .to_string(),
+                });
+            }
+        }
         Ok(Rollup {
             grain_ms,
             group_by,
             filters,
+            order,
+            descending: order_by.descending,
+            after: spec.after.clone(),
             limit: spec.limit,
         })
+    }
+
+    /// Where `row` stands in the order.
+    fn cursor(&self, row: &RolledRow) -> Cursor {
+        let value = match self.order {
+            Order::Bucket => SortValue::Bucket,
+            Order::Dimension(at) => SortValue::Dimension(row.dims.get(at).cloned().flatten()),
+            Order::Measure(i) => SortValue::Measure(row.states.get(i).and_then(order_value)),
+        };
+        Cursor {
+            value,
+            bucket: row.bucket,
+            dims: row.dims.clone(),
+        }
+    }
+
+    /// The order of two positions.
+    fn compare(&self, a: &Cursor, b: &Cursor) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        // null after every value (ascending)
+        fn nulls_last<T>(a: &Option<T>, b: &Option<T>, f: impl Fn(&T, &T) -> Ordering) -> Ordering {
+            match (a, b) {
+                (Some(a), Some(b)) => f(a, b),
+                (None, None) => Ordering::Equal,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(_), None) => Ordering::Less,
+            }
+        }
+        let first = match (&a.value, &b.value) {
+            (SortValue::Bucket, SortValue::Bucket) => a.bucket.cmp(&b.bucket),
+            (SortValue::Dimension(x), SortValue::Dimension(y)) => nulls_last(x, y, |x, y| x.cmp(y)),
+            (SortValue::Measure(x), SortValue::Measure(y)) => nulls_last(x, y, Num::cmp_total),
+            _ => Ordering::Equal,
+        };
+        let first = if self.descending {
+            first.reverse()
+        } else {
+            first
+        };
+        first
+            .then_with(|| a.bucket.cmp(&b.bucket))
+            .then_with(|| a.dims.cmp(&b.dims))
     }
 
     /// The output bucket width, ms.
@@ -182,9 +363,9 @@ impl Rollup {
         })
     }
 
-    /// Filters, re-buckets, groups and merges `rows` (any order), ordered by bucket then
-    /// dimensions, cut at the limit.
-    pub fn apply(&self, view: &ViewSpec, rows: Vec<MergedRow>) -> Result<Vec<RolledRow>> {
+    /// Filters, re-buckets, groups and merges `rows` (any order); orders the output, keeps
+    /// the rows after the cursor and cuts them at the limit.
+    pub fn apply(&self, view: &ViewSpec, rows: Vec<MergedRow>) -> Result<Rolled> {
         let mut out: BTreeMap<(i64, DimKey), RolledRow> = BTreeMap::new();
         for r in rows {
             if !self.passes(&r.row.dims) {
@@ -224,12 +405,54 @@ impl Rollup {
                 }
             }
         }
-        let rows = out.into_values();
-        Ok(match self.limit {
-            Some(n) => rows.take(n).collect(),
-            None => rows.collect(),
+        let mut keyed: Vec<(Cursor, RolledRow)> = out
+            .into_values()
+            .map(|r| (self.cursor(&r), r))
+            .filter(|(c, _)| {
+                self.after
+                    .as_ref()
+                    .is_none_or(|after| self.compare(c, after).is_gt())
+            })
+            .collect();
+        keyed.sort_by(|a, b| self.compare(&a.0, &b.0));
+        let next = match self.limit {
+            Some(n) if keyed.len() > n => {
+                keyed.truncate(n);
+                keyed.last().map(|(c, _)| c.clone())
+            }
+            _ => None,
+        };
+        Ok(Rolled {
+            rows: keyed.into_iter().map(|(_, r)| r).collect(),
+            next,
         })
     }
+}
+
+/// The value a state is ordered by: counts and distinct counts as integers, sums, minima and
+/// maxima as their number, means as floats; `None` for no value.
+fn order_value(state: &State) -> Option<Num> {
+    let n = match state {
+        State::Count(c) => Num::Int(*c),
+        State::Sum(n) => *n,
+        State::Min(n) | State::Max(n) => (*n)?,
+        State::Avg { sum, count } => {
+            if *count == 0 {
+                return None;
+            }
+            // a decimal's units: the same scale for every row of a measure, so the order holds
+            let sum = match sum {
+                Num::Int(i) => *i as f64,
+                Num::Float(f) => *f,
+                Num::Dec(d) => *d as f64,
+                Num::Overflow => return None,
+            };
+            Num::Float(sum / *count as f64)
+        }
+        State::Distinct(d) => Num::Int(i64::try_from(d.estimate()).unwrap_or(i64::MAX)),
+        State::TopK(_) => return None,
+    };
+    (!n.out_of_range()).then_some(n)
 }
 
 #[cfg(test)]
@@ -338,10 +561,10 @@ mod tests {
                 grain_ms: Some(grain),
                 group_by: Some(group_by.iter().map(|d| d.to_string()).collect()),
                 filters: filter.clone().into_iter().collect(),
-                limit: None,
+                ..RollupSpec::default()
             };
             let rollup = Rollup::plan(view, &spec).unwrap();
-            let got = rollup.apply(view, rows(view, &events, &batch)).unwrap();
+            let got = rollup.apply(view, rows(view, &events, &batch)).unwrap().rows;
 
             // the truth: the view at this grain with these dimensions, over the events whose
             // own dimension values pass the filter
@@ -371,6 +594,89 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100))]
+
+        /// In any order, the answer is sorted by the rendered value (nulls last when
+        /// ascending), and its pages, each continuing after the previous page's cursor, join
+        /// into the whole answer with no row repeated or skipped.
+        #[test]
+        fn pages_join_into_the_whole_answer_in_any_order(
+            events in proptest::collection::vec((0i64..300, 0u8..3, 0u8..3, 0u8..20, -50i64..50), 0..80),
+            key in prop_oneof![
+                Just(OrderKey::Bucket),
+                Just(OrderKey::Measure("c".into())),
+                Just(OrderKey::Measure("users".into())),
+                Just(OrderKey::Measure("total".into())),
+                Just(OrderKey::Measure("mean".into())),
+                Just(OrderKey::Measure("most".into())),
+                Just(OrderKey::Dimension("b".into())),
+            ],
+            descending in any::<bool>(),
+            page in 1usize..6,
+        ) {
+            let cfg = config();
+            let view = &cfg.views[0];
+            let events: Vec<Event> = events.iter().enumerate().map(|(i, e)| event(&cfg, i, e)).collect();
+            let spec = RollupSpec {
+                grain_ms: Some(600_000),
+                group_by: Some(vec!["b".into()]),
+                order: Some(OrderBy { key: key.clone(), descending }),
+                ..RollupSpec::default()
+            };
+            let all = Rollup::plan(view, &spec).unwrap().apply(view, rows(view, &events, &[])).unwrap();
+            prop_assert!(all.next.is_none());
+            // sorted by the value as rendered (independent of the engine's own comparison)
+            let shown = |r: &RolledRow| -> Option<f64> {
+                match &key {
+                    OrderKey::Measure(m) => {
+                        let i = view.measures.iter().position(|x| &x.name == m).unwrap();
+                        match view.measures[i].kind.render(&r.states[i]) {
+                            serde_json::Value::Number(n) => n.as_f64(),
+                            _ => None,
+                        }
+                    }
+                    _ => Some(0.0),
+                }
+            };
+            for w in all.rows.windows(2) {
+                let (a, b) = (&w[0], &w[1]);
+                let ordered = match &key {
+                    OrderKey::Bucket => if descending { a.bucket >= b.bucket } else { a.bucket <= b.bucket },
+                    OrderKey::Dimension(_) => match (&a.dims[0], &b.dims[0]) {
+                        (Some(x), Some(y)) => if descending { x >= y } else { x <= y },
+                        (None, Some(_)) => descending,
+                        (Some(_), None) => !descending,
+                        (None, None) => true,
+                    },
+                    OrderKey::Measure(_) => match (shown(a), shown(b)) {
+                        (Some(x), Some(y)) => if descending { x >= y } else { x <= y },
+                        (None, Some(_)) => descending,
+                        (Some(_), None) => !descending,
+                        (None, None) => true,
+                    },
+                };
+                prop_assert!(ordered, "{:?} then {:?}", a, b);
+            }
+            let mut joined = Vec::new();
+            let mut after = None;
+            for _ in 0..=all.rows.len() {
+                let got = Rollup::plan(view, &RollupSpec { after: after.clone(), limit: Some(page), ..spec.clone() })
+                    .unwrap()
+                    .apply(view, rows(view, &events, &[]))
+                    .unwrap();
+                prop_assert!(got.rows.len() <= page);
+                joined.extend(got.rows);
+                after = got.next;
+                if after.is_none() {
+                    break;
+                }
+            }
+            prop_assert!(after.is_none());
+            prop_assert_eq!(joined, all.rows);
+        }
+    }
+
     #[test]
     fn rows_say_which_layers_they_came_from_and_the_limit_keeps_the_first() {
         let cfg = config();
@@ -388,7 +694,8 @@ mod tests {
         let rollup = Rollup::plan(view, &spec).unwrap();
         let got = rollup
             .apply(view, rows(view, &events, &[true, false, true]))
-            .unwrap();
+            .unwrap()
+            .rows;
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].batch_rows, got[0].speed_rows), (1, 1));
         assert_eq!(got[0].source(), "mixed");
@@ -403,7 +710,8 @@ mod tests {
         )
         .unwrap()
         .apply(view, rows(view, &events, &[]))
-        .unwrap();
+        .unwrap()
+        .rows;
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].bucket, got[0].bucket);
     }
@@ -444,6 +752,33 @@ mod tests {
                 ..RollupSpec::default()
             }),
             "query parameter `where`: `a`: IN takes at least one value"
+        );
+        let order = |key: OrderKey| RollupSpec {
+            order: Some(OrderBy {
+                key,
+                descending: false,
+            }),
+            group_by: Some(vec!["a".into()]),
+            ..RollupSpec::default()
+        };
+        assert_eq!(
+            reason(order(OrderKey::Measure("top".into()))),
+            "query parameter `order`: `top` is a top-k list, which has no order"
+        );
+        assert_eq!(
+            reason(order(OrderKey::Dimension("b".into()))),
+            "query parameter `order`: `b` is not grouped by, so rows have no value of it"
+        );
+        assert_eq!(
+            reason(RollupSpec {
+                after: Some(Cursor {
+                    value: SortValue::Bucket,
+                    bucket: 0,
+                    dims: vec![None, None],
+                }),
+                ..order(OrderKey::Bucket)
+            }),
+            "query parameter `cursor`: the cursor belongs to a query with another order or group_by"
         );
     }
 }
