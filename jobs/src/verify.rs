@@ -203,6 +203,22 @@ fn parse_answer(view: &ViewSpec, body: &Value) -> anyhow::Result<(Rendered, Sour
     Ok((values, sources))
 }
 
+/// Every page of the answer to `path`, following `next_cursor`.
+async fn get_all(view: &ViewSpec, addr: &str, path: &str) -> anyhow::Result<(Rendered, Sources)> {
+    let (mut values, mut sources) = (Rendered::new(), Sources::new());
+    let mut page = format!("{path}&limit=100000");
+    loop {
+        let body = get_json(addr, &page).await?;
+        let (v, s) = parse_answer(view, &body)?;
+        values.extend(v);
+        sources.extend(s);
+        match body["next_cursor"].as_str() {
+            Some(c) => page = format!("{path}&limit=100000&cursor={c}"),
+            None => return Ok((values, sources)),
+        }
+    }
+}
+
 /// `GET` of a JSON document over plain HTTP/1.1.
 async fn get_json(addr: &str, path: &str) -> anyhow::Result<Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -303,9 +319,8 @@ pub async fn verify(
             let addr = &cfg.serving.bind;
             out.via = format!("asked over HTTP of the deployment serving on {addr}");
             let path = format!("/v1/views/{}?from={from}&to={end}", view.name);
-            let (values, sources) = parse_answer(view, &get_json(addr, &path).await?)?;
-            let (speed, _) =
-                parse_answer(view, &get_json(addr, &format!("{path}&layer=speed")).await?)?;
+            let (values, sources) = get_all(view, addr, &path).await?;
+            let (speed, _) = get_all(view, addr, &format!("{path}&layer=speed")).await?;
             (values, sources, speed)
         }
     };

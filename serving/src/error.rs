@@ -48,6 +48,15 @@ pub enum Error {
         #[source]
         source: duet_config::Error,
     },
+    /// An answer could not be encoded in its format.
+    #[error("encoding the answer as {format}: {source}")]
+    Encode {
+        /// The format (`csv`, `arrow`).
+        format: &'static str,
+        /// Arrow's error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
     /// The server could not bind or serve.
     #[error("http server on {addr}: {source}")]
     Serve {
@@ -82,9 +91,11 @@ impl IntoResponse for Error {
             Error::BadParam { .. } | Error::UnknownParam { .. } | Error::BadQuery(_) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
-            Error::Lake(_) | Error::Store(_) | Error::Merge { .. } | Error::Serve { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
+            Error::Lake(_)
+            | Error::Store(_)
+            | Error::Merge { .. }
+            | Error::Encode { .. }
+            | Error::Serve { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let message = if status.is_server_error() {
             tracing::error!(error = %self, "Request failed.");

@@ -1,4 +1,6 @@
-//! The HTTP API (axum): `/health`, `/v1/views`, `/v1/views/{view}`, `/v1/quarantine`.
+//! The HTTP API (axum): `/health`, `/metrics`, `/v1/openapi.json`, `/v1/views`,
+//! `/v1/views/{view}` (JSON, CSV or Arrow; rolled up, filtered, ordered, paged),
+//! `/v1/views/{view}/live` (Server-Sent Events) and `/v1/quarantine`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,16 +10,22 @@ use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::Uri;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::DateTime;
-use duet_config::time::{MAX_TIME_MS, iso};
-use duet_config::{Config, duration::format_millis};
+use duet_config::time::iso;
+use duet_config::{Config, ViewSpec, duration::format_millis};
 use duet_speed::{SpeedCounters, ViewStore};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::health::{PartState, Parts, SealChecks};
 use crate::query::{LakeReaders, Provenance, merged};
+use crate::request::{Format, ViewQuery, cursor_text, live_query, view_query};
+use crate::rollup::{Rolled, Rollup};
+use crate::table::{self, record_batch};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -36,9 +44,6 @@ pub struct AppState {
     pub checks: Arc<SealChecks>,
 }
 
-/// Most buckets one query may span.
-pub const MAX_BUCKETS: i64 = 100_000;
-
 /// The API's router.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -49,26 +54,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/views", get(list_views))
         .route("/v1/views/{view}", get(query_view))
+        .route("/v1/views/{view}/live", get(live_view))
         .route("/v1/quarantine", get(quarantine))
         .route("/metrics", get(metrics))
         .fallback(|uri: Uri| async move { Error::NotFound(uri.to_string()) })
         .with_state(state)
-}
-
-/// Parses a time parameter: epoch milliseconds or RFC 3339, from 1970 to 9999.
-fn parse_time(name: &'static str, v: &str) -> Result<i64> {
-    let ms = match v.parse::<i64>() {
-        Ok(ms) => Some(ms),
-        Err(_) => DateTime::parse_from_rfc3339(v)
-            .ok()
-            .map(|t| t.timestamp_millis()),
-    };
-    ms.filter(|t| (0..=MAX_TIME_MS).contains(t)).ok_or_else(|| Error::BadParam {
-        name,
-        message: format!(
-            "expected epoch milliseconds or an RFC 3339 time such as 2026-11-25T10:00:00Z (1970 to 9999), found {v:?}"
-        ),
-    })
 }
 
 fn bad_query(e: QueryRejection) -> Error {
@@ -303,68 +293,37 @@ async fn list_views(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"views": views}))
 }
 
-async fn query_view(
-    State(s): State<AppState>,
-    Path(view): Path<String>,
-    q: std::result::Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<Value>> {
-    let Query(q) = q.map_err(bad_query)?;
-    let spec = s
-        .cfg
-        .view(&view)
-        .ok_or_else(|| Error::UnknownView(view.clone()))?;
-    if let Some(k) = q
-        .keys()
-        .find(|k| !matches!(k.as_str(), "from" | "to" | "layer"))
-    {
-        return Err(Error::UnknownParam {
-            name: k.clone(),
-            expected: "from, to, layer",
-        });
-    }
-    let speed_only = match q.get("layer").map(String::as_str) {
-        None | Some("merged") => false,
-        Some("speed") => true,
-        Some(other) => {
-            return Err(Error::BadParam {
-                name: "layer",
-                message: format!("expected merged (the default) or speed, found {other:?}"),
-            });
-        }
-    };
-    let now = duet_speed::now_ms();
-    let to = q
-        .get("to")
-        .map(|v| parse_time("to", v))
-        .transpose()?
-        .unwrap_or(spec.bucket_of(now) + spec.bucket_ms);
-    let from = q
-        .get("from")
-        .map(|v| parse_time("from", v))
-        .transpose()?
-        .unwrap_or((to - 60 * spec.bucket_ms).max(0));
-    if from >= to {
-        return Err(Error::BadParam {
-            name: "from",
-            message: format!("`from` ({}) must be before `to` ({})", iso(from), iso(to)),
-        });
-    }
-    let (from, to) = (
-        spec.bucket_of(from),
-        spec.bucket_of(to - 1) + spec.bucket_ms,
-    );
-    if (to - from) / spec.bucket_ms > MAX_BUCKETS {
-        return Err(Error::BadParam {
-            name: "to",
-            message: format!("the range spans more than {MAX_BUCKETS} buckets"),
-        });
-    }
-    let mut m = merged(&s.lake, s.store.as_ref(), spec, from, to).await?;
-    if speed_only {
+/// A header value from text that is always visible ASCII (times, numbers, hex).
+fn header(v: String) -> HeaderValue {
+    HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// A view query's answer, before it is encoded.
+struct Answer<'v> {
+    view: &'v ViewSpec,
+    query: ViewQuery,
+    rollup: Rollup,
+    rolled: Rolled,
+    merged: crate::query::Merged,
+    last_applied: Option<i64>,
+    now: i64,
+}
+
+/// Reads and rolls up the rows `query` asks of `view`.
+async fn answer<'v>(
+    s: &AppState,
+    view: &'v ViewSpec,
+    query: ViewQuery,
+    now: i64,
+) -> Result<Answer<'v>> {
+    let rollup = Rollup::plan(view, &query.rollup)?;
+    let (from, to) = (query.from, query.to);
+    let mut m = merged(&s.lake, s.store.as_ref(), view, from, to).await?;
+    if query.speed_only {
         // every bucket as the speed layer holds it, sealed or not (for verification)
         m.rows = s
             .store
-            .read(&spec.name, from, to)
+            .read(&view.name, from, to)
             .await?
             .into_iter()
             .map(|row| crate::query::MergedRow {
@@ -374,81 +333,250 @@ async fn query_view(
             })
             .collect();
     }
-    let rows_empty = m.rows.is_empty();
-    let rows: Vec<Value> = m
-        .rows
-        .iter()
-        .map(|r| {
-            let dims: serde_json::Map<String, Value> = spec
-                .dimensions
-                .iter()
-                .zip(&r.row.dims)
-                .map(|(d, v)| (d.clone(), v.clone().map_or(Value::Null, Value::String)))
-                .collect();
-            let mut o = json!({
-                "bucket": iso(r.row.bucket),
-                "bucket_ms": r.row.bucket,
-                "dims": dims,
-                "values": spec.render(&r.row.states),
-                "source": r.source,
-            });
-            if r.source == Provenance::Batch {
-                o["batch_version"] = json!(m.batch_version);
-            }
-            if let Some(n) = r.late_pending {
-                o["late_pending"] = json!(n);
-            }
-            let errors: serde_json::Map<String, Value> = spec
-                .measures
-                .iter()
-                .zip(&r.row.states)
-                .filter_map(|(m, st)| m.kind.problem(st).map(|p| (m.name.clone(), json!(p))))
-                .collect();
-            if !errors.is_empty() {
-                o["errors"] = Value::Object(errors);
-            }
-            o
-        })
-        .collect();
+    let rolled = rollup.apply(view, std::mem::take(&mut m.rows))?;
     let last_applied = s.store.stats().await?.last_commit_ms;
-    let mut body = json!({
-        "view": spec.name,
-        "from": iso(from),
-        "to": iso(to),
-        "bucket": format_millis(spec.bucket_ms),
-        "rows": rows,
-        "provenance": {
-            "batch_version": m.batch_version,
-            "sealed": m.sealed.iter().map(|i| json!({"from": iso(i.from), "to": iso(i.to)})).collect::<Vec<_>>(),
-            "late_pending": m.late_pending.iter().map(|(b, n)| json!({"bucket": iso(*b), "events": n})).collect::<Vec<_>>(),
-            "speed_watermark": m.speed_watermark.map(iso),
-            "event_time_lag_ms": m.speed_watermark.map(|w| (now - w).max(0)),
-            "last_applied": last_applied.map(iso),
-            "freshness_ms": last_applied.map(|t| (now - t).max(0)),
-        },
-    });
-    let defaulted = !q.contains_key("from") || !q.contains_key("to");
-    if defaulted {
-        body["default_range"] = json!(format!(
-            "{} buckets up to the end of the current one; pass from and to (RFC 3339 or epoch ms) for another range",
-            (to - from) / spec.bucket_ms
-        ));
+    Ok(Answer {
+        view,
+        query,
+        rollup,
+        rolled,
+        merged: m,
+        last_applied,
+        now,
+    })
+}
+
+impl Answer<'_> {
+    fn next_cursor(&self) -> Option<String> {
+        self.rolled
+            .next
+            .as_ref()
+            .map(|c| cursor_text(&self.query, c))
     }
-    if rows_empty && defaulted {
-        // say where the data is, if there is any
-        let newest = m
-            .speed_watermark
-            .into_iter()
-            .chain(m.sealed_until_all)
-            .max();
-        if let Some(t) = newest.filter(|t| *t < from) {
-            body["hint"] = json!(format!(
-                "no rows in the default range; this view's newest data is at {}: pass from and to to read it",
-                iso(t)
+
+    /// The provenance as header names (lowercase) and values.
+    fn provenance_headers(&self) -> Vec<(&'static str, String)> {
+        let m = &self.merged;
+        let mut meta: Vec<(&'static str, String)> = Vec::new();
+        if let Some(v) = m.batch_version {
+            meta.push(("duet-batch-version", v.to_string()));
+        }
+        if let Some(t) = m.sealed_until_all {
+            meta.push(("duet-sealed-until", iso(t)));
+        }
+        if let Some(t) = m.speed_watermark {
+            meta.push(("duet-speed-watermark", iso(t)));
+        }
+        if let Some(t) = self.last_applied {
+            meta.push(("duet-freshness-ms", (self.now - t).max(0).to_string()));
+        }
+        if let Some(c) = self.next_cursor() {
+            meta.push(("duet-next-cursor", c));
+        }
+        meta
+    }
+
+    /// The JSON document: rows and provenance.
+    fn json(&self) -> Value {
+        let (spec, m, now) = (self.view, &self.merged, self.now);
+        let (from, to) = (self.query.from, self.query.to);
+        let grain = self.rollup.grain_ms();
+        let dims = self.rollup.dimensions(spec);
+        let rows: Vec<Value> = self
+            .rolled
+            .rows
+            .iter()
+            .map(|r| {
+                let dims: serde_json::Map<String, Value> = dims
+                    .iter()
+                    .zip(&r.dims)
+                    .map(|(d, v)| (d.to_string(), v.clone().map_or(Value::Null, Value::String)))
+                    .collect();
+                let mut o = json!({
+                    "bucket": iso(r.bucket),
+                    "bucket_ms": r.bucket,
+                    "dims": dims,
+                    "values": spec.render(&r.states),
+                    "source": r.source(),
+                });
+                if r.batch_rows > 0 {
+                    o["batch_version"] = json!(m.batch_version);
+                    // late events pending in the sealed buckets this row covers
+                    let late: i64 = m
+                        .late_pending
+                        .range(r.bucket..r.bucket.saturating_add(grain))
+                        .map(|(_, n)| n)
+                        .sum();
+                    if late > 0 {
+                        o["late_pending"] = json!(late);
+                    }
+                }
+                let errors: serde_json::Map<String, Value> = spec
+                    .measures
+                    .iter()
+                    .zip(&r.states)
+                    .filter_map(|(m, st)| m.kind.problem(st).map(|p| (m.name.clone(), json!(p))))
+                    .collect();
+                if !errors.is_empty() {
+                    o["errors"] = Value::Object(errors);
+                }
+                o
+            })
+            .collect();
+        let mut body = json!({
+            "view": spec.name,
+            "from": iso(from),
+            "to": iso(to),
+            "bucket": format_millis(spec.bucket_ms),
+            "grain": format_millis(grain),
+            "dimensions": dims,
+            "rows": rows,
+            "next_cursor": self.next_cursor(),
+            "provenance": {
+                "batch_version": m.batch_version,
+                "sealed": m.sealed.iter().map(|i| json!({"from": iso(i.from), "to": iso(i.to)})).collect::<Vec<_>>(),
+                "sealed_until": m.sealed_until_all.map(iso),
+                "late_pending": m.late_pending.iter().map(|(b, n)| json!({"bucket": iso(*b), "events": n})).collect::<Vec<_>>(),
+                "speed_watermark": m.speed_watermark.map(iso),
+                "event_time_lag_ms": m.speed_watermark.map(|w| (now - w).max(0)),
+                "last_applied": self.last_applied.map(iso),
+                "freshness_ms": self.last_applied.map(|t| (now - t).max(0)),
+            },
+        });
+        if self.query.defaulted {
+            body["default_range"] = json!(format!(
+                "{} buckets up to the end of the current one; pass from and to (RFC 3339 or epoch ms) for another range",
+                (to - from) / spec.bucket_ms
             ));
         }
+        if self.rolled.rows.is_empty() && self.query.defaulted && self.query.rollup.after.is_none()
+        {
+            // say where the data is, if there is any
+            let newest = m
+                .speed_watermark
+                .into_iter()
+                .chain(m.sealed_until_all)
+                .max();
+            if let Some(t) = newest.filter(|t| *t < from) {
+                body["hint"] = json!(format!(
+                    "no rows in the default range; this view's newest data is at {}: pass from and to to read it",
+                    iso(t)
+                ));
+            }
+        }
+        body
     }
-    Ok(Json(body))
+}
+
+async fn query_view(
+    State(s): State<AppState>,
+    Path(view): Path<String>,
+    headers: HeaderMap,
+    q: std::result::Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = q.map_err(bad_query)?;
+    let spec = s
+        .cfg
+        .view(&view)
+        .ok_or_else(|| Error::UnknownView(view.clone()))?;
+    let now = duet_speed::now_ms();
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let vq = view_query(spec, &q, accept, now)?;
+    let format = vq.format;
+    let a = answer(&s, spec, vq, now).await?;
+    let meta = a.provenance_headers();
+    let mut out_headers = HeaderMap::new();
+    out_headers.insert(CONTENT_TYPE, HeaderValue::from_static(format.media_type()));
+    for (name, value) in &meta {
+        out_headers.insert(*name, header(value.clone()));
+    }
+    if format == Format::Json {
+        return Ok((out_headers, Json(a.json())).into_response());
+    }
+    let mut metadata: HashMap<String, String> = meta
+        .into_iter()
+        .map(|(k, v)| (k.replace('-', "."), v))
+        .collect();
+    metadata.insert("duet.view".into(), spec.name.clone());
+    metadata.insert("duet.grain".into(), format_millis(a.rollup.grain_ms()));
+    let dims = a.rollup.dimensions(spec);
+    let batch = record_batch(
+        spec,
+        &dims,
+        &a.rolled.rows,
+        a.merged.batch_version,
+        metadata,
+    )?;
+    let body = match format {
+        Format::Csv => table::csv(&batch)?,
+        _ => table::arrow_stream(&batch)?,
+    };
+    Ok((out_headers, body).into_response())
+}
+
+/// A live stream (Server-Sent Events) of a view's newest buckets: an event `rows` with the
+/// JSON answer for the last `buckets` output buckets whenever it changes, checked every
+/// `every`; a comment keeps idle connections open.
+async fn live_view(
+    State(s): State<AppState>,
+    Path(view): Path<String>,
+    q: std::result::Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = q.map_err(bad_query)?;
+    let spec = s
+        .cfg
+        .view(&view)
+        .ok_or_else(|| Error::UnknownView(view.clone()))?
+        .clone();
+    let live = live_query(&spec, &q)?;
+    // refuse a bad roll-up now, not in the stream
+    Rollup::plan(&spec, &live.rollup)?;
+    let stream = futures::stream::unfold(
+        (s, spec, live, None::<String>, true),
+        |(s, spec, live, mut last, mut first)| async move {
+            loop {
+                if !first {
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        u64::try_from(live.every_ms).unwrap_or(1000),
+                    ))
+                    .await;
+                }
+                first = false;
+                let now = duet_speed::now_ms();
+                let event = match answer(&s, &spec, live.at(&spec, now), now).await {
+                    Ok(a) => {
+                        let body = a.json();
+                        // changed rows or seals: send (freshness alone does not count)
+                        let key = json!([
+                            body["rows"],
+                            body["provenance"]["sealed"],
+                            body["provenance"]["batch_version"]
+                        ])
+                        .to_string();
+                        if last.as_ref() == Some(&key) {
+                            continue;
+                        }
+                        last = Some(key);
+                        Event::default().event("rows").data(body.to_string())
+                    }
+                    Err(e) => {
+                        tracing::warn!(view = %spec.name, error = %e, "Live view query failed; retrying.");
+                        last = None;
+                        Event::default().event("error").data(
+                            json!({"error": {"message": "the query failed; retrying"}}).to_string(),
+                        )
+                    }
+                };
+                return Some((
+                    Ok::<Event, std::convert::Infallible>(event),
+                    (s, spec, live, last, false),
+                ));
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn quarantine(
@@ -510,6 +638,10 @@ mod tests {
     "#;
 
     async fn app(dir: &std::path::Path) -> Router {
+        app_and_store(dir).await.0
+    }
+
+    async fn app_and_store(dir: &std::path::Path) -> (Router, Arc<EmbeddedStore>) {
         let cfg = Config::from_toml_str(CFG, "t.toml".as_ref()).unwrap();
         let store = EmbeddedStore::open(&dir.join("s.redb")).unwrap();
         let mut b = SpeedBatch::default();
@@ -530,17 +662,36 @@ mod tests {
             },
             vec![State::Sum(Num::Overflow), State::Count(2)],
         );
+        // the second hour: five minutes of three cities (gmv (m+1)*1.00 + c cents, count m+c+1)
+        for m in 0..5i64 {
+            for (c, city) in ["Beijing", "Hangzhou", "Shanghai"].iter().enumerate() {
+                let c = c as i64;
+                b.unpartitioned().deltas.insert(
+                    StateKey {
+                        view: "gmv".into(),
+                        bucket: 3_600_000 + m * 60_000,
+                        dims: vec![Some(city.to_string())],
+                    },
+                    vec![
+                        State::Sum(Num::Dec(i128::from((m + 1) * 100 + c))),
+                        State::Count(m + c + 1),
+                    ],
+                );
+            }
+        }
         b.watermarks.insert("orders".into(), 120_000);
         store.commit(b).await.unwrap();
         let lake = Lake::open(dir.join("lake").to_str().unwrap()).unwrap();
-        router(AppState {
+        let store = Arc::new(store);
+        let app = router(AppState {
             lake: Arc::new(LakeReaders::new(&lake, &cfg)),
             cfg: Arc::new(cfg),
-            store: Arc::new(store),
+            store: store.clone(),
             counters: Arc::default(),
             parts: Arc::default(),
             checks: Arc::default(),
-        })
+        });
+        (app, store)
     }
 
     async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
@@ -616,6 +767,7 @@ mod tests {
             "/v1/openapi.json",
             "/v1/views",
             "/v1/views/{view}",
+            "/v1/views/{view}/live",
             "/v1/quarantine",
         ] {
             assert!(paths.contains(&route), "{route} missing from {paths:?}");
@@ -627,7 +779,7 @@ mod tests {
                 .unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{probe}");
         }
-        assert_eq!(paths.len(), 6);
+        assert_eq!(paths.len(), 7);
         // metrics: counters and the watermark of a source the store has seen
         let r = app
             .clone()
@@ -660,6 +812,266 @@ mod tests {
         );
     }
 
+    async fn get_raw(
+        app: &Router,
+        uri: &str,
+        accept: Option<&str>,
+    ) -> (StatusCode, HeaderMap, axum::body::Bytes) {
+        let mut req = Request::get(uri);
+        if let Some(a) = accept {
+            req = req.header(ACCEPT, a);
+        }
+        let r = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (status, headers) = (r.status(), r.headers().clone());
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 24).await.unwrap();
+        (status, headers, bytes)
+    }
+
+    const HOUR2: &str = "from=3600000&to=7200000";
+
+    #[tokio::test]
+    async fn queries_roll_up_filter_and_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path()).await;
+        // the hour, all cities: 5 minutes × (1.00+2.00+…) + cents, counts summed
+        let (s, body) = get(&app, &format!("/v1/views/gmv?{HOUR2}&grain=1h&group_by=")).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(body["grain"], "1h");
+        assert_eq!(body["dimensions"], json!([]));
+        assert_eq!(
+            body["rows"],
+            json!([{"bucket": "1970-01-01T01:00:00.000Z", "bucket_ms": 3600000, "dims": {},
+                    "values": {"gmv": "45.15", "n": 60}, "source": "speed"}])
+        );
+        assert_eq!(body["next_cursor"], Value::Null);
+        // two cities per 5 minutes, most orders first
+        let (s, body) = get(
+            &app,
+            &format!("/v1/views/gmv?{HOUR2}&grain=5m&where=city%20IN%20(%27Beijing%27,%27Shanghai%27)&order=n%20desc"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let rows: Vec<(&str, &Value)> = body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["dims"]["city"].as_str().unwrap(), &r["values"]))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("Shanghai", &json!({"gmv": "15.10", "n": 25})),
+                ("Beijing", &json!({"gmv": "15.00", "n": 15})),
+            ]
+        );
+        // <> keeps the other cities; a minute grain keeps the view's own rows
+        let (_, body) = get(
+            &app,
+            &format!("/v1/views/gmv?{HOUR2}&where=city%3C%3E%27Hangzhou%27&order=-bucket&limit=2"),
+        )
+        .await;
+        let rows: Vec<(i64, &str)> = body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["bucket_ms"].as_i64().unwrap(),
+                    r["dims"]["city"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(rows, vec![(3_840_000, "Beijing"), (3_840_000, "Shanghai")]);
+        assert!(body["next_cursor"].is_string());
+    }
+
+    #[tokio::test]
+    async fn pages_follow_cursors_to_the_whole_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path()).await;
+        let base = format!("/v1/views/gmv?{HOUR2}&order=gmv%20desc");
+        let (_, whole) = get(&app, &base).await;
+        let whole = whole["rows"].as_array().unwrap().clone();
+        assert_eq!(whole.len(), 15);
+        let mut joined = Vec::new();
+        let mut uri = format!("{base}&limit=4");
+        let mut pages = 0;
+        loop {
+            let (s, headers, bytes) = get_raw(&app, &uri, None).await;
+            assert_eq!(s, StatusCode::OK);
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            joined.extend(body["rows"].as_array().unwrap().iter().cloned());
+            pages += 1;
+            match body["next_cursor"].as_str() {
+                Some(c) => {
+                    assert_eq!(headers["duet-next-cursor"], c);
+                    uri = format!("{base}&limit=4&cursor={c}");
+                }
+                None => {
+                    assert!(!headers.contains_key("duet-next-cursor"));
+                    break;
+                }
+            }
+        }
+        assert_eq!(pages, 4);
+        assert_eq!(joined, whole);
+        // a cursor continues only its own query
+        let (_, first) = get(&app, &format!("{base}&limit=4")).await;
+        let c = first["next_cursor"].as_str().unwrap();
+        let (s, body) = get(
+            &app,
+            &format!("/v1/views/gmv?{HOUR2}&order=n&limit=4&cursor={c}"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("the cursor belongs to another query"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_come_as_csv_and_arrow_with_provenance_in_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path()).await;
+        let uri = format!("/v1/views/gmv?{HOUR2}&grain=1h&order=city");
+        let (s, headers, bytes) = get_raw(&app, &format!("{uri}&format=csv"), None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(headers[CONTENT_TYPE], "text/csv; charset=utf-8");
+        assert!(headers.contains_key("duet-freshness-ms"));
+        assert!(headers.contains_key("duet-speed-watermark"));
+        assert_eq!(
+            String::from_utf8(bytes.to_vec()).unwrap(),
+            "bucket,city,gmv,n,_source,_batch_version\n\
+             1970-01-01T01:00:00Z,Beijing,15.00,15,speed,\n\
+             1970-01-01T01:00:00Z,Hangzhou,15.05,20,speed,\n\
+             1970-01-01T01:00:00Z,Shanghai,15.10,25,speed,\n"
+        );
+        // the same through the Accept header
+        let (_, headers, csv_again) = get_raw(&app, &uri, Some("text/csv")).await;
+        assert_eq!(headers[CONTENT_TYPE], "text/csv; charset=utf-8");
+        assert_eq!(csv_again, bytes);
+
+        let (s, headers, bytes) =
+            get_raw(&app, &uri, Some("application/vnd.apache.arrow.stream")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(headers[CONTENT_TYPE], "application/vnd.apache.arrow.stream");
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None)
+                .unwrap();
+        let schema = reader.schema();
+        assert_eq!(schema.metadata()["duet.view"], "gmv");
+        assert_eq!(schema.metadata()["duet.grain"], "1h");
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            ["bucket", "city", "gmv", "n", "_source", "_batch_version"]
+        );
+        assert_eq!(
+            schema.field(2).data_type(),
+            &arrow::datatypes::DataType::Decimal128(38, 2)
+        );
+        let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+        assert_eq!(batches.len(), 1);
+        let gmv = batches[0]
+            .column(2)
+            .as_any()
+            .downcast_ref::<arrow::array::Decimal128Array>()
+            .unwrap();
+        assert_eq!(gmv.values().to_vec(), vec![1500, 1505, 1510]);
+        let n = batches[0]
+            .column(3)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        assert_eq!(n.values().to_vec(), vec![15, 20, 25]);
+        // an overflowed sum is null in the table, as in JSON
+        let (_, _, bytes) =
+            get_raw(&app, "/v1/views/gmv?from=120000&to=180000&format=csv", None).await;
+        assert!(
+            String::from_utf8(bytes.to_vec())
+                .unwrap()
+                .ends_with("1970-01-01T00:02:00Z,Hangzhou,,2,speed,\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_live_stream_sends_the_newest_buckets_when_they_change() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (app, store) = app_and_store(dir.path()).await;
+        let (s, body) = get(&app, "/v1/views/gmv/live?buckets=0").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("from 1 to 1440")
+        );
+        let (s, _) = get(&app, "/v1/views/gmv/live?grain=90s").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+
+        let r = app
+            .clone()
+            .oneshot(
+                Request::get("/v1/views/gmv/live?every=100ms&group_by=&buckets=2")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[CONTENT_TYPE], "text/event-stream");
+        let mut frames = r.into_body().into_data_stream();
+        let mut text = String::new();
+        // the next `rows` event's data
+        let mut next_rows = async || -> Value {
+            loop {
+                if let Some(end) = text.find("\n\n") {
+                    let event: String = text.drain(..end + 2).collect();
+                    if let Some(data) = event.strip_prefix("event: rows\ndata: ") {
+                        return serde_json::from_str(data.trim_end()).unwrap();
+                    }
+                    continue;
+                }
+                let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), frames.next())
+                    .await
+                    .expect("an event within 10 s")
+                    .unwrap()
+                    .unwrap();
+                text.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        };
+        let first = next_rows().await;
+        assert_eq!(first["rows"], json!([]));
+        assert_eq!(first["grain"], "1m");
+        // a commit to the current minute is pushed
+        let now = duet_speed::now_ms();
+        let mut b = SpeedBatch::default();
+        b.unpartitioned().deltas.insert(
+            StateKey {
+                view: "gmv".into(),
+                bucket: now - now.rem_euclid(60_000),
+                dims: vec![Some("Hangzhou".into())],
+            },
+            vec![State::Sum(Num::Dec(500)), State::Count(3)],
+        );
+        store.commit(b).await.unwrap();
+        let second = next_rows().await;
+        assert_eq!(
+            second["rows"][0]["values"],
+            json!({"gmv": "5.00", "n": 3}),
+            "{second}"
+        );
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
 
@@ -669,11 +1081,18 @@ mod tests {
         fn any_query_string_gets_an_answer(
             q in proptest::collection::vec(
                 (
-                    proptest::sample::select(vec!["from", "to", "limit", "x", "", "from[]"]),
+                    proptest::sample::select(vec![
+                        "from", "to", "limit", "x", "", "from[]", "grain", "group_by", "where",
+                        "order", "cursor", "format", "layer",
+                    ]),
                     proptest::prop_oneof![
                         "[-0-9]{0,22}",
                         "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{0,12}(Z|[+-][0-9]{2}:[0-9]{2})?",
                         "%[0-9A-Fa-f]{2}|%|%zz|\\PC{0,6}",
+                        "[0-9]{0,4}(ms|s|m|h|d)?",
+                        "(city|n|gmv|bucket|-n|x)(,| |%20desc|%20asc)?(city)?",
+                        "(city|\\(|%27|%20|=|<>|IN|AND|OR|NOT|,|[a-z]{1,3}|\\)){0,12}",
+                        "(csv|arrow|json|[0-9a-f]{0,40})",
                     ],
                 ),
                 0..4,
@@ -694,8 +1113,8 @@ mod tests {
                 (status, axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap())
             });
             proptest::prop_assert!(status.is_success() || status.is_client_error(), "{uri}: {status}");
-            let body: Value = serde_json::from_slice(&body).unwrap();
             if !status.is_success() {
+                let body: Value = serde_json::from_slice(&body).unwrap();
                 proptest::prop_assert!(body["error"]["message"].is_string(), "{uri}: {body}");
             }
         }
@@ -740,7 +1159,61 @@ mod tests {
                 "/v1/views/gmv?form=1",
                 StatusCode::BAD_REQUEST,
                 "bad_request",
-                "unknown query parameter `form` (expected from, to, layer)",
+                "unknown query parameter `form` (expected from, to, layer, grain, group_by, where, order, limit, cursor, format)",
+            ),
+            (
+                "/v1/views/gmv?grain=90s",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "90s is not a whole multiple of the view's bucket (1m)",
+            ),
+            (
+                "/v1/views/gmv?grain=soon",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "expected a duration such as 1m, 1h or 1d",
+            ),
+            (
+                "/v1/views/gmv?group_by=shop",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`shop` is not a dimension of `gmv` (it has: city)",
+            ),
+            (
+                "/v1/views/gmv?where=city%20%3E%20%27A%27",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`>` is not supported",
+            ),
+            (
+                "/v1/views/gmv?order=gmv%20sideways",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "expected asc or desc",
+            ),
+            (
+                "/v1/views/gmv?order=price",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`price` is neither `bucket` nor a measure or grouped dimension of `gmv` (measures: gmv, n)",
+            ),
+            (
+                "/v1/views/gmv?limit=100001",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "expected an integer from 1 to 100000",
+            ),
+            (
+                "/v1/views/gmv?cursor=00",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "not a cursor of this API",
+            ),
+            (
+                "/v1/views/gmv?format=xml",
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "expected json, csv or arrow",
             ),
             (
                 "/v1/quarantine?limit=0",

@@ -7,7 +7,9 @@ pub mod health;
 pub mod http;
 pub mod openapi;
 pub mod query;
+pub mod request;
 pub mod rollup;
+pub mod table;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;

@@ -348,6 +348,14 @@ impl Rollup {
             .then_with(|| a.dims.cmp(&b.dims))
     }
 
+    /// The names of the grouped dimensions, in the order of each row's `dims`.
+    pub fn dimensions<'v>(&self, view: &'v ViewSpec) -> Vec<&'v str> {
+        self.group_by
+            .iter()
+            .filter_map(|i| view.dimensions.get(*i).map(String::as_str))
+            .collect()
+    }
+
     /// The output bucket width, ms.
     pub fn grain_ms(&self) -> i64 {
         self.grain_ms
