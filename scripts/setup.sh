@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing Duet needs on a fresh Debian machine with Rust:
 # a C toolchain and make (librdkafka is built from source by rdkafka-sys), zlib, curl,
-# redis-server (Debian's, for the Redis store's tests), and a
-# Python venv with the `deltalake` package for the cross-check of the lake's tables.
+# redis-server (Debian's, for the Redis store's tests), psql (Debian's postgresql-client), and
+# a Python venv with `deltalake` (the cross-check of the lake's tables) and `psycopg` (a client
+# of the PostgreSQL port).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -15,6 +16,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -e /usr/include/zlib.h ] || need+=(zlib1g-dev)
 # a real Redis for the Redis view store's tests (they start their own servers on loopback)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# psql, the PostgreSQL port's tests' first client
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
@@ -46,7 +49,7 @@ fi
 
 # A Delta reader Duet did not write, for the end-to-end cross-check (scripts/crosscheck.py).
 VENV="${DUET_VENV:-$HOME/.cache/duet-venv}"
-if ! "$VENV/bin/python" -c "import deltalake, pyarrow" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import deltalake, pyarrow, psycopg" >/dev/null 2>&1; then
   echo "setup: creating $VENV with deltalake and pyarrow" >&2
   if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
     SUDO=""
@@ -55,5 +58,7 @@ if ! "$VENV/bin/python" -c "import deltalake, pyarrow" >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$VENV"
   fi
-  "$VENV/bin/pip" install -q --disable-pip-version-check "deltalake==1.6.6" "pyarrow==26.0.1"
+  # psycopg: the PostgreSQL port's tests' second client
+  "$VENV/bin/pip" install -q --disable-pip-version-check "deltalake==1.6.6" "pyarrow==26.0.1" \
+    "psycopg[binary]==3.3.9"
 fi

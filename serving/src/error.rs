@@ -57,6 +57,9 @@ pub enum Error {
         #[source]
         source: arrow::error::ArrowError,
     },
+    /// The SQL session could not be set up.
+    #[error("SQL session: {0}")]
+    Sql(#[source] Box<datafusion::error::DataFusionError>),
     /// The server could not bind or serve.
     #[error("http server on {addr}: {source}")]
     Serve {
@@ -95,6 +98,7 @@ impl IntoResponse for Error {
             | Error::Store(_)
             | Error::Merge { .. }
             | Error::Encode { .. }
+            | Error::Sql(_)
             | Error::Serve { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let message = if status.is_server_error() {

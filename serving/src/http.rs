@@ -505,6 +505,7 @@ async fn query_view(
         &dims,
         &a.rolled.rows,
         a.merged.batch_version,
+        false,
         metadata,
     )?;
     let body = match format {
@@ -616,82 +617,17 @@ mod tests {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use duet_config::{Num, State};
-    use duet_lake::Lake;
     use duet_speed::store::StateKey;
     use duet_speed::{EmbeddedStore, SpeedBatch};
     use tower::ServiceExt;
-
-    const CFG: &str = r#"
-        [[sources]]
-        name = "orders"
-        topic = "orders"
-        event_id = "orderId"
-        event_time = "createTime"
-        fields = { orderId = "string", createTime = "int", totalAmount = "decimal(2)", city = "string" }
-
-        [[views]]
-        name = "gmv"
-        source = "orders"
-        bucket = "1m"
-        dimensions = ["city"]
-        measures = [{ name = "gmv", kind = "sum", field = "totalAmount" }, { name = "n", kind = "count" }]
-    "#;
 
     async fn app(dir: &std::path::Path) -> Router {
         app_and_store(dir).await.0
     }
 
     async fn app_and_store(dir: &std::path::Path) -> (Router, Arc<EmbeddedStore>) {
-        let cfg = Config::from_toml_str(CFG, "t.toml".as_ref()).unwrap();
-        let store = EmbeddedStore::open(&dir.join("s.redb")).unwrap();
-        let mut b = SpeedBatch::default();
-        b.unpartitioned().deltas.insert(
-            StateKey {
-                view: "gmv".into(),
-                bucket: 60_000,
-                dims: vec![Some("Hangzhou".into())],
-            },
-            vec![State::Sum(Num::Dec(12_990)), State::Count(1)],
-        );
-        // a bucket whose sum overflowed 38 digits
-        b.unpartitioned().deltas.insert(
-            StateKey {
-                view: "gmv".into(),
-                bucket: 120_000,
-                dims: vec![Some("Hangzhou".into())],
-            },
-            vec![State::Sum(Num::Overflow), State::Count(2)],
-        );
-        // the second hour: five minutes of three cities (gmv (m+1)*1.00 + c cents, count m+c+1)
-        for m in 0..5i64 {
-            for (c, city) in ["Beijing", "Hangzhou", "Shanghai"].iter().enumerate() {
-                let c = c as i64;
-                b.unpartitioned().deltas.insert(
-                    StateKey {
-                        view: "gmv".into(),
-                        bucket: 3_600_000 + m * 60_000,
-                        dims: vec![Some(city.to_string())],
-                    },
-                    vec![
-                        State::Sum(Num::Dec(i128::from((m + 1) * 100 + c))),
-                        State::Count(m + c + 1),
-                    ],
-                );
-            }
-        }
-        b.watermarks.insert("orders".into(), 120_000);
-        store.commit(b).await.unwrap();
-        let lake = Lake::open(dir.join("lake").to_str().unwrap()).unwrap();
-        let store = Arc::new(store);
-        let app = router(AppState {
-            lake: Arc::new(LakeReaders::new(&lake, &cfg)),
-            cfg: Arc::new(cfg),
-            store: store.clone(),
-            counters: Arc::default(),
-            parts: Arc::default(),
-            checks: Arc::default(),
-        });
-        (app, store)
+        let (state, store) = crate::testkit::fixture(dir).await;
+        (router(state), store)
     }
 
     async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {

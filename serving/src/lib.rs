@@ -6,10 +6,13 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod openapi;
+pub mod pg;
 pub mod query;
 pub mod request;
 pub mod rollup;
 pub mod table;
+#[cfg(test)]
+mod testkit;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Decimal128Builder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMillisecondBuilder,
+    ArrayRef, BinaryBuilder, Decimal128Builder, Float64Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use duet_config::measure::MeasureKind;
@@ -44,9 +44,35 @@ fn num_type(t: NumType) -> DataType {
     }
 }
 
-/// The table's schema for `view` with the grouped dimensions `dims`; `metadata` is attached
-/// (provenance, in the Arrow answer).
-pub fn schema(view: &ViewSpec, dims: &[&str], metadata: HashMap<String, String>) -> Schema {
+/// The fingerprint a state column's bytes carry: the view's, mixed with the measure's
+/// position (FNV-1a), so that a state names its measure.
+pub fn measure_fingerprint(view_fingerprint: u64, measure: usize) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in view_fingerprint
+        .to_le_bytes()
+        .into_iter()
+        .chain((measure as u64).to_le_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The name of the column holding a measure's binary state (SQL tables only).
+pub fn state_column(measure: &str) -> String {
+    format!("{measure}_state")
+}
+
+/// The table's schema for `view` with the grouped dimensions `dims`; with `states`, each
+/// measure's binary state follows as `<measure>_state`; `metadata` is attached (provenance,
+/// in the Arrow answer).
+pub fn schema(
+    view: &ViewSpec,
+    dims: &[&str],
+    states: bool,
+    metadata: HashMap<String, String>,
+) -> Schema {
     let mut fields = vec![Field::new(
         "bucket",
         DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
@@ -60,6 +86,13 @@ pub fn schema(view: &ViewSpec, dims: &[&str], metadata: HashMap<String, String>)
     );
     fields.push(Field::new(SOURCE_COLUMN, DataType::Utf8, false));
     fields.push(Field::new(BATCH_VERSION_COLUMN, DataType::Int64, true));
+    if states {
+        fields.extend(
+            view.measures
+                .iter()
+                .map(|m| Field::new(state_column(&m.name), DataType::Binary, false)),
+        );
+    }
     Schema::new_with_metadata(fields, metadata)
 }
 
@@ -139,15 +172,18 @@ fn measure_column(kind: &MeasureKind, i: usize, rows: &[RolledRow]) -> Result<Ar
 }
 
 /// `rows` as one record batch of [`schema`]; `batch_version` is set on rows with sealed
-/// buckets.
+/// buckets. With `states`, each measure's state is encoded with the one binary state encoding
+/// (`duet_config::codec`: a row of one state, under [`measure_fingerprint`] in place of the
+/// view's fingerprint, so that the SQL functions that merge states know the measure's type).
 pub fn record_batch(
     view: &ViewSpec,
     dims: &[&str],
     rows: &[RolledRow],
     batch_version: Option<i64>,
+    states: bool,
     metadata: HashMap<String, String>,
 ) -> Result<RecordBatch> {
-    let schema = Arc::new(schema(view, dims, metadata));
+    let schema = Arc::new(schema(view, dims, states, metadata));
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     let mut bucket = TimestampMillisecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
     for r in rows {
@@ -172,6 +208,18 @@ pub fn record_batch(
     }
     columns.push(Arc::new(source.finish()));
     columns.push(Arc::new(version.finish()));
+    if states {
+        let fingerprint = view.definition().fingerprint_u64();
+        for i in 0..view.measures.len() {
+            let fingerprint = measure_fingerprint(fingerprint, i);
+            let mut b = BinaryBuilder::with_capacity(rows.len(), rows.len() * 16);
+            for r in rows {
+                let state = r.states.get(i).cloned().into_iter().collect::<Vec<_>>();
+                b.append_value(duet_config::codec::encode(fingerprint, &state));
+            }
+            columns.push(Arc::new(b.finish()));
+        }
+    }
     RecordBatch::try_new(schema, columns).map_err(encode_error("arrow"))
 }
 

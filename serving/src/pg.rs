@@ -1,0 +1,850 @@
+//! SQL over the PostgreSQL wire protocol, for BI tools (psql, Grafana, Metabase, Superset).
+//!
+//! The SQL engine is DataFusion, served by `datafusion-postgres` (pgwire underneath, with its
+//! `pg_catalog` and `information_schema` emulation for the schema browsers of BI tools). Each
+//! view is a table: `bucket` (UTC timestamp), its dimensions, its measures, `_source`,
+//! `_batch_version`, and each measure's binary state as `<measure>_state`. A scan reads the
+//! view merged from both layers, exactly as the HTTP API does ([`crate::query::merged`]), for
+//! the time range its `WHERE` gives on `bucket`.
+//!
+//! Sums, counts, minima and maxima roll up with SQL's own `sum`, `min` and `max`. Distinct
+//! counts, means and top-k lists do not: they are merged from their states with the
+//! aggregate functions [`STATE_FUNCTIONS`] registers, so `distinct_count_merge(users_state)`
+//! over a day of minute buckets is the day's distinct count, not a sum of minutes.
+//!
+//! Read-only: statements other than queries, `SET`/`SHOW`, transactions and cursors are
+//! refused with SQLSTATE `25006` (read-only SQL transaction).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, Int64Array};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{MemTable, Session, TableProvider};
+use datafusion::common::{DataFusionError, ParamValues, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, Between, BinaryExpr, Expr, LogicalPlan, Operator,
+    TableProviderFilterPushDown, Volatility, create_udaf,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
+use datafusion_postgres::DfSessionService;
+use datafusion_postgres::QueryHook;
+use datafusion_postgres::auth::AuthManager;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::hooks::HookClient;
+use datafusion_postgres::pgwire::api::auth::StartupHandler;
+use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
+use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use datafusion_postgres::pgwire::api::results::Response;
+use datafusion_postgres::pgwire::api::{ClientInfo, ConnectionManager, PgWireServerHandlers};
+use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use duet_config::measure::MeasureKind;
+use duet_config::time::MAX_TIME_MS;
+use duet_config::{State, ViewSpec};
+use duet_speed::ViewStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::query::{LakeReaders, merged};
+use crate::rollup::{Rollup, RollupSpec};
+use crate::table;
+
+/// The catalog (database) name the views are served under.
+pub const CATALOG: &str = "duet";
+
+/// The aggregate functions that merge state columns: name and what they return.
+pub const STATE_FUNCTIONS: &[(&str, &str)] = &[
+    (
+        "distinct_count_merge(state)",
+        "bigint: the distinct count of the merged states",
+    ),
+    ("avg_merge(state)", "double precision: the merged mean"),
+    (
+        "top_k_merge(state, k)",
+        "text: the k heaviest keys of the merged states, as JSON [{\"key\", \"value\"}] (k: the view's when NULL)",
+    ),
+    (
+        "state_merge(state)",
+        "text: any measure's merged value, as the HTTP API renders it (a decimal as its digits, a top-k as JSON)",
+    ),
+];
+
+/// A view as a DataFusion table: every scan reads both layers, merged.
+pub struct ViewTable {
+    view: ViewSpec,
+    lake: Arc<LakeReaders>,
+    store: Arc<dyn ViewStore>,
+    schema: SchemaRef,
+}
+
+impl fmt::Debug for ViewTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ViewTable")
+            .field("view", &self.view.name)
+            .finish()
+    }
+}
+
+impl ViewTable {
+    /// The table of `view`.
+    pub fn new(view: ViewSpec, lake: Arc<LakeReaders>, store: Arc<dyn ViewStore>) -> ViewTable {
+        let dims: Vec<&str> = view.dimensions.iter().map(String::as_str).collect();
+        let schema = Arc::new(table::schema(&view, &dims, true, Default::default()));
+        ViewTable {
+            view,
+            lake,
+            store,
+            schema,
+        }
+    }
+}
+
+fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// A time literal as epoch ms: timestamps of any unit, dates, RFC 3339 text.
+fn literal_ms(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::TimestampSecond(Some(s), _) => s.checked_mul(1000),
+        ScalarValue::TimestampMillisecond(Some(ms), _) => Some(*ms),
+        ScalarValue::TimestampMicrosecond(Some(us), _) => Some(us.div_euclid(1000)),
+        ScalarValue::TimestampNanosecond(Some(ns), _) => Some(ns.div_euclid(1_000_000)),
+        ScalarValue::Date32(Some(d)) => i64::from(*d).checked_mul(86_400_000),
+        ScalarValue::Date64(Some(ms)) => Some(*ms),
+        ScalarValue::Utf8(Some(t))
+        | ScalarValue::LargeUtf8(Some(t))
+        | ScalarValue::Utf8View(Some(t)) => chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| t.timestamp_millis()),
+        _ => None,
+    }
+}
+
+/// Whether `e` is the `bucket` column (perhaps cast).
+fn is_bucket(e: &Expr) -> bool {
+    match e {
+        Expr::Column(c) => c.name == "bucket",
+        Expr::Cast(c) => is_bucket(&c.expr),
+        Expr::TryCast(c) => is_bucket(&c.expr),
+        _ => false,
+    }
+}
+
+fn literal_of(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Literal(v, _) => literal_ms(v),
+        Expr::Cast(c) => literal_of(&c.expr),
+        _ => None,
+    }
+}
+
+/// Narrows `[from, to)` by the bounds a filter puts on `bucket` (conjunctions only).
+fn narrow(e: &Expr, from: &mut i64, to: &mut i64) {
+    match e {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => {
+            narrow(left, from, to);
+            narrow(right, from, to);
+        }
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (op, t) = if is_bucket(left) {
+                (*op, literal_of(right))
+            } else if is_bucket(right) {
+                let flipped = match op {
+                    Operator::Lt => Operator::Gt,
+                    Operator::LtEq => Operator::GtEq,
+                    Operator::Gt => Operator::Lt,
+                    Operator::GtEq => Operator::LtEq,
+                    other => *other,
+                };
+                (flipped, literal_of(left))
+            } else {
+                return;
+            };
+            let Some(t) = t else { return };
+            match op {
+                Operator::Gt | Operator::GtEq => *from = (*from).max(t),
+                Operator::Lt => *to = (*to).min(t),
+                Operator::LtEq => *to = (*to).min(t.saturating_add(1)),
+                Operator::Eq => {
+                    *from = (*from).max(t);
+                    *to = (*to).min(t.saturating_add(1));
+                }
+                _ => {}
+            }
+        }
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if is_bucket(expr) => {
+            if let Some(t) = literal_of(low) {
+                *from = (*from).max(t);
+            }
+            if let Some(t) = literal_of(high) {
+                *to = (*to).min(t.saturating_add(1));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[async_trait]
+impl TableProvider for ViewTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        // the range is read from the filters; DataFusion still applies every one of them
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let view = &self.view;
+        let (mut from, mut to) = (0, MAX_TIME_MS);
+        for f in filters {
+            narrow(f, &mut from, &mut to);
+        }
+        let dims: Vec<&str> = view.dimensions.iter().map(String::as_str).collect();
+        let (rows, batch_version) = if from >= to {
+            (Vec::new(), None)
+        } else {
+            let (from, to) = (
+                view.bucket_of(from),
+                view.bucket_of(to - 1).saturating_add(view.bucket_ms),
+            );
+            let m = merged(&self.lake, self.store.as_ref(), view, from, to)
+                .await
+                .map_err(external)?;
+            let rollup = Rollup::plan(view, &RollupSpec::default()).map_err(external)?;
+            (
+                rollup.apply(view, m.rows).map_err(external)?.rows,
+                m.batch_version,
+            )
+        };
+        let batch =
+            table::record_batch(view, &dims, &rows, batch_version, true, Default::default())
+                .map_err(external)?;
+        MemTable::try_new(self.schema.clone(), vec![vec![batch]])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+/// Which state-merging function an accumulator computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Merge {
+    Distinct,
+    Avg,
+    TopK,
+    Any,
+}
+
+impl Merge {
+    fn name(self) -> &'static str {
+        match self {
+            Merge::Distinct => "distinct_count_merge",
+            Merge::Avg => "avg_merge",
+            Merge::TopK => "top_k_merge",
+            Merge::Any => "state_merge",
+        }
+    }
+}
+
+/// The measure behind each state column's fingerprint ([`table::measure_fingerprint`]).
+pub type StateKinds = HashMap<u64, MeasureKind>;
+
+/// Merges binary states (one state per value) with the measure algebra.
+#[derive(Debug)]
+struct StateAccumulator {
+    merge: Merge,
+    kinds: Arc<StateKinds>,
+    /// The merged state and the fingerprint of the first state merged.
+    acc: Option<(u64, State)>,
+    k: Option<usize>,
+}
+
+impl StateAccumulator {
+    fn add(&mut self, bytes: &[u8]) -> datafusion::common::Result<()> {
+        let not_state = || {
+            DataFusionError::Execution(format!(
+                "{}: not a state of this deployment's views (pass a `<measure>_state` column)",
+                self.merge.name()
+            ))
+        };
+        let fingerprint = duet_config::codec::fingerprint_of(bytes).ok_or_else(not_state)?;
+        let kind = self.kinds.get(&fingerprint).ok_or_else(not_state)?;
+        let states = duet_config::codec::decode(fingerprint, bytes).map_err(external)?;
+        for s in states {
+            match &mut self.acc {
+                None => self.acc = Some((fingerprint, s)),
+                Some((first, acc)) => {
+                    if self.kinds.get(first) != Some(kind) {
+                        return Err(DataFusionError::Execution(format!(
+                            "{}: states of different measures cannot be merged ({} and {})",
+                            self.merge.name(),
+                            self.kinds.get(first).map_or("?", MeasureKind::name),
+                            kind.name()
+                        )));
+                    }
+                    acc.merge(s).map_err(external)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_all(&mut self, values: &ArrayRef) -> datafusion::common::Result<()> {
+        let arr = values
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .ok_or_else(|| DataFusionError::Execution("a state column is binary".into()))?;
+        for i in 0..arr.len() {
+            if arr.is_valid(i) {
+                self.add(arr.value(i))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn take_k(&mut self, k: Option<&ArrayRef>) {
+        if self.k.is_none()
+            && let Some(k) = k.and_then(|k| k.as_any().downcast_ref::<Int64Array>())
+        {
+            self.k = (0..k.len())
+                .find(|i| k.is_valid(*i))
+                .and_then(|i| usize::try_from(k.value(i)).ok());
+        }
+    }
+}
+
+impl Accumulator for StateAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> datafusion::common::Result<()> {
+        if let Some(values) = values.first() {
+            self.add_all(values)?;
+        }
+        self.take_k(values.get(1));
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> datafusion::common::Result<ScalarValue> {
+        let Some((fingerprint, state)) = &self.acc else {
+            return Ok(match self.merge {
+                Merge::Distinct => ScalarValue::Int64(Some(0)),
+                Merge::Avg => ScalarValue::Float64(None),
+                Merge::TopK | Merge::Any => ScalarValue::Utf8(None),
+            });
+        };
+        let Some(kind) = self.kinds.get(fingerprint) else {
+            return Ok(ScalarValue::Null);
+        };
+        let wrong = || {
+            DataFusionError::Execution(format!(
+                "{} does not merge {} states{}",
+                self.merge.name(),
+                kind.name(),
+                if self.merge == Merge::Any {
+                    ""
+                } else {
+                    " (state_merge merges any measure)"
+                }
+            ))
+        };
+        Ok(match (self.merge, kind) {
+            (Merge::Distinct, MeasureKind::DistinctCount) => match state {
+                State::Distinct(d) => ScalarValue::Int64(i64::try_from(d.estimate()).ok()),
+                _ => return Err(wrong()),
+            },
+            (Merge::Avg, MeasureKind::Avg(_)) => ScalarValue::Float64(kind.render(state).as_f64()),
+            (Merge::TopK, MeasureKind::TopK { k, weight }) => {
+                let kind = MeasureKind::TopK {
+                    k: self.k.unwrap_or(*k),
+                    weight: *weight,
+                };
+                ScalarValue::Utf8(Some(kind.render(state).to_string()))
+            }
+            (Merge::Any, _) => ScalarValue::Utf8(Some(match kind.render(state) {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Null => return Ok(ScalarValue::Utf8(None)),
+                other => other.to_string(),
+            })),
+            _ => return Err(wrong()),
+        })
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + 64
+    }
+
+    fn state(&mut self) -> datafusion::common::Result<Vec<ScalarValue>> {
+        let bytes = self
+            .acc
+            .as_ref()
+            .map(|(fp, s)| duet_config::codec::encode(*fp, std::slice::from_ref(s)));
+        Ok(vec![
+            ScalarValue::Binary(bytes),
+            ScalarValue::Int64(self.k.and_then(|k| i64::try_from(k).ok())),
+        ])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> datafusion::common::Result<()> {
+        if let Some(values) = states.first() {
+            self.add_all(values)?;
+        }
+        self.take_k(states.get(1));
+        Ok(())
+    }
+}
+
+fn state_udaf(
+    merge: Merge,
+    kinds: &Arc<StateKinds>,
+    inputs: Vec<DataType>,
+    returns: DataType,
+) -> AggregateUDF {
+    let kinds = kinds.clone();
+    create_udaf(
+        merge.name(),
+        inputs,
+        Arc::new(returns),
+        Volatility::Immutable,
+        Arc::new(move |_| {
+            Ok(Box::new(StateAccumulator {
+                merge,
+                kinds: kinds.clone(),
+                acc: None,
+                k: None,
+            }))
+        }),
+        Arc::new(vec![DataType::Binary, DataType::Int64]),
+    )
+}
+
+/// The state-merging aggregate functions over the state columns of `views` (see
+/// [`STATE_FUNCTIONS`]).
+pub fn state_functions(views: &[ViewSpec]) -> Vec<AggregateUDF> {
+    let kinds: StateKinds = views
+        .iter()
+        .flat_map(|v| {
+            let fp = v.definition().fingerprint_u64();
+            v.measures
+                .iter()
+                .enumerate()
+                .map(move |(i, m)| (table::measure_fingerprint(fp, i), m.kind.clone()))
+        })
+        .collect();
+    let kinds = Arc::new(kinds);
+    vec![
+        state_udaf(
+            Merge::Distinct,
+            &kinds,
+            vec![DataType::Binary],
+            DataType::Int64,
+        ),
+        state_udaf(
+            Merge::Avg,
+            &kinds,
+            vec![DataType::Binary],
+            DataType::Float64,
+        ),
+        state_udaf(
+            Merge::TopK,
+            &kinds,
+            vec![DataType::Binary, DataType::Int64],
+            DataType::Utf8,
+        ),
+        state_udaf(Merge::Any, &kinds, vec![DataType::Binary], DataType::Utf8),
+    ]
+}
+
+/// The SQL session: every view of `views` as a table of the `duet` catalog's `public`
+/// schema, the state-merging functions, and the `pg_catalog` emulation.
+pub fn session(
+    views: &[ViewSpec],
+    lake: Arc<LakeReaders>,
+    store: Arc<dyn ViewStore>,
+) -> Result<SessionContext> {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema(CATALOG, "public");
+    let ctx = SessionContext::new_with_config(config);
+    for v in views {
+        ctx.register_table(
+            v.name.as_str(),
+            Arc::new(ViewTable::new(v.clone(), lake.clone(), store.clone())),
+        )
+        .map_err(|e| Error::Sql(Box::new(e)))?;
+    }
+    for f in state_functions(views) {
+        ctx.register_udaf(f);
+    }
+    setup_pg_catalog(&ctx, CATALOG, Arc::new(AuthManager::default())).map_err(Error::Sql)?;
+    Ok(ctx)
+}
+
+/// Refuses every statement that is not a query, `SET`/`SHOW`, a transaction or a cursor
+/// statement, with SQLSTATE 25006.
+struct ReadOnly;
+
+fn refusal(statement: &Statement) -> Option<PgWireError> {
+    let allowed = match statement {
+        Statement::Query(q) => !matches!(q.body.as_ref(), SetExpr::Select(s) if s.into.is_some()),
+        Statement::Explain { .. }
+        | Statement::ExplainTable { .. }
+        | Statement::Set(_)
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Declare { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::Discard { .. }
+        | Statement::Deallocate { .. } => true,
+        _ => false,
+    };
+    (!allowed).then(|| {
+        let first: String = statement
+            .to_string()
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".to_string(),
+            "25006".to_string(),
+            format!("Duet serves views read-only: `{first} …` is refused; use SELECT"),
+        )))
+    })
+}
+
+#[async_trait]
+impl QueryHook for ReadOnly {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        refusal(statement).map(Err)
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        refusal(statement).map(Err)
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        refusal(statement).map(Err)
+    }
+}
+
+struct Startup {
+    connections: Arc<ConnectionManager>,
+}
+
+#[async_trait]
+impl NoopStartupHandler for Startup {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+}
+
+/// The pgwire handlers: DataFusion's session service behind the read-only hook.
+struct Handlers {
+    service: Arc<DfSessionService>,
+    startup: Arc<Startup>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.service.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.service.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// Serves SQL over the PostgreSQL protocol on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: SessionContext,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    use datafusion_postgres::hooks::{
+        cursor::CursorStatementHook, set_show::SetShowHook, transactions::TransactionStatementHook,
+    };
+    let hooks: Vec<Arc<dyn QueryHook>> = vec![
+        Arc::new(ReadOnly),
+        Arc::new(CursorStatementHook),
+        Arc::new(SetShowHook),
+        Arc::new(TransactionStatementHook),
+    ];
+    let connections = Arc::new(ConnectionManager::new());
+    let handlers = Arc::new(Handlers {
+        service: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)),
+        startup: Arc::new(Startup {
+            connections: connections.clone(),
+        }),
+        cancel: Arc::new(DefaultCancelHandler::new(connections)),
+    });
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let handlers = handlers.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, None, handlers).await {
+                            tracing::debug!(%peer, error = %e, "PostgreSQL connection ended with an error.");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(addr = %addr, error = %e, "Accepting a PostgreSQL connection failed.");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut stop => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::fixture;
+
+    /// A PostgreSQL port over the test deployment; its port and its stop switch.
+    async fn server(dir: &std::path::Path) -> (u16, watch::Sender<bool>) {
+        let (state, _) = fixture(dir).await;
+        let ctx = session(&state.cfg.views, state.lake.clone(), state.store.clone()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(serve(listener, ctx, rx));
+        (port, tx)
+    }
+
+    /// What Debian's `psql` prints for `sql` (unaligned, tuples only): Ok(stdout) or
+    /// Err(stderr).
+    async fn psql(port: u16, sql: &str) -> std::result::Result<String, String> {
+        let sql = sql.to_string();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("psql")
+                .args([
+                    "-X",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-v",
+                    "VERBOSITY=verbose",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "duet",
+                    "-d",
+                    "duet",
+                ])
+                .arg("-p")
+                .arg(port.to_string())
+                .arg("-c")
+                .arg(&sql)
+                .env("PGCONNECT_TIMEOUT", "10")
+                .output()
+                .expect("psql runs (Debian's postgresql-client: ./scripts/setup.sh installs it)")
+        })
+        .await
+        .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    const HOUR2: &str = "bucket >= '1970-01-01T01:00:00Z' AND bucket < '1970-01-01T02:00:00Z'";
+
+    #[tokio::test]
+    async fn psql_reads_views_as_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, _stop) = server(dir.path()).await;
+        // rows as served, with their source
+        assert_eq!(
+            psql(port, &format!("SELECT bucket, city, gmv, n, _source FROM gmv WHERE {HOUR2} AND city = 'Beijing' ORDER BY bucket LIMIT 2")).await.unwrap(),
+            "1970-01-01 01:00:00.000000+00|Beijing|1.00|1|speed\n1970-01-01 01:01:00.000000+00|Beijing|2.00|2|speed\n"
+        );
+        // an hour rolled up with SQL's own sum: the same as the HTTP API's grain=1h
+        assert_eq!(
+            psql(port, &format!("SELECT date_trunc('hour', bucket) AS h, sum(gmv), sum(n) FROM gmv WHERE {HOUR2} GROUP BY 1 ORDER BY 1")).await.unwrap(),
+            "1970-01-01 01:00:00.000000+00|45.15|60\n"
+        );
+        // distinct counts merge from their states: u1, u2 over Beijing's hour, not 2+1+1
+        assert_eq!(
+            psql(port, &format!("SELECT city, distinct_count_merge(users_state), sum(users), avg_merge(avg_order_state), top_k_merge(top_users_state, 1) FROM buyers WHERE {HOUR2} GROUP BY city ORDER BY city")).await.unwrap(),
+            "Beijing|2|4|15.25|[{\"key\":\"u1\",\"value\":\"40.00\"}]\nShanghai|2|2|3.75|[{\"key\":\"u3\",\"value\":\"5.50\"}]\n"
+        );
+        assert_eq!(
+            psql(
+                port,
+                &format!("SELECT state_merge(users_state) FROM buyers WHERE {HOUR2}")
+            )
+            .await
+            .unwrap(),
+            "3\n"
+        );
+        // the catalog psql's \dt and \d read
+        let tables = psql(port, "\\dt").await.unwrap();
+        assert!(
+            tables.contains("public|gmv|table|") && tables.contains("public|buyers|table|"),
+            "{tables}"
+        );
+        let columns = psql(port, "\\d gmv").await.unwrap();
+        for c in [
+            "bucket|timestamp with time zone",
+            "city|",
+            "gmv|numeric",
+            "n|bigint",
+            "_source|",
+            "_batch_version|bigint",
+            "gmv_state|bytea",
+        ] {
+            assert!(columns.contains(c), "{c} missing from {columns}");
+        }
+        // a range outside every bucket reads nothing, and says so with no rows
+        assert_eq!(
+            psql(
+                port,
+                "SELECT count(*) FROM gmv WHERE bucket < '1970-01-01T00:00:30Z'"
+            )
+            .await
+            .unwrap(),
+            "0\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn anything_but_reading_is_refused_with_sqlstate_25006() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, _stop) = server(dir.path()).await;
+        for sql in [
+            "INSERT INTO gmv (city) VALUES ('x')",
+            "CREATE TABLE t (a int)",
+            "DROP TABLE gmv",
+            "DELETE FROM gmv",
+            "UPDATE gmv SET n = 1",
+            "COPY gmv TO '/tmp/out.csv'",
+            "SELECT * INTO copy_of_gmv FROM gmv",
+        ] {
+            let err = psql(port, sql).await.unwrap_err();
+            assert!(
+                err.contains("25006") && err.contains("read-only"),
+                "{sql}: {err}"
+            );
+        }
+        // a bad query is an error with its reason, and the server goes on
+        let err = psql(port, "SELECT nope FROM gmv").await.unwrap_err();
+        assert!(err.contains("nope"), "{err}");
+        assert_eq!(psql(port, "SELECT 1").await.unwrap(), "1\n");
+    }
+
+    #[test]
+    fn filters_on_bucket_narrow_the_range_read() {
+        use datafusion::prelude::{col, lit};
+        let ts = |ms: i64| {
+            lit(ScalarValue::TimestampMillisecond(
+                Some(ms),
+                Some("UTC".into()),
+            ))
+        };
+        let range = |e: Expr| {
+            let (mut from, mut to) = (0, MAX_TIME_MS);
+            narrow(&e, &mut from, &mut to);
+            (from, to)
+        };
+        assert_eq!(
+            range(
+                col("bucket")
+                    .gt_eq(ts(60_000))
+                    .and(col("bucket").lt(ts(120_000)))
+            ),
+            (60_000, 120_000)
+        );
+        assert_eq!(
+            range(ts(60_000).lt_eq(col("bucket"))),
+            (60_000, MAX_TIME_MS)
+        );
+        assert_eq!(
+            range(col("bucket").between(ts(60_000), ts(119_999))),
+            (60_000, 120_000)
+        );
+        assert_eq!(
+            range(col("bucket").eq(lit("1970-01-01T00:01:00Z"))),
+            (60_000, 60_001)
+        );
+        // an OR or another column does not narrow
+        assert_eq!(
+            range(col("bucket").gt(ts(60_000)).or(col("city").eq(lit("x")))),
+            (0, MAX_TIME_MS)
+        );
+        assert_eq!(range(col("n").gt(lit(5))), (0, MAX_TIME_MS));
+    }
+}
