@@ -209,6 +209,9 @@ pub struct ServingConfig {
     /// Address of the HTTP server.
     #[serde(default = "default_bind")]
     pub bind: String,
+    /// Address of the PostgreSQL wire protocol server (SQL for BI tools); none: not served.
+    #[serde(default)]
+    pub pg_bind: Option<String>,
 }
 
 fn default_bind() -> String {
@@ -219,6 +222,7 @@ impl Default for ServingConfig {
     fn default() -> Self {
         ServingConfig {
             bind: default_bind(),
+            pg_bind: None,
         }
     }
 }

@@ -226,6 +226,14 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
             ),
         );
     }
+    if let Some(pg) = &serving.pg_bind
+        && std::net::SocketAddr::from_str(pg).is_err()
+    {
+        p.add(
+            "serving.pg_bind",
+            format!("expected an address such as 127.0.0.1:5433, found {pg:?}"),
+        );
+    }
 
     let mut sources = Vec::new();
     let mut names = BTreeSet::new();

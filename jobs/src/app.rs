@@ -20,6 +20,8 @@ use duet_serving::health::Parts;
 pub struct Running {
     /// Address of the HTTP API.
     pub http: SocketAddr,
+    /// Address of the PostgreSQL port, if served.
+    pub pg: Option<SocketAddr>,
     /// Kafka `bootstrap.servers`.
     pub bootstrap: String,
     /// Whether Kafka is the embedded mock cluster.
@@ -198,6 +200,15 @@ pub async fn start_parts(
         .await
         .with_context(|| format!("bind the HTTP API to {}", cfg.serving.bind))?;
     let http = listener.local_addr()?;
+    let pg_listener = match &cfg.serving.pg_bind {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind the PostgreSQL port to {addr}"))?,
+        ),
+        None => None,
+    };
+    let pg = pg_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let (tx, rx) = watch::channel(false);
     let parts = Arc::new(Parts::default());
     let mut tasks = JoinSet::new();
@@ -294,6 +305,34 @@ pub async fn start_parts(
             }),
         );
     }
+    if let (Some(listener), Some(pg)) = (pg_listener, pg) {
+        let (cfg, store, rx) = (cfg.clone(), store.clone(), rx.clone());
+        let readers = Arc::new(duet_serving::query::LakeReaders::new(&lake, &cfg));
+        // the first run serves on the listener bound above; a restart binds the same address
+        let mut first = Some(listener);
+        spawn(
+            "sql",
+            Box::new(move || {
+                let (cfg, store, readers, rx, listener) = (
+                    cfg.clone(),
+                    store.clone(),
+                    readers.clone(),
+                    rx.clone(),
+                    first.take(),
+                );
+                Box::pin(async move {
+                    let listener = match listener {
+                        Some(l) => l,
+                        None => tokio::net::TcpListener::bind(pg)
+                            .await
+                            .with_context(|| format!("bind the PostgreSQL port to {pg}"))?,
+                    };
+                    let ctx = duet_serving::pg::session(&cfg.views, readers, store)?;
+                    Ok(duet_serving::pg::serve(listener, ctx, rx).await?)
+                })
+            }),
+        );
+    }
     {
         let state = duet_serving::AppState {
             cfg: cfg.clone(),
@@ -334,6 +373,7 @@ pub async fn start_parts(
     }
     Ok(Running {
         http,
+        pg,
         bootstrap,
         embedded: kafka.is_some(),
         parts,

@@ -47,6 +47,9 @@ enum Command {
         /// Address of the HTTP API.
         #[arg(long)]
         http: Option<String>,
+        /// Address of the PostgreSQL port (SQL for BI tools), or `off`.
+        #[arg(long, default_value = "127.0.0.1:5433")]
+        pg: String,
     },
     /// Run a deployment from its config file (Kafka from [kafka], embedded if absent).
     ///
@@ -62,6 +65,9 @@ enum Command {
         /// Address of the HTTP API (default: [serving] bind).
         #[arg(long)]
         http: Option<String>,
+        /// Address of the PostgreSQL port (default: [serving] pg_bind), or `off`.
+        #[arg(long)]
+        pg: Option<String>,
     },
     /// Config file commands.
     Config {
@@ -328,7 +334,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Demo { rate, data, http } => {
+        Command::Demo {
+            rate,
+            data,
+            http,
+            pg,
+        } => {
             let mut cfg = match &cli.config {
                 Some(f) => load_config(f)?,
                 None => Config::from_toml_str_with_env(
@@ -343,6 +354,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(h) = http {
                 cfg.serving.bind = h;
             }
+            cfg.serving.pg_bind = (pg != "off").then_some(pg);
             serve(cfg, Some(rate), None).await
         }
         Command::Bench {
@@ -402,10 +414,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             generate,
             only,
             http,
+            pg,
         } => {
             let mut cfg = load_config(&config)?;
             if let Some(addr) = http {
                 cfg.serving.bind = addr;
+            }
+            if let Some(addr) = pg {
+                cfg.serving.pg_bind = (addr != "off").then_some(addr);
             }
             serve(cfg, generate, only.map(OnlyPart::part)).await
         }
@@ -813,8 +829,16 @@ async fn serve(
 ) -> Result<ExitCode> {
     use std::io::Write as _;
     let running = duet_jobs::app::start_parts(cfg, generate, only).await?;
+    let pg = match running.pg {
+        Some(a) => format!(
+            "  PostgreSQL:      psql -h {} -p {} -d duet   (each view is a table)\n",
+            a.ip(),
+            a.port()
+        ),
+        None => String::new(),
+    };
     let banner = format!(
-        "Duet is running.\n  HTTP API:        http://{}/v1/views\n  Kafka bootstrap: {}{}\n  Stop with Ctrl-C.\n",
+        "Duet is running.\n  HTTP API:        http://{}/v1/views\n{pg}  Kafka bootstrap: {}{}\n  Stop with Ctrl-C.\n",
         running.http,
         running.bootstrap,
         if running.embedded {

@@ -257,6 +257,8 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
 struct Demo {
     child: std::process::Child,
     addr: String,
+    /// The PostgreSQL port, when served.
+    pg: Option<u16>,
 }
 
 impl Drop for Demo {
@@ -274,6 +276,8 @@ fn start_demo(data: &std::path::Path, log: &std::path::Path) -> Demo {
             "--rate",
             "300",
             "--http",
+            "127.0.0.1:0",
+            "--pg",
             "127.0.0.1:0",
             "--data",
             data,
@@ -297,9 +301,18 @@ fn start_duet(args: &[&str], envs: &[(&str, &str)], log: &std::path::Path) -> De
     let stdout = child.stdout.take().unwrap();
     let mut addr = None;
     let mut bootstrap = None;
+    let mut pg = None;
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref().take(10) {
         let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("PostgreSQL:") {
+            // psql -h 127.0.0.1 -p PORT -d duet
+            pg = rest
+                .split_whitespace()
+                .skip_while(|w| *w != "-p")
+                .nth(1)
+                .and_then(|p| p.parse().ok());
+        }
         if let Some(rest) = line.trim().strip_prefix("HTTP API:") {
             addr = rest
                 .trim()
@@ -320,6 +333,7 @@ fn start_duet(args: &[&str], envs: &[(&str, &str)], log: &std::path::Path) -> De
                 std::fs::read_to_string(log).unwrap_or_default()
             )
         }),
+        pg,
     };
     assert!(
         bootstrap
@@ -387,6 +401,33 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("quarantined "), "{text}");
     assert!(!text.contains("Quarantined event"), "{text}");
+    // the same views as tables over the PostgreSQL port, read with Debian's psql
+    let port = first.pg.expect("the demo prints its PostgreSQL port");
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-d",
+            "duet",
+            "-U",
+            "duet",
+            "-p",
+        ])
+        .arg(port.to_string())
+        .arg("-c")
+        .arg("SELECT sum(orders) FROM orders_per_minute WHERE bucket > now() - interval '1 hour'")
+        .output()
+        .expect("psql runs (./scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(total > 0, "orders over SQL: {total}");
     drop(first); // SIGKILL
     let before_lake = raw_orders(&dir.path().join("lake"));
     let second = start_demo(dir.path(), &logs.path().join("second.log"));

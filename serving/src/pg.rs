@@ -806,6 +806,83 @@ mod tests {
         assert_eq!(psql(port, "SELECT 1").await.unwrap(), "1\n");
     }
 
+    /// `scripts/pg_clients.py` (psycopg 3, extended protocol) against the port: Grafana's
+    /// schema, time-series and table queries, a parameterized query, a refusal.
+    #[tokio::test]
+    async fn psycopg_and_grafanas_statements_get_exact_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, _stop) = server(dir.path()).await;
+        let python = std::env::var("DUET_PYTHON").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/duet-venv/bin/python",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        assert!(
+            std::path::Path::new(&python).exists(),
+            "no Python with psycopg at {python}: run ./scripts/setup.sh (or set DUET_PYTHON)"
+        );
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg_clients.py");
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(&python)
+                .arg(script)
+                .arg(port.to_string())
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // (schema-qualified: the emulated search_path does not name `public`)
+        assert_eq!(
+            got["grafana_tables"],
+            serde_json::json!([["public.buyers"], ["public.gmv"]]),
+            "{got}"
+        );
+        let columns: Vec<&str> = got["grafana_columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r[0].as_str())
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                "bucket",
+                "city",
+                "gmv",
+                "n",
+                "_source",
+                "_batch_version",
+                "gmv_state",
+                "n_state"
+            ]
+        );
+        assert_eq!(
+            got["grafana_time_series"],
+            serde_json::json!([["3600.0", "45.15", "60"]]),
+            "{got}"
+        );
+        assert_eq!(got["grafana_table"].as_array().unwrap().len(), 6, "{got}");
+        assert_eq!(
+            got["grafana_table"][0],
+            serde_json::json!(["1970-01-01 01:00:00+00:00", "Beijing", "1"])
+        );
+        assert_eq!(
+            got["parameterized"],
+            serde_json::json!([["Beijing", "4", "2"]]),
+            "{got}"
+        );
+        assert_eq!(got["refused"], "25006");
+        assert_eq!(got["after_refusal"], serde_json::json!([["17"]]));
+    }
+
     #[test]
     fn filters_on_bucket_narrow_the_range_read() {
         use datafusion::prelude::{col, lit};
