@@ -211,7 +211,10 @@ fn recompute(cfg: &Config, delivered: &[Vec<u8>]) -> crate::support::Truth {
 struct World {
     cfg: Arc<Config>,
     lake: Lake,
-    store: EmbeddedStore,
+    store: Arc<EmbeddedStore>,
+    /// Serving over both protocols: the HTTP API's address and the PostgreSQL port.
+    http: String,
+    pg: u16,
     readers: LakeReaders,
     agg: Aggregator,
     sink: duet_jobs::lake_sink::Sink,
@@ -238,7 +241,7 @@ impl World {
             .collect();
         let (batch, _) = self
             .agg
-            .build(&msgs, &self.store, self.now, &self.sealed)
+            .build(&msgs, self.store.as_ref(), self.now, &self.sealed)
             .await
             .unwrap();
         self.store.commit(batch).await.unwrap();
@@ -263,7 +266,7 @@ impl World {
         let truth = recompute(&self.cfg, delivered);
         for v in &self.cfg.views {
             let (from, to) = (v.bucket_of(from), v.bucket_of(to - 1) + v.bucket_ms);
-            let m = merged(&self.readers, &self.store, v, from, to)
+            let m = merged(&self.readers, self.store.as_ref(), v, from, to)
                 .await
                 .unwrap();
             if strict {
@@ -316,10 +319,11 @@ async fn run(shape: Shape) {
     cfg.lake.url = dir.path().join("lake").to_string_lossy().into_owned();
     let cfg = Arc::new(cfg);
     let lake = Lake::open(&cfg.lake.url).unwrap();
-    let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
-    duet_speed::store::check_definitions(&store, &cfg.views)
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+    duet_speed::store::check_definitions(store.as_ref(), &cfg.views)
         .await
         .unwrap();
+    let (http, pg, _stop) = serve_both(&cfg, &lake, store.clone()).await;
     let partitions = HashMap::from([(TOPIC.to_string(), (0..PARTITIONS).collect::<Vec<_>>())]);
     let sink = duet_jobs::lake_sink::Sink::open(cfg.clone(), &lake, "g", &partitions)
         .await
@@ -330,6 +334,8 @@ async fn run(shape: Shape) {
         cfg: cfg.clone(),
         lake,
         store,
+        http,
+        pg,
         sink,
         sealed: BTreeMap::new(),
         offsets: HashMap::new(),
@@ -353,6 +359,8 @@ async fn run(shape: Shape) {
             let a = T0 - 3_600_000 + rng.random_range(0..4 * 3_600_000);
             let b = a + rng.random_range(60_000..3 * 3_600_000);
             world.check(&delivered, a, b, false).await;
+            let ask = Ask::random(&mut rng);
+            world.check_protocols(&delivered, a, b, &ask).await;
         }
     }
     // the end of the stream: every partition idle and read to its end, one more run
@@ -363,6 +371,12 @@ async fn run(shape: Shape) {
     world
         .check(&delivered, T0 - 3 * 3_600_000, T0 + 4 * 3_600_000, true)
         .await;
+    for _ in 0..3 {
+        let ask = Ask::random(&mut rng);
+        world
+            .check_protocols(&delivered, T0 - 3 * 3_600_000, T0 + 4 * 3_600_000, &ask)
+            .await;
+    }
     // the wide case went through the HyperLogLog path in both layers
     if shape.wide_users {
         let rows = world.store.read("users", T0, T0 + 3_600_000).await.unwrap();
@@ -373,6 +387,307 @@ async fn run(shape: Shape) {
                 State::Distinct(duet_config::sketch::Distinct::Hll(_))
             )),
             "no HyperLogLog state"
+        );
+    }
+}
+
+/// A roll-up asked of `by_region` over both protocols: a grain, a subset of its dimensions, a
+/// filter.
+#[derive(Debug, Clone)]
+struct Ask {
+    grain_ms: i64,
+    group_by: Vec<&'static str>,
+    /// (HTTP `where` and SQL condition, the filter as the truth applies it)
+    filter: Option<(&'static str, fn(&[Option<String>]) -> bool)>,
+}
+
+impl Ask {
+    fn random(rng: &mut StdRng) -> Ask {
+        let grain_ms = [60_000, 300_000, 3_600_000][rng.random_range(0..3)];
+        let group_by = match rng.random_range(0..4) {
+            0 => vec![],
+            1 => vec!["region"],
+            2 => vec!["kind"],
+            _ => vec!["kind", "region"],
+        };
+        // dims of by_region: [region, kind]; a null matches neither = nor <> (SQL)
+        let filters: [(&'static str, fn(&[Option<String>]) -> bool); 4] = [
+            ("region = 'north'", |d| d[0].as_deref() == Some("north")),
+            ("kind <> 'view'", |d| {
+                d[1].as_deref().is_some_and(|k| k != "view")
+            }),
+            ("region IN ('north', 'south') AND kind = 'buy'", |d| {
+                matches!(d[0].as_deref(), Some("north" | "south")) && d[1].as_deref() == Some("buy")
+            }),
+            ("region <> 'east'", |d| {
+                d[0].as_deref().is_some_and(|r| r != "east")
+            }),
+        ];
+        let filter = rng
+            .random_bool(0.6)
+            .then(|| filters[rng.random_range(0..filters.len())]);
+        Ask {
+            grain_ms,
+            group_by,
+            filter,
+        }
+    }
+}
+
+/// Serves `cfg` over HTTP and the PostgreSQL port on loopback: their addresses, and the
+/// switch that stops both.
+async fn serve_both(
+    cfg: &Arc<Config>,
+    lake: &Lake,
+    store: Arc<EmbeddedStore>,
+) -> (String, u16, tokio::sync::watch::Sender<bool>) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let state = duet_serving::AppState {
+        cfg: cfg.clone(),
+        lake: Arc::new(LakeReaders::new(lake, cfg)),
+        store: store.clone(),
+        counters: Arc::default(),
+        parts: Arc::default(),
+        checks: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap().to_string();
+    tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
+    let ctx = duet_serving::pg::session(&cfg.views, Arc::new(LakeReaders::new(lake, cfg)), store)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pg = listener.local_addr().unwrap().port();
+    tokio::spawn(duet_serving::pg::serve(listener, ctx, rx));
+    (http, pg, tx)
+}
+
+/// `by_region`'s rows over `[from, to)` (view buckets) rolled up as `ask` says, from the
+/// events: (grain bucket, grouped dims) → rendered values.
+fn rolled_truth(
+    cfg: &Config,
+    delivered: &[Vec<u8>],
+    from: i64,
+    to: i64,
+    ask: &Ask,
+) -> BTreeMap<crate::support::Key, Value> {
+    let view = cfg.views.iter().find(|v| v.name == "by_region").unwrap();
+    let source = &cfg.sources[0];
+    let mut seen = HashSet::new();
+    let mut acc: BTreeMap<crate::support::Key, Vec<State>> = BTreeMap::new();
+    for bytes in delivered {
+        let Ok(e) = source.decode(bytes) else {
+            continue;
+        };
+        if !seen.insert(e.id.clone()) {
+            continue;
+        }
+        for c in view.contributions(&e) {
+            if c.bucket < from
+                || c.bucket >= to
+                || !ask.filter.is_none_or(|(_, keep)| keep(&c.dims))
+            {
+                continue;
+            }
+            let dims: Vec<Option<String>> = ask
+                .group_by
+                .iter()
+                .map(|d| c.dims[view.dimensions.iter().position(|x| x == d).unwrap()].clone())
+                .collect();
+            let key = (c.bucket - c.bucket.rem_euclid(ask.grain_ms), dims);
+            let states = acc.entry(key).or_insert_with(|| view.identity());
+            duet_config::measure::merge_row(states, c.states).unwrap();
+        }
+    }
+    acc.into_iter()
+        .map(|(k, s)| (k, Value::Object(view.render(&s))))
+        .collect()
+}
+
+/// Whether the grain bucket starting at `b` holds a dirty (late-pending) view bucket.
+fn dirty(b: i64, grain: i64, late: &[i64]) -> bool {
+    late.iter().any(|t| *t >= b && *t < b + grain)
+}
+
+impl World {
+    /// Asks `by_region` for `ask` over `[a, b)` through the HTTP API and the PostgreSQL port
+    /// (psql) and compares both with the roll-up of a recompute: every output bucket that holds
+    /// no dirty bucket is exact in both.
+    async fn check_protocols(&self, delivered: &[Vec<u8>], a: i64, b: i64, ask: &Ask) {
+        use duet_config::time::iso;
+        let view = self
+            .cfg
+            .views
+            .iter()
+            .find(|v| v.name == "by_region")
+            .unwrap();
+        let (from, to) = (view.bucket_of(a), view.bucket_of(b - 1) + view.bucket_ms);
+        let truth = rolled_truth(&self.cfg, delivered, from, to, ask);
+        let what = format!("{ask:?} over [{}, {})", iso(from), iso(to));
+        // the dirty buckets, as both answers see them (nothing is written in between)
+        let late: Vec<i64> = SealLedger::new(&self.lake)
+            .snapshot()
+            .await
+            .unwrap()
+            .view("by_region")
+            .dirty()
+            .into_keys()
+            .collect();
+
+        // HTTP
+        let mut url =
+            reqwest::Url::parse(&format!("http://{}/v1/views/by_region", self.http)).unwrap();
+        url.query_pairs_mut()
+            .append_pair("from", &from.to_string())
+            .append_pair("to", &to.to_string())
+            .append_pair("grain", &format!("{}ms", ask.grain_ms))
+            .append_pair("group_by", &ask.group_by.join(","))
+            .append_pair("limit", "100000");
+        if let Some((w, _)) = ask.filter {
+            url.query_pairs_mut().append_pair("where", w);
+        }
+        let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        assert!(body["next_cursor"].is_null(), "{what}: {body}");
+        let mut http: BTreeMap<crate::support::Key, Value> = BTreeMap::new();
+        for r in body["rows"].as_array().unwrap() {
+            let dims = ask
+                .group_by
+                .iter()
+                .map(|d| r["dims"][d].as_str().map(str::to_string))
+                .collect();
+            http.insert(
+                (r["bucket_ms"].as_i64().unwrap(), dims),
+                r["values"].clone(),
+            );
+        }
+        compare(
+            "HTTP",
+            &what,
+            &truth,
+            &http,
+            ask.grain_ms,
+            &late,
+            |want, got| want == got,
+        );
+
+        // SQL over the PostgreSQL wire protocol (psql)
+        let dims_sql: String = ask.group_by.iter().map(|d| format!(", {d}")).collect();
+        let sql = format!(
+            "SELECT CAST(extract(epoch from date_bin(INTERVAL '{} milliseconds', bucket)) * 1000 AS BIGINT) AS b{dims_sql}, \
+             sum(c), sum(n), sum(amount), min(low), max(high), avg_merge(mean_state), \
+             distinct_count_merge(users_state), state_merge(top_state) \
+             FROM by_region WHERE bucket >= '{}' AND bucket < '{}'{} GROUP BY 1{dims_sql} ORDER BY 1{dims_sql}",
+            ask.grain_ms,
+            iso(from),
+            iso(to),
+            ask.filter
+                .map(|(w, _)| format!(" AND ({w})"))
+                .unwrap_or_default(),
+        );
+        let out = tokio::task::spawn_blocking({
+            let port = self.pg;
+            move || {
+                std::process::Command::new("psql")
+                    .args([
+                        "-X",
+                        "-A",
+                        "-t",
+                        "-F",
+                        "\t",
+                        "-P",
+                        "null=<null>",
+                        "-v",
+                        "ON_ERROR_STOP=1",
+                    ])
+                    .args(["-h", "127.0.0.1", "-U", "duet", "-d", "duet", "-p"])
+                    .arg(port.to_string())
+                    .arg("-c")
+                    .arg(sql)
+                    .output()
+                    .expect("psql runs (./scripts/setup.sh installs it)")
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut sql_rows: BTreeMap<crate::support::Key, Value> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let n = ask.group_by.len();
+            let opt = |c: &str| (c != "<null>").then(|| c.to_string());
+            let dims = cols[1..=n].iter().map(|c| opt(c)).collect();
+            let m = &cols[n + 1..];
+            let num = |c: &str| -> Value {
+                match opt(c) {
+                    None => Value::Null,
+                    Some(t) => t
+                        .parse::<i64>()
+                        .map(Value::from)
+                        .unwrap_or(Value::String(t)),
+                }
+            };
+            let values = serde_json::json!({
+                "c": num(m[0]), "n": num(m[1]),
+                // decimals render as strings with the scale, as in the JSON answer
+                "amount": opt(m[2]).map_or(Value::Null, Value::String),
+                "low": opt(m[3]).map_or(Value::Null, Value::String),
+                "high": num(m[4]),
+                "mean": opt(m[5]).map_or(Value::Null, |t| serde_json::json!(t.parse::<f64>().unwrap())),
+                "users": num(m[6]),
+                "top": serde_json::from_str::<Value>(m[7]).unwrap(),
+            });
+            sql_rows.insert((cols[0].parse().unwrap(), dims), values);
+        }
+        compare(
+            "SQL",
+            &what,
+            &truth,
+            &sql_rows,
+            ask.grain_ms,
+            &late,
+            |want, got| {
+                // floats as text and back: equal to 12 significant digits
+                let close = |x: &Value, y: &Value| match (x.as_f64(), y.as_f64()) {
+                    (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1.0),
+                    _ => x == y,
+                };
+                want.as_object().unwrap().iter().all(|(k, w)| {
+                    let g = &got[k];
+                    if k == "mean" { close(w, g) } else { w == g }
+                })
+            },
+        );
+    }
+}
+
+/// Every key not in a dirty grain bucket is in both, with equal values.
+fn compare(
+    protocol: &str,
+    what: &str,
+    truth: &BTreeMap<crate::support::Key, Value>,
+    got: &BTreeMap<crate::support::Key, Value>,
+    grain: i64,
+    late: &[i64],
+    equal: impl Fn(&Value, &Value) -> bool,
+) {
+    for (key, want) in truth {
+        if dirty(key.0, grain, late) {
+            continue;
+        }
+        let g = got.get(key);
+        assert!(
+            g.is_some_and(|g| equal(want, g)),
+            "{protocol} {what} {key:?}: got {g:?}, the recompute says {want}"
+        );
+    }
+    for key in got.keys() {
+        assert!(
+            truth.contains_key(key) || dirty(key.0, grain, late),
+            "{protocol} {what} {key:?}: in the answer but not in the recompute"
         );
     }
 }
