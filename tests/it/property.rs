@@ -359,6 +359,9 @@ async fn run(shape: Shape) {
             let a = T0 - 3_600_000 + rng.random_range(0..4 * 3_600_000);
             let b = a + rng.random_range(60_000..3 * 3_600_000);
             world.check(&delivered, a, b, false).await;
+            // a roll-up over both protocols, over a range where the events are
+            let a = T0 - 600_000 + rng.random_range(0..2_400_000);
+            let b = a + rng.random_range(300_000..3_600_000);
             let ask = Ask::random(&mut rng);
             world.check_protocols(&delivered, a, b, &ask).await;
         }
