@@ -18,6 +18,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # psql, the PostgreSQL port's tests' first client
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+# wrk, the HTTP load generator of `duet bench serving`
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

@@ -209,6 +209,8 @@ pub async fn start_parts(
         None => None,
     };
     let pg = pg_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    // serving's counters, shared by the HTTP API and the PostgreSQL port
+    let serving_metrics = Arc::new(duet_serving::metrics::ServingMetrics::default());
     let (tx, rx) = watch::channel(false);
     let parts = Arc::new(Parts::default());
     let mut tasks = JoinSet::new();
@@ -306,19 +308,25 @@ pub async fn start_parts(
         );
     }
     if let (Some(listener), Some(pg)) = (pg_listener, pg) {
-        let (cfg, store, rx) = (cfg.clone(), store.clone(), rx.clone());
+        let (cfg, store, rx, metrics) = (
+            cfg.clone(),
+            store.clone(),
+            rx.clone(),
+            serving_metrics.clone(),
+        );
         let readers = Arc::new(duet_serving::query::LakeReaders::new(&lake, &cfg));
         // the first run serves on the listener bound above; a restart binds the same address
         let mut first = Some(listener);
         spawn(
             "sql",
             Box::new(move || {
-                let (cfg, store, readers, rx, listener) = (
+                let (cfg, store, readers, rx, listener, metrics) = (
                     cfg.clone(),
                     store.clone(),
                     readers.clone(),
                     rx.clone(),
                     first.take(),
+                    metrics.clone(),
                 );
                 Box::pin(async move {
                     let listener = match listener {
@@ -328,7 +336,7 @@ pub async fn start_parts(
                             .with_context(|| format!("bind the PostgreSQL port to {pg}"))?,
                     };
                     let ctx = duet_serving::pg::session(&cfg.views, readers, store)?;
-                    Ok(duet_serving::pg::serve(listener, ctx, rx).await?)
+                    Ok(duet_serving::pg::serve(listener, ctx, metrics, rx).await?)
                 })
             }),
         );
@@ -341,6 +349,7 @@ pub async fn start_parts(
             counters,
             parts: parts.clone(),
             checks,
+            metrics: serving_metrics.clone(),
         };
         let rx = rx.clone();
         // the first run serves on the listener bound above; a restart binds the same address

@@ -244,6 +244,20 @@ where
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<u16> {
+    Ok(http_exchange(addr, path).await?.0)
+}
+
+/// The body of a 200 answer to `GET path` (an error for any other status).
+pub(crate) async fn http_body(addr: std::net::SocketAddr, path: &str) -> Result<String> {
+    let (code, body) = http_exchange(addr, path).await?;
+    if code != 200 {
+        bail!("GET {path} answered {code}: {body}");
+    }
+    Ok(body)
+}
+
+/// `GET path` over one HTTP/1.1 connection: the status and the body.
+async fn http_exchange(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -251,10 +265,16 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<u16> {
     .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
-    let head = String::from_utf8_lossy(&buf[..buf.len().min(12)]).to_string();
-    head.get(9..12)
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .get(9..12)
         .and_then(|c| c.parse().ok())
-        .context("malformed HTTP response")
+        .context("malformed HTTP response")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -419,6 +439,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
         counters: counters.clone(),
         parts: Arc::default(),
         checks: Arc::default(),
+        metrics: Arc::default(),
     };
     let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
     let q = opts.queries.max(10);
@@ -672,6 +693,7 @@ async fn steady_state(base: &Arc<Config>, opts: &BenchOptions, queries: usize) -
         counters: Arc::default(),
         parts: Arc::default(),
         checks: Arc::default(),
+        metrics: Arc::default(),
     };
     let serving = tokio::spawn(duet_serving::serve(listener, state, rx));
     let end = T0 + hours * 3_600_000;

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_serving;
 pub mod bench_speed;
 pub mod embedded;
 pub mod generator;

@@ -386,6 +386,35 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
+            which:
+                Some(BenchCommand::Serving {
+                    seconds,
+                    connections,
+                    queries,
+                    out,
+                }),
+            ..
+        } => {
+            let cfg = Config::from_toml_str(REFERENCE, "config/examples/ecommerce.toml".as_ref())?;
+            let dir =
+                std::env::temp_dir().join(format!("duet-bench-serving-{}", std::process::id()));
+            let opts = duet_jobs::bench_serving::ServingBenchOptions {
+                seconds,
+                connections,
+                queries,
+                dir,
+            };
+            let report = duet_jobs::bench_serving::run(&cfg, &opts).await?;
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("create {}", parent.display()))?;
+            }
+            std::fs::write(&out, &report).with_context(|| format!("write {}", out.display()))?;
+            println!("{report}");
+            println!("(written to {})", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
             which: None,
             events,
             queries,
@@ -780,6 +809,25 @@ enum BenchCommand {
         seconds: u64,
         /// Where to write the report.
         #[arg(long, default_value = "docs/bench/speed.md")]
+        out: PathBuf,
+    },
+    /// The serving layer: requests/s and p50/p99 latency of a 24-hour minute-grain query, the
+    /// same rolled up to hours and a single bucket over HTTP (`wrk`), and the 24-hour query over
+    /// the PostgreSQL port (psycopg), beside `redis-benchmark` GET as the floor.
+    ///
+    /// Example: duet bench serving --out docs/bench/serving.md
+    Serving {
+        /// Seconds each `wrk` run lasts.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections of each `wrk` run (and of `redis-benchmark`).
+        #[arg(long, default_value_t = 8)]
+        connections: u32,
+        /// Queries of each single-client run.
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/bench/serving.md")]
         out: PathBuf,
     },
 }

@@ -42,6 +42,8 @@ pub struct AppState {
     pub parts: Arc<Parts>,
     /// How each view's seals compared with the speed layer, for `/metrics`.
     pub checks: Arc<SealChecks>,
+    /// Serving's own request and row counters, for `/metrics`.
+    pub metrics: Arc<crate::metrics::ServingMetrics>,
 }
 
 /// The API's router.
@@ -57,7 +59,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/views/{view}/live", get(live_view))
         .route("/v1/quarantine", get(quarantine))
         .route("/metrics", get(metrics))
+        .route("/ready", get(ready))
         .fallback(|uri: Uri| async move { Error::NotFound(uri.to_string()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -242,6 +249,35 @@ async fn metrics(
             );
         }
     }
+    // the last complete bucket of each view without dimensions, for business alerts
+    let _ = writeln!(
+        out,
+        "# HELP duet_view_value A measure's value in its view's last complete bucket (views without dimensions; top-k lists are left out).\n# TYPE duet_view_value gauge"
+    );
+    let now = duet_speed::now_ms();
+    for v in s.cfg.views.iter().filter(|v| v.dimensions.is_empty()) {
+        let end = v.bucket_of(now);
+        let m = merged(&s.lake, s.store.as_ref(), v, end - v.bucket_ms, end).await?;
+        let states = m
+            .rows
+            .first()
+            .map_or_else(|| v.identity(), |r| r.row.states.clone());
+        for (measure, st) in v.measures.iter().zip(&states) {
+            let value = match measure.kind.render(st) {
+                Value::Number(n) => n.as_f64(),
+                Value::String(t) => t.parse::<f64>().ok(),
+                _ => None,
+            };
+            if let Some(x) = value {
+                let _ = writeln!(
+                    out,
+                    "duet_view_value{{view=\"{}\",measure=\"{}\"}} {x}",
+                    v.name, measure.name
+                );
+            }
+        }
+    }
+    out.push_str(&s.metrics.render());
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -249,6 +285,23 @@ async fn metrics(
         )],
         out,
     ))
+}
+
+/// 200 when serving can read the speed store and the lake's seal ledger (it can answer
+/// queries), else 503 with the reason.
+async fn ready(State(s): State<AppState>) -> Response {
+    let store = s.store.stats().await.map(|_| ()).map_err(|e| e.to_string());
+    let lake = s.lake.check().await.map_err(|e| e.to_string());
+    match (store, lake) {
+        (Ok(()), Ok(())) => {
+            (axum::http::StatusCode::OK, Json(json!({"ready": true}))).into_response()
+        }
+        (store, lake) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "store": store.err(), "lake": lake.err()})),
+        )
+            .into_response(),
+    }
 }
 
 /// `ok` when every part runs, `degraded` while one is failing and being restarted; each
@@ -484,6 +537,9 @@ async fn query_view(
     let vq = view_query(spec, &q, accept, now)?;
     let format = vq.format;
     let a = answer(&s, spec, vq, now).await?;
+    for r in &a.rolled.rows {
+        s.metrics.rows(r.source(), 1);
+    }
     let meta = a.provenance_headers();
     let mut out_headers = HeaderMap::new();
     out_headers.insert(CONTENT_TYPE, HeaderValue::from_static(format.media_type()));
@@ -699,6 +755,7 @@ mod tests {
             .collect();
         for route in [
             "/health",
+            "/ready",
             "/metrics",
             "/v1/openapi.json",
             "/v1/views",
@@ -715,7 +772,7 @@ mod tests {
                 .unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{probe}");
         }
-        assert_eq!(paths.len(), 7);
+        assert_eq!(paths.len(), 8);
         // metrics: counters and the watermark of a source the store has seen
         let r = app
             .clone()
@@ -744,6 +801,27 @@ mod tests {
         );
         assert!(
             text.contains("duet_source_watermark_seconds{source=\"orders\"} 120.000"),
+            "{text}"
+        );
+        // serving's own: the requests above by route and status, and the rows they served
+        assert!(
+            text.contains("duet_serving_requests_total{protocol=\"http\",route=\"/v1/views/{view}\",status=\"200\"} "),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "duet_serving_requests_total{protocol=\"http\",route=\"/ready\",status=\"200\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "duet_serving_request_seconds_count{protocol=\"http\",route=\"/health\"} "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("duet_serving_rows_total{source=\"speed\"} "),
             "{text}"
         );
     }

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod openapi;
 pub mod pg;
 pub mod query;

@@ -19,8 +19,12 @@ pub fn document() -> Value {
         "paths": {
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok",
                 "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"const": "ok"}}}}}}}}},
+            "/ready": {"get": {"summary": "Readiness: 200 when the speed store and the lake's seal ledger can be read, else 503 with the reason",
+                "responses": {"200": {"description": "ready", "content": {"application/json": {"schema": {"type": "object", "properties": {"ready": {"const": true}}}}}},
+                              "503": {"description": "not ready", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                                  "ready": {"const": false}, "store": {"type": ["string", "null"]}, "lake": {"type": ["string", "null"]}}}}}}}}},
             "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics: speed-layer totals and source watermarks",
+            "/metrics": {"get": {"summary": "Prometheus metrics: speed-layer totals, parts, seal checks, source watermarks, the last complete bucket of views without dimensions, serving's requests and rows",
                 "responses": {"200": {"description": "Prometheus text format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/v1/views": {"get": {"summary": "The declared views and their specs", "responses": {
                 "200": {"description": "views", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Views"}}}}}}},

@@ -52,6 +52,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::metrics::{RouteKey, ServingMetrics};
 use crate::query::{LakeReaders, merged};
 use crate::rollup::{Rollup, RollupSpec};
 use crate::table;
@@ -509,8 +510,34 @@ pub fn session(
 }
 
 /// Refuses every statement that is not a query, `SET`/`SHOW`, a transaction or a cursor
-/// statement, with SQLSTATE 25006.
-struct ReadOnly;
+/// statement, with SQLSTATE 25006; counts the statements it sees (simple queries and
+/// executions of prepared ones) in `duet_serving_requests_total{protocol="sql"}`.
+struct ReadOnly {
+    metrics: Arc<ServingMetrics>,
+}
+
+impl ReadOnly {
+    fn check(&self, statement: &Statement) -> Option<PgWireError> {
+        let refused = refusal(statement);
+        let kind = match statement {
+            _ if refused.is_some() => "refused",
+            Statement::Query(_) => "select",
+            _ => "other",
+        };
+        self.metrics.count(
+            &RouteKey {
+                protocol: "sql",
+                route: kind.to_string(),
+            },
+            if refused.is_some() {
+                "25006"
+            } else {
+                "received"
+            },
+        );
+        refused
+    }
+}
 
 fn refusal(statement: &Statement) -> Option<PgWireError> {
     let allowed = match statement {
@@ -555,7 +582,7 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        refusal(statement).map(Err)
+        self.check(statement).map(Err)
     }
 
     async fn handle_extended_parse_query(
@@ -575,7 +602,7 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        refusal(statement).map(Err)
+        self.check(statement).map(Err)
     }
 }
 
@@ -615,17 +642,19 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// Serves SQL over the PostgreSQL protocol on `listener` until `shutdown` turns true.
+/// Serves SQL over the PostgreSQL protocol on `listener` until `shutdown` turns true,
+/// counting statements in `metrics`.
 pub async fn serve(
     listener: TcpListener,
     ctx: SessionContext,
+    metrics: Arc<ServingMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     use datafusion_postgres::hooks::{
         cursor::CursorStatementHook, set_show::SetShowHook, transactions::TransactionStatementHook,
     };
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
-        Arc::new(ReadOnly),
+        Arc::new(ReadOnly { metrics }),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),
@@ -679,7 +708,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = watch::channel(false);
-        tokio::spawn(serve(listener, ctx, rx));
+        tokio::spawn(serve(listener, ctx, Arc::default(), rx));
         (port, tx)
     }
 

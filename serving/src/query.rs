@@ -76,6 +76,14 @@ impl LakeReaders {
     }
 }
 
+impl LakeReaders {
+    /// Whether the seal ledger can be read (for `/ready`).
+    pub async fn check(&self) -> Result<()> {
+        self.ledger.lock().await.snapshot().await?;
+        Ok(())
+    }
+}
+
 /// Reads `[from, to)` of `view` from both layers and merges them per bucket.
 pub async fn merged(
     lake: &LakeReaders,

@@ -121,6 +121,7 @@ pub(crate) async fn fixture(dir: &std::path::Path) -> (AppState, Arc<EmbeddedSto
         counters: Arc::default(),
         parts: Arc::default(),
         checks: Arc::default(),
+        metrics: Arc::default(),
     };
     (state, store)
 }

@@ -187,6 +187,7 @@ async fn run() {
         counters: counters.clone(),
         parts: Arc::default(),
         checks: Arc::default(),
+        metrics: Arc::default(),
     };
     let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
 

@@ -452,6 +452,7 @@ async fn serve_both(
         counters: Arc::default(),
         parts: Arc::default(),
         checks: Arc::default(),
+        metrics: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap().to_string();
@@ -460,7 +461,7 @@ async fn serve_both(
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let pg = listener.local_addr().unwrap().port();
-    tokio::spawn(duet_serving::pg::serve(listener, ctx, rx));
+    tokio::spawn(duet_serving::pg::serve(listener, ctx, Arc::default(), rx));
     (http, pg, tx)
 }
 
