@@ -20,6 +20,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 # wrk, the HTTP load generator of `duet bench serving`
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+# promtool and amtool check docs/ops/ (the alert rules and the Alertmanager example)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

@@ -401,6 +401,18 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("quarantined "), "{text}");
     assert!(!text.contains("Quarantined event"), "{text}");
+    // every metric the shipped alert rules read is exposed
+    let metrics = http_get(&first.addr, "/metrics").unwrap();
+    for name in alert_metrics() {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "docs/ops/alerts.yml reads {name}, which /metrics does not expose"
+        );
+    }
+    assert!(
+        metrics.contains("duet_view_value{view=\"orders_per_minute\",measure=\"orders\"} "),
+        "{metrics}"
+    );
     // the same views as tables over the PostgreSQL port, read with Debian's psql
     let port = first.pg.expect("the demo prints its PostgreSQL port");
     let out = Command::new("psql")
@@ -438,6 +450,54 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     wait("new raw orders in the lake", || {
         raw_orders(&dir.path().join("lake")) > before_lake + 20
     });
+}
+
+/// The `duet_*` metrics `docs/ops/alerts.yml` reads (histogram series by their family name).
+fn alert_metrics() -> std::collections::BTreeSet<String> {
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ops/alerts.yml"),
+    )
+    .unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for (i, _) in rules.match_indices("duet_") {
+        let name: String = rules[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_string();
+        names.insert(family);
+    }
+    assert!(names.len() >= 6, "{names:?}");
+    names
+}
+
+/// The shipped operations assets are valid: `promtool check rules` and the rules' unit tests
+/// (`promtool test rules`, Debian's prometheus), `amtool check-config` (Debian's
+/// prometheus-alertmanager), and the Grafana dashboard is JSON whose panels query views.
+#[test]
+fn ops_assets_pass_promtool_and_amtool() {
+    let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ops");
+    for (tool, args) in [
+        ("promtool", vec!["check", "rules", "alerts.yml"]),
+        ("promtool", vec!["test", "rules", "alerts.test.yml"]),
+        ("amtool", vec!["check-config", "alertmanager.yml"]),
+    ] {
+        let out = Command::new(tool)
+            .args(&args)
+            .current_dir(&ops)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool} runs (./scripts/setup.sh installs it): {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Runs `duet <args> --out <dir>/<file>`, expects success, and returns the report.

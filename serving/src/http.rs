@@ -209,8 +209,9 @@ async fn metrics(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    // the families are declared even before the first seal, so that rules can name them
     let checks = s.checks.snapshot();
-    if !checks.is_empty() {
+    {
         for (name, kind, help) in [
             (
                 "duet_seal_mismatched_buckets",
