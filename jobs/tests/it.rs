@@ -440,6 +440,35 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     );
     let total: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(total > 0, "orders over SQL: {total}");
+    // every SQL panel of the shipped Grafana dashboard runs, its macros expanded as Grafana
+    // expands them, over the last hour
+    for (title, sql) in dashboard_sql() {
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-d",
+                "duet",
+                "-U",
+                "duet",
+                "-p",
+            ])
+            .arg(port.to_string())
+            .arg("-c")
+            .arg(&sql)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "panel {title:?}: {sql}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     drop(first); // SIGKILL
     let before_lake = raw_orders(&dir.path().join("lake"));
     let second = start_demo(dir.path(), &logs.path().join("second.log"));
@@ -452,12 +481,52 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     });
 }
 
-/// The `duet_*` metrics `docs/ops/alerts.yml` reads (histogram series by their family name).
-fn alert_metrics() -> std::collections::BTreeSet<String> {
-    let rules = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ops/alerts.yml"),
+/// The shipped Grafana dashboard's SQL panels (title, SQL), with Grafana's macros expanded
+/// for the last hour: `$__timeFilter(c)`, `$__time(c)`, `$__timeGroupAlias(c, 5m)`.
+fn dashboard_sql() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ops/grafana-dashboard.json"),
     )
     .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (from, to) = (
+        duet_config::time::iso(now - 3_600_000),
+        duet_config::time::iso(now),
+    );
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let Some(sql) = t["rawSql"].as_str() else {
+                continue;
+            };
+            let sql = sql
+                .replace(
+                    "$__timeFilter(bucket)",
+                    &format!("bucket BETWEEN '{from}' AND '{to}'"),
+                )
+                .replace("$__time(bucket)", "bucket AS \"time\"")
+                .replace(
+                    "$__timeGroupAlias(bucket, 5m)",
+                    "floor(extract(epoch from bucket)/300)*300 AS \"time\"",
+                );
+            assert!(!sql.contains("$__"), "an unexpanded macro: {sql}");
+            out.push((p["title"].as_str().unwrap().to_string(), sql));
+        }
+    }
+    assert!(out.len() >= 6, "{out:?}");
+    out
+}
+
+/// The `duet_*` metrics `docs/ops/alerts.yml` and the Grafana dashboard read (histogram series
+/// by their family name).
+fn alert_metrics() -> std::collections::BTreeSet<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ops");
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap()
+        + &std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap();
     let mut names = std::collections::BTreeSet::new();
     for (i, _) in rules.match_indices("duet_") {
         let name: String = rules[i..]
