@@ -41,6 +41,7 @@ pub use filter::{CmpOp, Filter, Literal};
 pub use measure::{MeasureKind, State};
 pub use model::{
     BatchConfig, JobConfig, KafkaConfig, LakeConfig, ServingConfig, SpeedConfig, StoreConfig,
+    TokenConfig,
 };
 pub use types::{FieldType, Num, NumType, Value};
 pub use view::{

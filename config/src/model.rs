@@ -212,6 +212,33 @@ pub struct ServingConfig {
     /// Address of the PostgreSQL wire protocol server (SQL for BI tools); none: not served.
     #[serde(default)]
     pub pg_bind: Option<String>,
+    /// Bearer tokens of the HTTP API; none: the API is open and binds only to loopback.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// `[[serving.tokens]]`: one bearer token of the HTTP API, stored as its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (in logs and metrics, never the token).
+    pub name: String,
+    /// SHA-256 of the token, 64 hex digits (`duet token new` prints a token and its hash).
+    pub sha256: String,
+    /// The views it may read; `"*"`: all of them, and the quarantine and metrics.
+    #[serde(default = "all_views")]
+    pub views: Vec<String>,
+    /// Requests per second it may make (a burst of as many).
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+}
+
+fn all_views() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn default_rate() -> u32 {
+    100
 }
 
 fn default_bind() -> String {
@@ -223,6 +250,7 @@ impl Default for ServingConfig {
         ServingConfig {
             bind: default_bind(),
             pg_bind: None,
+            tokens: Vec::new(),
         }
     }
 }

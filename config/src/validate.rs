@@ -295,6 +295,37 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
         }
     }
 
+    let mut token_names = BTreeSet::new();
+    for (i, t) in serving.tokens.iter().enumerate() {
+        let path = format!("serving.tokens[{i}]");
+        if t.name.is_empty() || !token_names.insert(t.name.clone()) {
+            p.add(
+                format!("{path}.name"),
+                format!("expected a name no other token has, found {:?}", t.name),
+            );
+        }
+        if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            p.add(
+                format!("{path}.sha256"),
+                "expected the token's SHA-256 as 64 hex digits (`duet token new` prints a token and its hash)",
+            );
+        }
+        for v in &t.views {
+            if v != "*" && !names.contains(v) && !broken_views.contains(v) {
+                p.add(
+                    format!("{path}.views"),
+                    format!("unknown view `{v}` (or \"*\" for all)"),
+                );
+            }
+        }
+        if t.rate == 0 {
+            p.add(
+                format!("{path}.rate"),
+                "expected requests per second, at least 1",
+            );
+        }
+    }
+
     if !p.0.is_empty() {
         return Err(invalid(p.0));
     }

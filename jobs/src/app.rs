@@ -200,6 +200,13 @@ pub async fn start_parts(
         .await
         .with_context(|| format!("bind the HTTP API to {}", cfg.serving.bind))?;
     let http = listener.local_addr()?;
+    // an open API (no tokens) listens on loopback only; the PostgreSQL port has no passwords yet
+    let tokens = duet_serving::auth::Tokens::new(&cfg.serving.tokens);
+    duet_serving::auth::check_exposure("[serving] bind", &http, &tokens)
+        .map_err(anyhow::Error::msg)?;
+    if !tokens.enabled() {
+        tracing::info!(%http, "No [[serving.tokens]]: the HTTP API is open, on loopback only.");
+    }
     let pg_listener = match &cfg.serving.pg_bind {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -209,6 +216,11 @@ pub async fn start_parts(
         None => None,
     };
     let pg = pg_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    if let Some(addr) = pg.filter(|a| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "[serving] pg_bind = {addr} is not a loopback address, and the PostgreSQL port has no passwords yet: bind it to 127.0.0.1"
+        );
+    }
     // serving's counters, shared by the HTTP API and the PostgreSQL port
     let serving_metrics = Arc::new(duet_serving::metrics::ServingMetrics::default());
     let (tx, rx) = watch::channel(false);

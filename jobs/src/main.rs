@@ -69,6 +69,11 @@ enum Command {
         #[arg(long)]
         pg: Option<String>,
     },
+    /// Bearer tokens of the HTTP API.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Config file commands.
     Config {
         #[command(subcommand)]
@@ -313,6 +318,25 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let config = config_path(&cli.config);
     match cli.command {
+        Command::Token {
+            command: TokenCommand::New { name, views, rate },
+        } => {
+            use rand::Rng as _;
+            let bytes: [u8; 32] = rand::rng().random();
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let views: Vec<String> = views
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| format!("{v:?}"))
+                .collect();
+            println!(
+                "Token (give it to {name}; it is not stored anywhere):\n  {token}\n\nAdd to the config:\n\n[[serving.tokens]]\nname = {name:?}\nsha256 = \"{}\"\nviews = [{}]\nrate = {rate}",
+                duet_serving::auth::hash_hex(&token),
+                views.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
@@ -829,6 +853,25 @@ enum BenchCommand {
         /// Where to write the report.
         #[arg(long, default_value = "docs/bench/serving.md")]
         out: PathBuf,
+    },
+}
+
+/// `duet token …`.
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Makes a new random token and prints it with the `[[serving.tokens]]` entry that admits
+    /// it (only its SHA-256 goes into the config).
+    ///
+    /// Example: duet token new grafana --views gmv_per_minute,orders_per_minute
+    New {
+        /// The token's name (in logs and metrics).
+        name: String,
+        /// Comma-separated views it may read (default: all, and the quarantine and metrics).
+        #[arg(long, default_value = "*")]
+        views: String,
+        /// Requests per second it may make.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
     },
 }
 

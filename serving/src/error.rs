@@ -30,6 +30,26 @@ pub enum Error {
     /// The query string could not be read at all.
     #[error("malformed query string: {0}")]
     BadQuery(String),
+    /// The request carries no valid bearer token.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The token may not read what was asked.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The token made more requests than its rate allows.
+    #[error("token `{name}` is over its request rate; retry in {retry_after_s} s")]
+    TooManyRequests {
+        /// The token's name.
+        name: String,
+        /// Seconds until a request is allowed again.
+        retry_after_s: u64,
+    },
+    /// The answer would be larger than a query may ask for.
+    #[error("{0}")]
+    TooCostly(String),
+    /// The query took longer than a query may take.
+    #[error("the query took longer than {0} s; narrow the range or group by fewer dimensions")]
+    Timeout(u64),
     /// No such route.
     #[error("no route for {0}")]
     NotFound(String),
@@ -94,6 +114,11 @@ impl IntoResponse for Error {
             Error::BadParam { .. } | Error::UnknownParam { .. } | Error::BadQuery(_) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Error::TooCostly(_) => (StatusCode::BAD_REQUEST, "too_costly"),
+            Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Error::Lake(_)
             | Error::Store(_)
             | Error::Merge { .. }
@@ -101,16 +126,30 @@ impl IntoResponse for Error {
             | Error::Sql(_)
             | Error::Serve { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        let message = if status.is_server_error() {
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "Request failed.");
             "internal error; see the server log".to_string()
         } else {
             self.to_string()
         };
-        (
+        let mut res = (
             status,
             axum::Json(json!({"error": {"code": code, "message": message}})),
         )
-            .into_response()
+            .into_response();
+        let headers = res.headers_mut();
+        match &self {
+            Error::Unauthorized(_) => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"duet\""),
+                );
+            }
+            Error::TooManyRequests { retry_after_s, .. } => {
+                headers.insert(axum::http::header::RETRY_AFTER, (*retry_after_s).into());
+            }
+            _ => {}
+        }
+        res
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::Uri;
@@ -20,6 +21,7 @@ use duet_config::{Config, ViewSpec, duration::format_millis};
 use duet_speed::{SpeedCounters, ViewStore};
 use serde_json::{Value, json};
 
+use crate::auth::Grant;
 use crate::error::{Error, Result};
 use crate::health::{PartState, Parts, SealChecks};
 use crate::query::{LakeReaders, Provenance, merged};
@@ -46,6 +48,20 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::ServingMetrics>,
 }
 
+/// Longest a request may take to answer (its headers, for the live stream), seconds.
+pub const TIME_LIMIT_S: u64 = 30;
+
+/// Most rows of a view one query may read (buckets × dimension values) before it is rolled up.
+pub const MAX_ROWS_READ: usize = 2_000_000;
+
+/// Answers 503 when a request takes longer than [`TIME_LIMIT_S`].
+async fn time_limit(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(std::time::Duration::from_secs(TIME_LIMIT_S), next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => Error::Timeout(TIME_LIMIT_S).into_response(),
+    }
+}
+
 /// The API's router.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -61,6 +77,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/ready", get(ready))
         .fallback(|uri: Uri| async move { Error::NotFound(uri.to_string()) })
+        .layer(axum::middleware::from_fn(time_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(crate::auth::Tokens::new(&state.cfg.serving.tokens)),
+            crate::auth::authorize,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track,
@@ -75,7 +96,11 @@ fn bad_query(e: QueryRejection) -> Error {
 /// Prometheus text exposition of the speed layer's totals and each source's watermark.
 async fn metrics(
     State(s): State<AppState>,
+    grant: Option<Extension<Grant>>,
 ) -> Result<([(axum::http::HeaderName, &'static str); 1], String)> {
+    if let Some(Extension(g)) = &grant {
+        g.check_all("the metrics")?;
+    }
     use std::fmt::Write as _;
     use std::sync::atomic::Ordering::Relaxed;
     let c = &s.counters;
@@ -322,11 +347,12 @@ async fn health(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"status": if degraded { "degraded" } else { "ok" }, "parts": parts}))
 }
 
-async fn list_views(State(s): State<AppState>) -> Json<Value> {
+async fn list_views(State(s): State<AppState>, grant: Option<Extension<Grant>>) -> Json<Value> {
     let views: Vec<Value> = s
         .cfg
         .views
         .iter()
+        .filter(|v| grant.as_ref().is_none_or(|Extension(g)| g.allows(&v.name)))
         .map(|v| {
             json!({
                 "name": v.name,
@@ -386,6 +412,13 @@ async fn answer<'v>(
                 late_pending: None,
             })
             .collect();
+    }
+    if m.rows.len() > MAX_ROWS_READ {
+        return Err(Error::TooCostly(format!(
+            "the query reads {} rows of `{}` (buckets × dimension values), more than the {MAX_ROWS_READ} one query may: narrow from/to",
+            m.rows.len(),
+            view.name
+        )));
     }
     let rolled = rollup.apply(view, std::mem::take(&mut m.rows))?;
     let last_applied = s.store.stats().await?.last_commit_ms;
@@ -525,9 +558,13 @@ impl Answer<'_> {
 async fn query_view(
     State(s): State<AppState>,
     Path(view): Path<String>,
+    grant: Option<Extension<Grant>>,
     headers: HeaderMap,
     q: std::result::Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response> {
+    if let Some(Extension(g)) = &grant {
+        g.check(&view)?;
+    }
     let Query(q) = q.map_err(bad_query)?;
     let spec = s
         .cfg
@@ -578,8 +615,12 @@ async fn query_view(
 async fn live_view(
     State(s): State<AppState>,
     Path(view): Path<String>,
+    grant: Option<Extension<Grant>>,
     q: std::result::Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response> {
+    if let Some(Extension(g)) = &grant {
+        g.check(&view)?;
+    }
     let Query(q) = q.map_err(bad_query)?;
     let spec = s
         .cfg
@@ -639,8 +680,12 @@ async fn live_view(
 
 async fn quarantine(
     State(s): State<AppState>,
+    grant: Option<Extension<Grant>>,
     q: std::result::Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>> {
+    if let Some(Extension(g)) = &grant {
+        g.check_all("the quarantine")?;
+    }
     let Query(q) = q.map_err(bad_query)?;
     let limit = match q.get("limit") {
         None => 100,
@@ -1015,6 +1060,84 @@ mod tests {
                 .unwrap()
                 .ends_with("1970-01-01T00:02:00Z,Hangzhou,,2,speed,\n")
         );
+    }
+
+    #[tokio::test]
+    async fn tokens_guard_the_api_by_view_and_rate() {
+        use crate::auth::hash_hex;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut state, _) = crate::testkit::fixture(dir.path()).await;
+        let mut cfg = (*state.cfg).clone();
+        let token =
+            |name: &str, secret: &str, views: &[&str], rate: u32| duet_config::TokenConfig {
+                name: name.into(),
+                sha256: hash_hex(secret),
+                views: views.iter().map(|v| v.to_string()).collect(),
+                rate,
+            };
+        cfg.serving.tokens = vec![
+            token("admin", "admin-secret", &["*"], 100),
+            token("grafana", "grafana-secret", &["gmv"], 100),
+            token("slow", "slow-secret", &["*"], 1),
+        ];
+        state.cfg = Arc::new(cfg);
+        let app = router(state);
+        let ask = |uri: &'static str, token: Option<&'static str>| {
+            let app = app.clone();
+            async move {
+                let mut req = Request::get(uri);
+                if let Some(t) = token {
+                    req = req.header("authorization", format!("Bearer {t}"));
+                }
+                let r = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+                let (status, headers) = (r.status(), r.headers().clone());
+                let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+                (
+                    status,
+                    headers,
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                )
+            }
+        };
+        let (s, h, body) = ask("/v1/views/gmv?from=0&to=180000", None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(h["www-authenticate"], "Bearer realm=\"duet\"");
+        assert!(body.contains("Authorization: Bearer"), "{body}");
+        let (s, _, body) = ask("/v1/views/gmv?from=0&to=180000", Some("guess")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(ask("/health", None).await.0, StatusCode::OK);
+        assert_eq!(ask("/ready", None).await.0, StatusCode::OK);
+        // a token scoped to one view reads it, and nothing else
+        let g = Some("grafana-secret");
+        assert_eq!(
+            ask("/v1/views/gmv?from=0&to=180000", g).await.0,
+            StatusCode::OK
+        );
+        let (s, _, body) = ask("/v1/views/buyers", g).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(
+            body.contains("token `grafana` may not read view `buyers`"),
+            "{body}"
+        );
+        assert_eq!(
+            ask("/v1/views/buyers/live", g).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let (_, _, list) = ask("/v1/views", g).await;
+        let list: Value = serde_json::from_str(&list).unwrap();
+        assert_eq!(list["views"].as_array().unwrap().len(), 1);
+        assert_eq!(ask("/v1/quarantine", g).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(ask("/metrics", g).await.0, StatusCode::FORBIDDEN);
+        // an all-views token reads the quarantine and metrics
+        let a = Some("admin-secret");
+        assert_eq!(ask("/v1/quarantine", a).await.0, StatusCode::OK);
+        assert_eq!(ask("/metrics", a).await.0, StatusCode::OK);
+        // over its rate: 429 with Retry-After
+        let slow = Some("slow-secret");
+        assert_eq!(ask("/v1/views", slow).await.0, StatusCode::OK);
+        let (s, h, body) = ask("/v1/views", slow).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(h["retry-after"], "1");
     }
 
     #[tokio::test]

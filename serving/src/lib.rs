@@ -2,6 +2,7 @@
 //! the batch table and open ones from the speed store, never both; every row says which.
 //! Read-only: serving never writes state.
 
+pub mod auth;
 pub mod error;
 pub mod health;
 pub mod http;

@@ -400,8 +400,15 @@ async fn run(shape: Shape) {
 struct Ask {
     grain_ms: i64,
     group_by: Vec<&'static str>,
-    /// (HTTP `where` and SQL condition, the filter as the truth applies it)
-    filter: Option<(&'static str, fn(&[Option<String>]) -> bool)>,
+    filter: Option<Condition>,
+}
+
+/// A condition on `by_region`'s dimensions: as HTTP `where` and SQL write it, and as the
+/// recompute applies it to a row's dimension values ([region, kind]).
+#[derive(Debug, Clone, Copy)]
+struct Condition {
+    text: &'static str,
+    keep: fn(&[Option<String>]) -> bool,
 }
 
 impl Ask {
@@ -414,17 +421,26 @@ impl Ask {
             _ => vec!["kind", "region"],
         };
         // dims of by_region: [region, kind]; a null matches neither = nor <> (SQL)
-        let filters: [(&'static str, fn(&[Option<String>]) -> bool); 4] = [
-            ("region = 'north'", |d| d[0].as_deref() == Some("north")),
-            ("kind <> 'view'", |d| {
-                d[1].as_deref().is_some_and(|k| k != "view")
-            }),
-            ("region IN ('north', 'south') AND kind = 'buy'", |d| {
-                matches!(d[0].as_deref(), Some("north" | "south")) && d[1].as_deref() == Some("buy")
-            }),
-            ("region <> 'east'", |d| {
-                d[0].as_deref().is_some_and(|r| r != "east")
-            }),
+        let filters: [Condition; 4] = [
+            Condition {
+                text: "region = 'north'",
+                keep: |d| d[0].as_deref() == Some("north"),
+            },
+            Condition {
+                text: "kind <> 'view'",
+                keep: |d| d[1].as_deref().is_some_and(|k| k != "view"),
+            },
+            Condition {
+                text: "region IN ('north', 'south') AND kind = 'buy'",
+                keep: |d| {
+                    matches!(d[0].as_deref(), Some("north" | "south"))
+                        && d[1].as_deref() == Some("buy")
+                },
+            },
+            Condition {
+                text: "region <> 'east'",
+                keep: |d| d[0].as_deref().is_some_and(|r| r != "east"),
+            },
         ];
         let filter = rng
             .random_bool(0.6)
@@ -486,10 +502,7 @@ fn rolled_truth(
             continue;
         }
         for c in view.contributions(&e) {
-            if c.bucket < from
-                || c.bucket >= to
-                || !ask.filter.is_none_or(|(_, keep)| keep(&c.dims))
-            {
+            if c.bucket < from || c.bucket >= to || !ask.filter.is_none_or(|f| (f.keep)(&c.dims)) {
                 continue;
             }
             let dims: Vec<Option<String>> = ask
@@ -546,8 +559,8 @@ impl World {
             .append_pair("grain", &format!("{}ms", ask.grain_ms))
             .append_pair("group_by", &ask.group_by.join(","))
             .append_pair("limit", "100000");
-        if let Some((w, _)) = ask.filter {
-            url.query_pairs_mut().append_pair("where", w);
+        if let Some(f) = ask.filter {
+            url.query_pairs_mut().append_pair("where", f.text);
         }
         let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
         assert!(body["next_cursor"].is_null(), "{what}: {body}");
@@ -584,7 +597,7 @@ impl World {
             iso(from),
             iso(to),
             ask.filter
-                .map(|(w, _)| format!(" AND ({w})"))
+                .map(|f| format!(" AND ({})", f.text))
                 .unwrap_or_default(),
         );
         let out = tokio::task::spawn_blocking({
