@@ -775,6 +775,34 @@ mod tests {
     }
 
     #[test]
+    fn tokens_and_the_pg_address_are_checked() {
+        let good = format!(
+            "{GOOD}\n[serving]\npg_bind = \"127.0.0.1:5433\"\n[[serving.tokens]]\nname = \"grafana\"\nsha256 = \"{}\"\nviews = [\"gmv_per_minute\"]\n",
+            "ab".repeat(32)
+        );
+        let cfg = load(&good, Path::new("t.toml"), &[]).unwrap();
+        assert_eq!(cfg.serving.tokens[0].rate, 100);
+        assert_eq!(cfg.serving.pg_bind.as_deref(), Some("127.0.0.1:5433"));
+        let bad = format!(
+            "{GOOD}\n[serving]\npg_bind = \"here\"\n[[serving.tokens]]\nname = \"a\"\nsha256 = \"xyz\"\nviews = [\"nope\"]\nrate = 0\n[[serving.tokens]]\nname = \"a\"\nsha256 = \"{}\"\n",
+            "00".repeat(32)
+        );
+        let p = problems(&bad);
+        for e in [
+            "serving.pg_bind: expected an address such as 127.0.0.1:5433, found \"here\"",
+            "serving.tokens[0].sha256: expected the token's SHA-256 as 64 hex digits",
+            "serving.tokens[0].views: unknown view `nope`",
+            "serving.tokens[0].rate: expected requests per second, at least 1",
+            "serving.tokens[1].name: expected a name no other token has, found \"a\"",
+        ] {
+            assert!(
+                p.iter().any(|x| x.starts_with(e)),
+                "missing {e:?} in {p:#?}"
+            );
+        }
+    }
+
+    #[test]
     fn reports_every_problem_with_its_path() {
         let bad = GOOD
             .replace("bucket = \"1m\"", "bucket = \"1 minute\"")
