@@ -400,14 +400,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 dir,
             };
             let report = duet_jobs::bench_speed::run(&cfg, &opts).await?;
-            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("create {}", parent.display()))?;
-            }
-            std::fs::write(&out, &report).with_context(|| format!("write {}", out.display()))?;
-            println!("{report}");
-            println!("(written to {})", out.display());
-            Ok(ExitCode::SUCCESS)
+            write_report(&out, &report)
         }
         Command::Bench {
             which:
@@ -429,14 +422,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 dir,
             };
             let report = duet_jobs::bench_serving::run(&cfg, &opts).await?;
-            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("create {}", parent.display()))?;
-            }
-            std::fs::write(&out, &report).with_context(|| format!("write {}", out.display()))?;
-            println!("{report}");
-            println!("(written to {})", out.display());
-            Ok(ExitCode::SUCCESS)
+            write_report(&out, &report)
         }
         Command::Bench {
             which: None,
@@ -910,6 +896,18 @@ fn find_view<'a>(cfg: &'a Config, view: &str) -> Result<&'a duet_config::ViewSpe
                 .join(", ")
         )
     })
+}
+
+/// Writes a benchmark's report to `out` (creating its folder) and prints it.
+#[allow(clippy::print_stdout)]
+fn write_report(out: &std::path::Path, report: &str) -> Result<ExitCode> {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    std::fs::write(out, report).with_context(|| format!("write {}", out.display()))?;
+    println!("{report}");
+    println!("(written to {})", out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 #[allow(clippy::print_stdout)]

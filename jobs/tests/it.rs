@@ -415,24 +415,10 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     );
     // the same views as tables over the PostgreSQL port, read with Debian's psql
     let port = first.pg.expect("the demo prints its PostgreSQL port");
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-d",
-            "duet",
-            "-U",
-            "duet",
-            "-p",
-        ])
-        .arg(port.to_string())
-        .arg("-c")
-        .arg("SELECT sum(orders) FROM orders_per_minute WHERE bucket > now() - interval '1 hour'")
-        .output()
-        .expect("psql runs (./scripts/setup.sh installs it)");
+    let out = psql(
+        port,
+        "SELECT sum(orders) FROM orders_per_minute WHERE bucket > now() - interval '1 hour'",
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -443,26 +429,7 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     // every SQL panel of the shipped Grafana dashboard runs, its macros expanded as Grafana
     // expands them, over the last hour
     for (title, sql) in dashboard_sql() {
-        let out = Command::new("psql")
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-d",
-                "duet",
-                "-U",
-                "duet",
-                "-p",
-            ])
-            .arg(port.to_string())
-            .arg("-c")
-            .arg(&sql)
-            .output()
-            .unwrap();
+        let out = psql(port, &sql);
         assert!(
             out.status.success() && !out.stdout.is_empty(),
             "panel {title:?}: {sql}\n{}",
@@ -479,6 +446,31 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     wait("new raw orders in the lake", || {
         raw_orders(&dir.path().join("lake")) > before_lake + 20
     });
+}
+
+/// Runs `sql` with Debian's psql against the PostgreSQL port `port` (unaligned, tuples only,
+/// stopping at the first error).
+fn psql(port: u16, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-d",
+            "duet",
+            "-U",
+            "duet",
+            "-p",
+        ])
+        .arg(port.to_string())
+        .arg("-c")
+        .arg(sql)
+        .output()
+        .expect("psql runs (./scripts/setup.sh installs it)")
 }
 
 /// The shipped Grafana dashboard's SQL panels (title, SQL), with Grafana's macros expanded

@@ -555,6 +555,20 @@ impl Answer<'_> {
     }
 }
 
+/// The view named `view`, if the request's grant (if any) covers it.
+fn granted_view<'s>(
+    s: &'s AppState,
+    view: &str,
+    grant: Option<&Extension<Grant>>,
+) -> Result<&'s ViewSpec> {
+    if let Some(Extension(g)) = grant {
+        g.check(view)?;
+    }
+    s.cfg
+        .view(view)
+        .ok_or_else(|| Error::UnknownView(view.to_string()))
+}
+
 async fn query_view(
     State(s): State<AppState>,
     Path(view): Path<String>,
@@ -562,14 +576,8 @@ async fn query_view(
     headers: HeaderMap,
     q: std::result::Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response> {
-    if let Some(Extension(g)) = &grant {
-        g.check(&view)?;
-    }
+    let spec = granted_view(&s, &view, grant.as_ref())?;
     let Query(q) = q.map_err(bad_query)?;
-    let spec = s
-        .cfg
-        .view(&view)
-        .ok_or_else(|| Error::UnknownView(view.clone()))?;
     let now = duet_speed::now_ms();
     let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
     let vq = view_query(spec, &q, accept, now)?;
@@ -618,15 +626,8 @@ async fn live_view(
     grant: Option<Extension<Grant>>,
     q: std::result::Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response> {
-    if let Some(Extension(g)) = &grant {
-        g.check(&view)?;
-    }
+    let spec = granted_view(&s, &view, grant.as_ref())?.clone();
     let Query(q) = q.map_err(bad_query)?;
-    let spec = s
-        .cfg
-        .view(&view)
-        .ok_or_else(|| Error::UnknownView(view.clone()))?
-        .clone();
     let live = live_query(&spec, &q)?;
     // refuse a bad roll-up now, not in the stream
     Rollup::plan(&spec, &live.rollup)?;

@@ -193,15 +193,7 @@ fn read_count(
 /// Reads a live query of `view`: `grain`, `group_by`, `where` as for a view query, `buckets`
 /// (1 to 1440, default 5) and `every` (a duration from 100ms to 1h, default 1s).
 pub fn live_query(view: &ViewSpec, q: &HashMap<String, String>) -> Result<LiveQuery> {
-    if let Some(k) = q
-        .keys()
-        .find(|k| !LIVE_PARAMS.split(", ").any(|p| p == k.as_str()))
-    {
-        return Err(Error::UnknownParam {
-            name: k.clone(),
-            expected: LIVE_PARAMS,
-        });
-    }
+    only(q, LIVE_PARAMS)?;
     let rollup = roll_up_params(q)?;
     let buckets = read_count(q, "buckets", 5, 1..=1440)?;
     let every_ms = match q.get("every") {
@@ -226,6 +218,20 @@ pub fn live_query(view: &ViewSpec, q: &HashMap<String, String>) -> Result<LiveQu
         buckets,
         every_ms,
     })
+}
+
+/// Refuses any parameter not in `expected` (a comma-separated list).
+fn only(q: &HashMap<String, String>, expected: &'static str) -> Result<()> {
+    match q
+        .keys()
+        .find(|k| !expected.split(", ").any(|p| p == k.as_str()))
+    {
+        Some(k) => Err(Error::UnknownParam {
+            name: k.clone(),
+            expected,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The roll-up parameters both queries share: `grain`, `group_by`, `where`.
@@ -282,15 +288,7 @@ pub fn view_query(
     accept: Option<&str>,
     now: i64,
 ) -> Result<ViewQuery> {
-    if let Some(k) = q
-        .keys()
-        .find(|k| !PARAMS.split(", ").any(|p| p == k.as_str()))
-    {
-        return Err(Error::UnknownParam {
-            name: k.clone(),
-            expected: PARAMS,
-        });
-    }
+    only(q, PARAMS)?;
     let speed_only = match q.get("layer").map(String::as_str) {
         None | Some("merged") => false,
         Some("speed") => true,
