@@ -348,7 +348,7 @@ async fn run_in(base: &Config, opts: &ServingBenchOptions) -> Result<String> {
 
     let mut r = String::new();
     writeln!(r, "# Duet serving benchmark\n")?;
-    writeln!(r, "- Machine: {}, release build", machine())?;
+    writeln!(r, "- Machine: {}", machine())?;
     writeln!(
         r,
         "- Data: the reference deployment, {applied} generated events applied over one day by the speed aggregator (embedded store); `gmv_per_minute` holds 1 440 minute buckets, all served from the speed store (the lake is empty, its ledger and view table are still read per query)"
