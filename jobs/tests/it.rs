@@ -448,6 +448,108 @@ fn the_demo_serves_live_views_and_survives_a_crash() {
     });
 }
 
+/// What headless Chromium (Debian's) renders of `url` after its script has run: the DOM.
+fn chromium_dom(url: &str) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(url)
+        .output()
+        .expect("chromium runs (./scripts/setup.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The text and `data-bucket` of the element with `data-testid="id"` in `dom`.
+fn tile(dom: &str, id: &str) -> (String, Option<i64>) {
+    let at = dom
+        .find(&format!("data-testid=\"{id}\""))
+        .unwrap_or_else(|| panic!("no {id} in {dom}"));
+    let open_end = at + dom[at..].find('>').unwrap();
+    let tag = &dom[..open_end];
+    let tag = &tag[tag.rfind('<').unwrap()..];
+    let bucket = tag
+        .split_once("data-bucket=\"")
+        .and_then(|(_, r)| r.split('"').next())
+        .and_then(|b| b.parse().ok());
+    let text = dom[open_end + 1..]
+        .split('<')
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    (text, bucket)
+}
+
+/// The live page at `/` shows, for a complete minute, what the API answers for it.
+#[test]
+fn the_big_screen_shows_what_the_api_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let demo = start_demo(dir.path(), &logs.path().join("demo.log"));
+    let page = http_get(&demo.addr, "/").unwrap();
+    assert!(
+        page.contains("data-testid=\"orders\"") && !page.contains("http://cdn"),
+        "{page}"
+    );
+    // a minute the demo ran through, complete for a few seconds
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let started = now();
+    wait("a complete minute", || {
+        let t = now();
+        t - t % 60_000 >= started + 5_000 && (10_000..45_000).contains(&(t % 60_000))
+    });
+    let mut last = String::new();
+    for _ in 0..3 {
+        let dom = chromium_dom(&format!("http://{}/", demo.addr));
+        let (orders_shown, bucket) = tile(&dom, "orders");
+        let (gmv_shown, _) = tile(&dom, "gmv");
+        let (error, _) = tile(&dom, "error");
+        assert_eq!(error, "", "{dom}");
+        let bucket = bucket.unwrap_or_else(|| panic!("the page rendered no minute: {dom}"));
+        let body = http_get(
+            &demo.addr,
+            &format!(
+                "/v1/views/orders_per_minute?from={bucket}&to={}",
+                bucket + 60_000
+            ),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let orders_api = v["rows"][0]["values"]["orders"].as_i64().unwrap_or(0);
+        let body = http_get(
+            &demo.addr,
+            &format!(
+                "/v1/views/gmv_per_minute?from={bucket}&to={}",
+                bucket + 60_000
+            ),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let gmv_api = v["rows"][0]["values"]["gmv"]
+            .as_str()
+            .unwrap_or("0.00")
+            .to_string();
+        if orders_shown == orders_api.to_string() && gmv_shown == gmv_api {
+            assert!(orders_api > 0, "a complete minute with orders");
+            return;
+        }
+        // a late event may land between the page and the API: ask again
+        last = format!("page {orders_shown}/{gmv_shown}, API {orders_api}/{gmv_api}");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    panic!("the page and the API disagree: {last}");
+}
+
 /// Runs `sql` with Debian's psql against the PostgreSQL port `port` (unaligned, tuples only,
 /// stopping at the first error).
 fn psql(port: u16, sql: &str) -> std::process::Output {

@@ -167,7 +167,7 @@ pub fn check_exposure(key: &str, addr: &SocketAddr, tokens: &Tokens) -> Result<(
     ))
 }
 
-/// Axum middleware: with tokens configured, every route but `/health` and `/ready` needs
+/// Axum middleware: with tokens configured, every route but `/`, `/health` and `/ready` needs
 /// `Authorization: Bearer <token>` (401 without, 429 over the token's rate); the grant goes
 /// into the request's extensions for the handlers' view checks.
 pub async fn authorize(
@@ -175,7 +175,8 @@ pub async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    if !tokens.enabled() || matches!(req.uri().path(), "/health" | "/ready") {
+    // the page at `/` is static: its script sends the token with every request
+    if !tokens.enabled() || matches!(req.uri().path(), "/" | "/health" | "/ready") {
         return next.run(req).await;
     }
     let token = req

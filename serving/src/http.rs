@@ -65,6 +65,7 @@ async fn time_limit(req: axum::extract::Request, next: axum::middleware::Next) -
 /// The API's router.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(big_screen))
         .route("/health", get(health))
         .route(
             "/v1/openapi.json",
@@ -311,6 +312,13 @@ async fn metrics(
         )],
         out,
     ))
+}
+
+/// The reference deployment's live page ("big screen"): orders and GMV per minute, hot
+/// products, active users, freshness and sealed-until, read from this API every 2 s. Its
+/// HTML, CSS and script are compiled into the binary (no CDN).
+async fn big_screen() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../assets/index.html"))
 }
 
 /// 200 when serving can read the speed store and the lake's seal ledger (it can answer
@@ -801,6 +809,7 @@ mod tests {
             .map(String::as_str)
             .collect();
         for route in [
+            "/",
             "/health",
             "/ready",
             "/metrics",
@@ -819,7 +828,7 @@ mod tests {
                 .unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{probe}");
         }
-        assert_eq!(paths.len(), 8);
+        assert_eq!(paths.len(), 9);
         // metrics: counters and the watermark of a source the store has seen
         let r = app
             .clone()

@@ -17,6 +17,8 @@ pub fn document() -> Value {
         "info": {"title": "Duet serving API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Views kept by a speed and a batch layer, merged per bucket: sealed buckets from batch, open ones from speed."},
         "paths": {
+            "/": {"get": {"summary": "The reference deployment's live page: orders, GMV, active users, hot products, freshness, sealed-until (HTML; data from this API, a token from the page's #token= fragment)",
+                "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok",
                 "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"const": "ok"}}}}}}}}},
             "/ready": {"get": {"summary": "Readiness: 200 when the speed store and the lake's seal ledger can be read, else 503 with the reason",
