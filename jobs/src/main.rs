@@ -927,7 +927,8 @@ async fn serve(
         None => String::new(),
     };
     let banner = format!(
-        "Duet is running.\n  HTTP API:        http://{}/v1/views\n{pg}  Kafka bootstrap: {}{}\n  Stop with Ctrl-C.\n",
+        "Duet is running.\n  HTTP API:        http://{}/v1/views\n  Live page:       http://{}/\n{pg}  Kafka bootstrap: {}{}\n  Stop with Ctrl-C.\n",
+        running.http,
         running.http,
         running.bootstrap,
         if running.embedded {
