@@ -83,6 +83,8 @@ pub struct ViewTable {
     lake: Arc<LakeReaders>,
     store: Arc<dyn ViewStore>,
     schema: SchemaRef,
+    /// Most rows one scan may read (the HTTP API's limit, [`crate::http::MAX_ROWS_READ`]).
+    max_rows: usize,
 }
 
 impl fmt::Debug for ViewTable {
@@ -103,7 +105,13 @@ impl ViewTable {
             lake,
             store,
             schema,
+            max_rows: crate::http::MAX_ROWS_READ,
         }
+    }
+
+    /// The same table with another limit on the rows one scan may read.
+    pub fn with_max_rows(self, max_rows: usize) -> ViewTable {
+        ViewTable { max_rows, ..self }
     }
 }
 
@@ -240,9 +248,23 @@ impl TableProvider for ViewTable {
                 view.bucket_of(from),
                 view.bucket_of(to - 1).saturating_add(view.bucket_ms),
             );
-            let m = merged(&self.lake, self.store.as_ref(), view, from, to)
-                .await
-                .map_err(external)?;
+            // the read is bounded in time and in rows, as over HTTP
+            let limit = std::time::Duration::from_secs(crate::http::TIME_LIMIT_S);
+            let m = tokio::time::timeout(
+                limit,
+                merged(&self.lake, self.store.as_ref(), view, from, to),
+            )
+            .await
+            .map_err(|_| external(Error::Timeout(crate::http::TIME_LIMIT_S)))?
+            .map_err(external)?;
+            if m.rows.len() > self.max_rows {
+                return Err(external(Error::TooCostly(format!(
+                    "the query reads {} rows of `{}` (buckets × dimension values), more than the {} one query may: bound it with WHERE bucket >= … AND bucket < …",
+                    m.rows.len(),
+                    view.name,
+                    self.max_rows
+                ))));
+            }
             let rollup = Rollup::plan(view, &RollupSpec::default()).map_err(external)?;
             (
                 rollup.apply(view, m.rows).map_err(external)?.rows,
@@ -910,6 +932,47 @@ mod tests {
         );
         assert_eq!(got["refused"], "25006");
         assert_eq!(got["after_refusal"], serde_json::json!([["17"]]));
+    }
+
+    #[tokio::test]
+    async fn a_scan_that_reads_too_much_is_refused_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = fixture(dir.path()).await;
+        let view = state.cfg.view("gmv").unwrap().clone();
+        let ctx = SessionContext::new();
+        ctx.register_table(
+            "gmv",
+            Arc::new(
+                ViewTable::new(view, state.lake.clone(), state.store.clone()).with_max_rows(10),
+            ),
+        )
+        .unwrap();
+        // 17 rows in all: refused; a bounded range of 3 rows: answered
+        let err = ctx
+            .sql("SELECT count(*) FROM gmv")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("the query reads 17 rows of `gmv` (buckets × dimension values), more than the 10 one query may"),
+            "{err}"
+        );
+        let batches = ctx
+            .sql("SELECT count(*) FROM gmv WHERE bucket >= '1970-01-01T01:00:00Z' AND bucket < '1970-01-01T01:01:00Z'")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let n = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(n, 3);
     }
 
     #[test]
