@@ -551,9 +551,11 @@ fn the_big_screen_shows_what_the_api_says() {
 }
 
 /// Runs `sql` with Debian's psql against the PostgreSQL port `port` (unaligned, tuples only,
-/// stopping at the first error).
+/// stopping at the first error, at most 60 s).
 fn psql(port: u16, sql: &str) -> std::process::Output {
-    Command::new("psql")
+    // bounded: a query that hangs fails the test instead of holding up the suite
+    Command::new("timeout")
+        .args(["60", "psql"])
         .args([
             "-X",
             "-A",

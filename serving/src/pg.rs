@@ -155,6 +155,20 @@ fn literal_of(e: &Expr) -> Option<i64> {
     }
 }
 
+/// How far ahead of now a scan reads: no bucket can lie further (events more than their
+/// source's `max_future` ahead are quarantined, and no config sets it near a year).
+pub const SCAN_HORIZON_MS: i64 = 366 * 86_400_000;
+
+/// The range a scan reads at `now`: `[0, now + SCAN_HORIZON_MS)` narrowed by the filters.
+/// Without the horizon an unbounded query would ask the lake for every day up to year 9999.
+fn scan_range(filters: &[Expr], now: i64) -> (i64, i64) {
+    let (mut from, mut to) = (0, MAX_TIME_MS.min(now.saturating_add(SCAN_HORIZON_MS)));
+    for f in filters {
+        narrow(f, &mut from, &mut to);
+    }
+    (from, to)
+}
+
 /// Narrows `[from, to)` by the bounds a filter puts on `bucket` (conjunctions only).
 fn narrow(e: &Expr, from: &mut i64, to: &mut i64) {
     match e {
@@ -236,10 +250,7 @@ impl TableProvider for ViewTable {
         limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
         let view = &self.view;
-        let (mut from, mut to) = (0, MAX_TIME_MS);
-        for f in filters {
-            narrow(f, &mut from, &mut to);
-        }
+        let (from, to) = scan_range(filters, duet_speed::now_ms());
         let dims: Vec<&str> = view.dimensions.iter().map(String::as_str).collect();
         let (rows, batch_version) = if from >= to {
             (Vec::new(), None)
@@ -1023,6 +1034,23 @@ mod tests {
                 }
             });
         }
+    }
+
+    /// The bug this guards: `SELECT … WHERE bucket > now() - interval '1 hour'` once a view
+    /// had a sealed bucket asked the lake for every day up to year 9999, and never answered.
+    #[test]
+    fn an_unbounded_scan_stops_at_the_horizon() {
+        use datafusion::prelude::{col, lit};
+        let now = 1_800_000_000_000;
+        assert_eq!(scan_range(&[], now), (0, now + SCAN_HORIZON_MS));
+        let ts = lit(ScalarValue::TimestampMillisecond(
+            Some(now - 3_600_000),
+            Some("UTC".into()),
+        ));
+        assert_eq!(
+            scan_range(&[col("bucket").gt(ts)], now),
+            (now - 3_600_000, now + SCAN_HORIZON_MS)
+        );
     }
 
     #[test]
