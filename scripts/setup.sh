@@ -23,6 +23,8 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 # promtool and amtool check docs/ops/ (the alert rules and the Alertmanager example)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+# openssl makes the self-signed certificates of the TLS tests (both serving ports)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # headless Chromium renders the live page at / in the tests
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 

@@ -31,6 +31,7 @@ pub mod sketch;
 pub mod time;
 pub mod types;
 mod validate;
+pub use validate::is_pg_password_hash;
 pub mod view;
 
 use std::path::{Path, PathBuf};
@@ -41,7 +42,7 @@ pub use filter::{CmpOp, Filter, Literal};
 pub use measure::{MeasureKind, State};
 pub use model::{
     BatchConfig, JobConfig, KafkaConfig, LakeConfig, ServingConfig, SpeedConfig, StoreConfig,
-    TokenConfig,
+    TlsConfig, TokenConfig,
 };
 pub use types::{FieldType, Num, NumType, Value};
 pub use view::{

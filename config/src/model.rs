@@ -215,16 +215,38 @@ pub struct ServingConfig {
     /// Bearer tokens of the HTTP API; none: the API is open and binds only to loopback.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// TLS on both ports; none: plain HTTP and PostgreSQL without TLS.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
-/// `[[serving.tokens]]`: one bearer token of the HTTP API, stored as its SHA-256.
+/// `[serving.tls]`: the certificate both serving ports present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the certificate chain, the server's first.
+    pub cert: String,
+    /// PEM file of the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+/// `[[serving.tokens]]`: one client of the serving layer: a bearer token of the HTTP API
+/// (stored as its SHA-256), a password of the PostgreSQL port (stored as its PBKDF2 hash, the
+/// user being `name`), or both; the views it may read and its request rate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
-    /// Who holds it (in logs and metrics, never the token).
+    /// Who holds it (in logs and metrics, never the token); the PostgreSQL user name.
     pub name: String,
-    /// SHA-256 of the token, 64 hex digits (`duet token new` prints a token and its hash).
-    pub sha256: String,
+    /// SHA-256 of the HTTP bearer token, 64 hex digits (`duet token new` prints a token and
+    /// its hash); none: no HTTP access.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The PostgreSQL password as `pbkdf2-sha256$4096$<salt hex>$<hash hex>` (SCRAM-SHA-256's
+    /// salted password; `duet token new --pg` prints a password and its hash); none: no SQL
+    /// access.
+    #[serde(default)]
+    pub pg_password: Option<String>,
     /// The views it may read; `"*"`: all of them, and the quarantine and metrics.
     #[serde(default = "all_views")]
     pub views: Vec<String>,
@@ -251,6 +273,7 @@ impl Default for ServingConfig {
             bind: default_bind(),
             pg_bind: None,
             tokens: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -87,6 +87,16 @@ fn duration(text: &str, path: &str, p: &mut Problems) -> i64 {
     })
 }
 
+/// Whether `h` is a PostgreSQL password hash as `[[serving.tokens]] pg_password` holds it:
+/// `pbkdf2-sha256$4096$<salt: 16 bytes hex>$<hash: 32 bytes hex>`.
+pub fn is_pg_password_hash(h: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    matches!(
+        h.split('$').collect::<Vec<_>>().as_slice(),
+        ["pbkdf2-sha256", "4096", salt, hash] if hex(salt, 32) && hex(hash, 64)
+    )
+}
+
 /// Sections whose keys `DUET_<SECTION>__<KEY>` environment variables may set.
 const ENV_SECTIONS: [&str; 6] = ["kafka", "lake", "store", "speed", "batch", "serving"];
 
@@ -304,10 +314,26 @@ pub(crate) fn load(text: &str, file: &Path, env: &[(String, String)]) -> Result<
                 format!("expected a name no other token has, found {:?}", t.name),
             );
         }
-        if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if let Some(h) = &t.sha256
+            && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
             p.add(
                 format!("{path}.sha256"),
                 "expected the token's SHA-256 as 64 hex digits (`duet token new` prints a token and its hash)",
+            );
+        }
+        if let Some(h) = &t.pg_password
+            && !is_pg_password_hash(h)
+        {
+            p.add(
+                format!("{path}.pg_password"),
+                "expected pbkdf2-sha256$4096$<salt: 32 hex digits>$<hash: 64 hex digits> (`duet token new --pg` prints a password and its hash)",
+            );
+        }
+        if t.sha256.is_none() && t.pg_password.is_none() {
+            p.add(
+                path.as_str(),
+                "expected `sha256` (an HTTP bearer token), `pg_password` (a PostgreSQL password) or both",
             );
         }
         for v in &t.views {
@@ -783,8 +809,29 @@ mod tests {
         let cfg = load(&good, Path::new("t.toml"), &[]).unwrap();
         assert_eq!(cfg.serving.tokens[0].rate, 100);
         assert_eq!(cfg.serving.pg_bind.as_deref(), Some("127.0.0.1:5433"));
+        // a deployment may keep its tokens out of the file: the whole list, hashed, from the
+        // environment
+        let pg = format!("pbkdf2-sha256$4096${}${}", "0a".repeat(16), "b1".repeat(32));
+        assert!(is_pg_password_hash(&pg));
+        let env = vec![(
+            "DUET_SERVING__TOKENS".to_string(),
+            format!(
+                "[{{name = \"bi\", pg_password = \"{pg}\", views = [\"gmv_per_minute\"], rate = 5}}]"
+            ),
+        )];
+        let cfg = load(GOOD, Path::new("t.toml"), &env).unwrap();
+        let t = &cfg.serving.tokens[0];
+        assert_eq!(
+            (
+                t.name.as_str(),
+                t.sha256.as_deref(),
+                t.pg_password.as_deref(),
+                t.rate
+            ),
+            ("bi", None, Some(pg.as_str()), 5)
+        );
         let bad = format!(
-            "{GOOD}\n[serving]\npg_bind = \"here\"\n[[serving.tokens]]\nname = \"a\"\nsha256 = \"xyz\"\nviews = [\"nope\"]\nrate = 0\n[[serving.tokens]]\nname = \"a\"\nsha256 = \"{}\"\n",
+            "{GOOD}\n[serving]\npg_bind = \"here\"\n[[serving.tokens]]\nname = \"a\"\nsha256 = \"xyz\"\nviews = [\"nope\"]\nrate = 0\n[[serving.tokens]]\nname = \"a\"\nsha256 = \"{}\"\n[[serving.tokens]]\nname = \"b\"\npg_password = \"pbkdf2-sha256$1000$00$11\"\n[[serving.tokens]]\nname = \"c\"\n",
             "00".repeat(32)
         );
         let p = problems(&bad);
@@ -794,6 +841,8 @@ mod tests {
             "serving.tokens[0].views: unknown view `nope`",
             "serving.tokens[0].rate: expected requests per second, at least 1",
             "serving.tokens[1].name: expected a name no other token has, found \"a\"",
+            "serving.tokens[2].pg_password: expected pbkdf2-sha256$4096$",
+            "serving.tokens[3]: expected `sha256` (an HTTP bearer token), `pg_password`",
         ] {
             assert!(
                 p.iter().any(|x| x.starts_with(e)),

@@ -200,7 +200,7 @@ pub async fn start_parts(
         .await
         .with_context(|| format!("bind the HTTP API to {}", cfg.serving.bind))?;
     let http = listener.local_addr()?;
-    // an open API (no tokens) listens on loopback only; the PostgreSQL port has no passwords yet
+    // an open API (no tokens) listens on loopback only, on both ports
     let tokens = duet_serving::auth::Tokens::new(&cfg.serving.tokens);
     duet_serving::auth::check_exposure("[serving] bind", &http, &tokens)
         .map_err(anyhow::Error::msg)?;
@@ -216,11 +216,22 @@ pub async fn start_parts(
         None => None,
     };
     let pg = pg_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    if let Some(addr) = pg.filter(|a| !a.ip().is_loopback()) {
-        anyhow::bail!(
-            "[serving] pg_bind = {addr} is not a loopback address, and the PostgreSQL port has no passwords yet: bind it to 127.0.0.1"
-        );
+    if let Some(addr) = &pg {
+        duet_serving::auth::check_exposure("[serving] pg_bind", addr, &tokens)
+            .map_err(anyhow::Error::msg)?;
+        if tokens.enabled() && !tokens.any_pg() {
+            tracing::warn!(%addr, "No [[serving.tokens]] has a pg_password: nobody can log in to the PostgreSQL port.");
+        }
     }
+    let tokens = Arc::new(tokens);
+    // one certificate for both ports; a bad file stops the start with the key and file named
+    let tls = match &cfg.serving.tls {
+        Some(t) => Some(duet_serving::tls::acceptor(
+            std::path::Path::new(&t.cert),
+            std::path::Path::new(&t.key),
+        )?),
+        None => None,
+    };
     // serving's counters, shared by the HTTP API and the PostgreSQL port
     let serving_metrics = Arc::new(duet_serving::metrics::ServingMetrics::default());
     let (tx, rx) = watch::channel(false);
@@ -320,25 +331,25 @@ pub async fn start_parts(
         );
     }
     if let (Some(listener), Some(pg)) = (pg_listener, pg) {
-        let (cfg, store, rx, metrics) = (
-            cfg.clone(),
-            store.clone(),
-            rx.clone(),
-            serving_metrics.clone(),
-        );
+        let (cfg, store, rx) = (cfg.clone(), store.clone(), rx.clone());
+        let options = duet_serving::pg::PgOptions {
+            metrics: serving_metrics.clone(),
+            tokens: tokens.clone(),
+            tls: tls.clone(),
+        };
         let readers = Arc::new(duet_serving::query::LakeReaders::new(&lake, &cfg));
         // the first run serves on the listener bound above; a restart binds the same address
         let mut first = Some(listener);
         spawn(
             "sql",
             Box::new(move || {
-                let (cfg, store, readers, rx, listener, metrics) = (
+                let (cfg, store, readers, rx, listener, options) = (
                     cfg.clone(),
                     store.clone(),
                     readers.clone(),
                     rx.clone(),
                     first.take(),
-                    metrics.clone(),
+                    options.clone(),
                 );
                 Box::pin(async move {
                     let listener = match listener {
@@ -348,7 +359,7 @@ pub async fn start_parts(
                             .with_context(|| format!("bind the PostgreSQL port to {pg}"))?,
                     };
                     let ctx = duet_serving::pg::session(&cfg.views, readers, store)?;
-                    Ok(duet_serving::pg::serve(listener, ctx, metrics, rx).await?)
+                    Ok(duet_serving::pg::serve(listener, ctx, options, rx).await?)
                 })
             }),
         );
@@ -369,7 +380,8 @@ pub async fn start_parts(
         spawn(
             "serving",
             Box::new(move || {
-                let (state, rx, listener) = (state.clone(), rx.clone(), first.take());
+                let (state, rx, listener, tls) =
+                    (state.clone(), rx.clone(), first.take(), tls.clone());
                 Box::pin(async move {
                     let listener = match listener {
                         Some(l) => l,
@@ -377,7 +389,7 @@ pub async fn start_parts(
                             .await
                             .with_context(|| format!("bind the HTTP API to {http}"))?,
                     };
-                    Ok(duet_serving::serve(listener, state, rx).await?)
+                    Ok(duet_serving::serve(listener, state, tls, rx).await?)
                 })
             }),
         );

@@ -441,7 +441,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> Result<String> {
         checks: Arc::default(),
         metrics: Arc::default(),
     };
-    let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
+    let serving = tokio::spawn(duet_serving::serve(listener, state, None, rx.clone()));
     let q = opts.queries.max(10);
     let health = latencies(addr, "/health", q).await?;
     let range = format!("from={from}&to={to}");
@@ -695,7 +695,7 @@ async fn steady_state(base: &Arc<Config>, opts: &BenchOptions, queries: usize) -
         checks: Arc::default(),
         metrics: Arc::default(),
     };
-    let serving = tokio::spawn(duet_serving::serve(listener, state, rx));
+    let serving = tokio::spawn(duet_serving::serve(listener, state, None, rx));
     let end = T0 + hours * 3_600_000;
     let query = format!("/v1/views/gmv_per_minute?from={T0}&to={end}");
     let ledger = duet_lake::SealLedger::new(&lake);

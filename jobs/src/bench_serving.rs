@@ -254,7 +254,7 @@ async fn run_in(base: &Config, opts: &ServingBenchOptions) -> Result<String> {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let http = listener.local_addr()?;
-    let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
+    let serving = tokio::spawn(duet_serving::serve(listener, state, None, rx.clone()));
     let ctx = duet_serving::pg::session(
         &cfg.views,
         Arc::new(duet_serving::query::LakeReaders::new(&lake, &cfg)),
@@ -262,7 +262,12 @@ async fn run_in(base: &Config, opts: &ServingBenchOptions) -> Result<String> {
     )?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let pg = listener.local_addr()?.port();
-    let sql = tokio::spawn(duet_serving::pg::serve(listener, ctx, Arc::default(), rx));
+    let sql = tokio::spawn(duet_serving::pg::serve(
+        listener,
+        ctx,
+        Default::default(),
+        rx,
+    ));
 
     let day = format!("from={DAY0}&to={}", DAY0 + DAY_MS);
     let one = format!("from={}&to={}", DAY0 + 720 * 60_000, DAY0 + 721 * 60_000);

@@ -319,20 +319,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let config = config_path(&cli.config);
     match cli.command {
         Command::Token {
-            command: TokenCommand::New { name, views, rate },
+            command:
+                TokenCommand::New {
+                    name,
+                    views,
+                    rate,
+                    pg,
+                },
         } => {
             use rand::Rng as _;
-            let bytes: [u8; 32] = rand::rng().random();
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            let token = hex(&rand::rng().random::<[u8; 32]>());
             let views: Vec<String> = views
                 .split(',')
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .map(|v| format!("{v:?}"))
                 .collect();
+            let mut secrets = format!("HTTP bearer token:\n  {token}\n");
+            let mut entry = format!(
+                "[[serving.tokens]]\nname = {name:?}\nsha256 = \"{}\"\n",
+                duet_serving::auth::hash_hex(&token)
+            );
+            if pg {
+                let password = hex(&rand::rng().random::<[u8; 18]>());
+                let hash = duet_serving::auth::pg_password_hash(&password, rand::rng().random());
+                secrets.push_str(&format!(
+                    "PostgreSQL user {name:?}, password:\n  {password}\n"
+                ));
+                entry.push_str(&format!("pg_password = \"{hash}\"\n"));
+            }
             println!(
-                "Token (give it to {name}; it is not stored anywhere):\n  {token}\n\nAdd to the config:\n\n[[serving.tokens]]\nname = {name:?}\nsha256 = \"{}\"\nviews = [{}]\nrate = {rate}",
-                duet_serving::auth::hash_hex(&token),
+                "For {name} (not stored anywhere):\n{secrets}\nAdd to the config:\n\n{entry}views = [{}]\nrate = {rate}",
                 views.join(", ")
             );
             Ok(ExitCode::SUCCESS)
@@ -846,12 +864,16 @@ enum BenchCommand {
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Makes a new random token and prints it with the `[[serving.tokens]]` entry that admits
-    /// it (only its SHA-256 goes into the config).
+    /// it (only its SHA-256 goes into the config); with `--pg`, also a PostgreSQL password
+    /// for the user NAME (only its PBKDF2 hash goes into the config).
     ///
-    /// Example: duet token new grafana --views gmv_per_minute,orders_per_minute
+    /// Example: duet token new grafana --views gmv_per_minute,orders_per_minute --pg
     New {
-        /// The token's name (in logs and metrics).
+        /// The token's name (in logs and metrics); the PostgreSQL user name.
         name: String,
+        /// Also make a password for the PostgreSQL port.
+        #[arg(long)]
+        pg: bool,
         /// Comma-separated views it may read (default: all, and the quarantine and metrics).
         #[arg(long, default_value = "*")]
         views: String,

@@ -1,10 +1,12 @@
-//! Who may ask what of the HTTP API: bearer tokens, stored as SHA-256 in the config
-//! (`[[serving.tokens]]`), each with the views it may read and a request rate.
+//! Who may ask what of the serving layer: the clients of `[[serving.tokens]]`, each with an
+//! HTTP bearer token (stored as its SHA-256), a PostgreSQL password (stored as its PBKDF2
+//! hash, checked by SCRAM-SHA-256 in [`crate::pg`]) or both, the views it may read and a
+//! request rate shared by both protocols.
 //!
 //! A request's token is hashed and compared with every configured hash in constant time
 //! (`subtle`), so neither a match nor its position shows in the time taken. With no tokens
-//! configured the API is open, and serving refuses to listen anywhere but on loopback
-//! ([`check_exposure`]). `/health` and `/ready` are always open.
+//! configured the API and the PostgreSQL port are open, and serving refuses to listen
+//! anywhere but on loopback ([`check_exposure`]). `/`, `/health` and `/ready` are always open.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -61,10 +63,75 @@ impl Grant {
     }
 }
 
-/// One configured token: its hash, grant and rate bucket.
+/// A PostgreSQL password as stored: SCRAM-SHA-256's salt and salted password
+/// (PBKDF2-HMAC-SHA-256 of the password, [`PG_ITERATIONS`] rounds). The salted password lets
+/// its holder log in: keep the config as secret as the passwords (its `Debug` hides it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgSecret {
+    /// The salt, 16 bytes.
+    pub salt: Vec<u8>,
+    /// The salted password, 32 bytes.
+    pub salted: Vec<u8>,
+}
+
+/// PBKDF2 rounds of a stored PostgreSQL password (SCRAM's minimum, and PostgreSQL's default).
+pub const PG_ITERATIONS: usize = 4096;
+
+/// The `[[serving.tokens]] pg_password` line of `password` with `salt`:
+/// `pbkdf2-sha256$4096$<salt hex>$<salted password hex>`.
+pub fn pg_password_hash(password: &str, salt: [u8; 16]) -> String {
+    let salted = datafusion_postgres::pgwire::api::auth::sasl::scram::gen_salted_password(
+        password,
+        &salt,
+        PG_ITERATIONS,
+    );
+    format!(
+        "pbkdf2-sha256${PG_ITERATIONS}${}${}",
+        hex(&salt),
+        hex(&salted)
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex_vec(h: &str) -> Option<Vec<u8>> {
+    if !h.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..h.len() / 2)
+        .map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+impl std::fmt::Debug for PgSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgSecret(…)")
+    }
+}
+
+impl PgSecret {
+    /// Reads a `pg_password` hash (see [`pg_password_hash`]); `None` if malformed.
+    pub fn parse(h: &str) -> Option<PgSecret> {
+        if !duet_config::is_pg_password_hash(h) {
+            return None;
+        }
+        let mut parts = h.split('$').skip(2);
+        Some(PgSecret {
+            salt: unhex_vec(parts.next()?)?,
+            salted: unhex_vec(parts.next()?)?,
+        })
+    }
+}
+
+/// One configured client: its credentials, grant and rate bucket.
 #[derive(Debug)]
 struct Entry {
-    hash: [u8; 32],
+    /// SHA-256 of its HTTP bearer token, if it has one.
+    hash: Option<[u8; 32]>,
+    /// Its PostgreSQL password, if it has one.
+    pg: Option<PgSecret>,
     grant: Grant,
     rate: f64,
     /// Tokens left and when they were counted (a token bucket of `rate` per second).
@@ -79,33 +146,28 @@ pub struct Tokens {
 
 /// SHA-256 of `token`, as 64 lowercase hex digits (what `[[serving.tokens]] sha256` holds).
 pub fn hash_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(token.as_bytes()))
 }
 
 fn unhex(h: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if h.len() != 64 {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    unhex_vec(h)?.try_into().ok()
 }
 
 impl Tokens {
-    /// The tokens of `[[serving.tokens]]` (validated by the config: a malformed hash is skipped).
+    /// The clients of `[[serving.tokens]]` (validated by the config: a malformed hash counts
+    /// as none).
     pub fn new(config: &[TokenConfig]) -> Tokens {
         Tokens {
             entries: config
                 .iter()
-                .filter_map(|t| {
+                .map(|t| {
                     let rate = f64::from(t.rate.max(1));
-                    Some(Entry {
-                        hash: unhex(&t.sha256.to_ascii_lowercase())?,
+                    Entry {
+                        hash: t
+                            .sha256
+                            .as_deref()
+                            .and_then(|h| unhex(&h.to_ascii_lowercase())),
+                        pg: t.pg_password.as_deref().and_then(PgSecret::parse),
                         grant: Grant {
                             name: t.name.clone(),
                             views: (!t.views.iter().any(|v| v == "*"))
@@ -113,7 +175,7 @@ impl Tokens {
                         },
                         rate,
                         bucket: Mutex::new((rate, Instant::now())),
-                    })
+                    }
                 })
                 .collect(),
         }
@@ -129,11 +191,55 @@ impl Tokens {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
         for e in &self.entries {
-            if bool::from(e.hash.ct_eq(&hash)) {
+            if let Some(h) = &e.hash
+                && bool::from(h.ct_eq(&hash))
+            {
                 found = Some(e);
             }
         }
         found
+    }
+
+    /// The stored PostgreSQL password of `user`, if it has one.
+    pub fn pg_secret(&self, user: &str) -> Option<&PgSecret> {
+        self.entries
+            .iter()
+            .find(|e| e.grant.name == user)
+            .and_then(|e| e.pg.as_ref())
+    }
+
+    /// Whether any client has a PostgreSQL password.
+    pub fn any_pg(&self) -> bool {
+        self.entries.iter().any(|e| e.pg.is_some())
+    }
+
+    /// What `user` may read, when clients are configured and `user` is one of them.
+    pub fn grant_of(&self, user: &str) -> Option<Grant> {
+        self.entries
+            .iter()
+            .find(|e| e.grant.name == user)
+            .map(|e| e.grant.clone())
+    }
+
+    /// What `user` may read, and one request taken from its rate: `Err` with the reason when
+    /// it is unknown or over its rate. With no tokens configured everyone may read all.
+    pub fn admit(&self, user: &str) -> Result<Grant, Error> {
+        if !self.enabled() {
+            return Ok(Grant {
+                name: user.to_string(),
+                views: None,
+            });
+        }
+        let Some(e) = self.entries.iter().find(|e| e.grant.name == user) else {
+            return Err(Error::Unauthorized(format!(
+                "`{user}` is not a client of this deployment"
+            )));
+        };
+        e.take().map_err(|wait| Error::TooManyRequests {
+            name: e.grant.name.clone(),
+            retry_after_s: wait.ceil().max(1.0) as u64,
+        })?;
+        Ok(e.grant.clone())
     }
 }
 
@@ -214,7 +320,8 @@ mod tests {
     fn token(name: &str, secret: &str, views: &[&str], rate: u32) -> TokenConfig {
         TokenConfig {
             name: name.into(),
-            sha256: hash_hex(secret),
+            sha256: Some(hash_hex(secret)),
+            pg_password: None,
             views: views.iter().map(|v| v.to_string()).collect(),
             rate,
         }

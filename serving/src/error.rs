@@ -80,6 +80,16 @@ pub enum Error {
     /// The SQL session could not be set up.
     #[error("SQL session: {0}")]
     Sql(#[source] Box<datafusion::error::DataFusionError>),
+    /// The TLS certificate or key could not be read or used.
+    #[error("TLS: {key} = {file}: {reason}")]
+    Tls {
+        /// The config key that named the file (`serving.tls.cert`, `serving.tls.key`).
+        key: &'static str,
+        /// The file.
+        file: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The server could not bind or serve.
     #[error("http server on {addr}: {source}")]
     Serve {
@@ -124,6 +134,7 @@ impl IntoResponse for Error {
             | Error::Merge { .. }
             | Error::Encode { .. }
             | Error::Sql(_)
+            | Error::Tls { .. }
             | Error::Serve { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -1081,7 +1081,8 @@ mod tests {
         let token =
             |name: &str, secret: &str, views: &[&str], rate: u32| duet_config::TokenConfig {
                 name: name.into(),
-                sha256: hash_hex(secret),
+                sha256: Some(hash_hex(secret)),
+                pg_password: None,
                 views: views.iter().map(|v| v.to_string()).collect(),
                 rate,
             };

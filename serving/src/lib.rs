@@ -15,27 +15,46 @@ pub mod rollup;
 pub mod table;
 #[cfg(test)]
 mod testkit;
+pub mod tls;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 pub use error::{Error, Result};
 pub use http::{AppState, router};
 
-/// Serves the API on `listener` until `shutdown` turns true.
+/// Serves the API on `listener` until `shutdown` turns true: HTTPS when `tls` is given
+/// ([`tls::TlsListener`]), else plain HTTP.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
-        .map_err(|source| Error::Serve { addr, source })
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    let served = match tls {
+        Some(acceptor) => {
+            let listener =
+                tls::TlsListener::new(listener, acceptor).map_err(|source| Error::Serve {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
+    served.map_err(|source| Error::Serve { addr, source })
 }

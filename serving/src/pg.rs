@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -31,26 +32,35 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
+use datafusion::sql::sqlparser::ast::{SetExpr, Statement, visit_relations};
 use datafusion_postgres::DfSessionService;
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::auth::AuthManager;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::HookClient;
-use datafusion_postgres::pgwire::api::auth::StartupHandler;
+use datafusion_postgres::pgwire::api::METADATA_USER;
 use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
+use datafusion_postgres::pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use datafusion_postgres::pgwire::api::auth::sasl::scram::{ScramAuth, random_nonce};
+use datafusion_postgres::pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
 use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::Response;
 use datafusion_postgres::pgwire::api::{ClientInfo, ConnectionManager, PgWireServerHandlers};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use datafusion_postgres::pgwire::tokio::TlsAcceptor;
 use duet_config::measure::MeasureKind;
 use duet_config::time::MAX_TIME_MS;
 use duet_config::{State, ViewSpec};
 use duet_speed::ViewStore;
+use futures::Sink;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::{Grant, Tokens};
 use crate::error::{Error, Result};
 use crate::metrics::{RouteKey, ServingMetrics};
 use crate::query::{LakeReaders, merged};
@@ -543,15 +553,75 @@ pub fn session(
 }
 
 /// Refuses every statement that is not a query, `SET`/`SHOW`, a transaction or a cursor
-/// statement, with SQLSTATE 25006; counts the statements it sees (simple queries and
-/// executions of prepared ones) in `duet_serving_requests_total{protocol="sql"}`.
-struct ReadOnly {
+/// statement, with SQLSTATE 25006; with clients configured, refuses a statement naming a view
+/// its user may not read (42501) or over the user's rate (53400), as the HTTP API does.
+/// Counts the statements it sees (simple queries and executions of prepared ones) in
+/// `duet_serving_requests_total{protocol="sql"}`.
+struct Guard {
     metrics: Arc<ServingMetrics>,
+    tokens: Arc<Tokens>,
+    views: Vec<String>,
 }
 
-impl ReadOnly {
-    fn check(&self, statement: &Statement) -> Option<PgWireError> {
-        let refused = refusal(statement);
+fn pg_error(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        code.to_string(),
+        message,
+    )))
+}
+
+/// The user a client logged in as.
+fn user_of(client: &(impl ClientInfo + ?Sized)) -> String {
+    client
+        .metadata()
+        .get(METADATA_USER)
+        .cloned()
+        .unwrap_or_default()
+}
+
+impl Guard {
+    /// Refuses a statement that names a view `grant` does not cover.
+    fn scope(&self, statement: &Statement, grant: &Grant) -> Option<PgWireError> {
+        grant.views.as_ref()?;
+        let mut denied = None;
+        let _ = visit_relations(statement, |name| {
+            let table = name
+                .0
+                .last()
+                .map(|p| p.to_string().trim_matches('"').to_string())
+                .unwrap_or_default();
+            if let Some(view) = self
+                .views
+                .iter()
+                .find(|v| v.eq_ignore_ascii_case(&table) && !grant.allows(v))
+            {
+                denied = Some(view.clone());
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        denied.map(|view| {
+            pg_error(
+                "42501",
+                format!("user `{}` may not read view `{view}`", grant.name),
+            )
+        })
+    }
+
+    /// Checks a statement about to run for `user`: read-only, in scope, within rate.
+    fn check(&self, statement: &Statement, user: &str) -> Option<PgWireError> {
+        let refused = refusal(statement).or_else(|| match self.tokens.admit(user) {
+            Ok(grant) => self.scope(statement, &grant),
+            Err(Error::TooManyRequests {
+                name,
+                retry_after_s,
+            }) => Some(pg_error(
+                "53400",
+                format!("`{name}` is over its request rate: retry after {retry_after_s} s"),
+            )),
+            Err(e) => Some(pg_error("28000", e.to_string())),
+        });
         let kind = match statement {
             _ if refused.is_some() => "refused",
             Statement::Query(_) => "select",
@@ -562,10 +632,10 @@ impl ReadOnly {
                 protocol: "sql",
                 route: kind.to_string(),
             },
-            if refused.is_some() {
-                "25006"
-            } else {
-                "received"
+            match &refused {
+                Some(PgWireError::UserError(e)) => e.code.as_str(),
+                Some(_) => "error",
+                None => "received",
             },
         );
         refused
@@ -608,23 +678,27 @@ fn refusal(statement: &Statement) -> Option<PgWireError> {
 }
 
 #[async_trait]
-impl QueryHook for ReadOnly {
+impl QueryHook for Guard {
     async fn handle_simple_query(
         &self,
         statement: &Statement,
         _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        self.check(statement).map(Err)
+        self.check(statement, &user_of(client)).map(Err)
     }
 
     async fn handle_extended_parse_query(
         &self,
         statement: &Statement,
         _ctx: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        refusal(statement).map(Err)
+        let scoped = || {
+            let grant = self.tokens.grant_of(&user_of(client))?;
+            self.scope(statement, &grant)
+        };
+        refusal(statement).or_else(scoped).map(Err)
     }
 
     async fn handle_extended_query(
@@ -633,9 +707,59 @@ impl QueryHook for ReadOnly {
         _plan: &LogicalPlan,
         _params: &ParamValues,
         _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        self.check(statement).map(Err)
+        self.check(statement, &user_of(client)).map(Err)
+    }
+}
+
+/// The stored passwords, for SCRAM-SHA-256. An unknown user gets a made-up salt and secret,
+/// so that the exchange fails at its end, as a wrong password does, and does not tell which
+/// users exist.
+#[derive(Debug)]
+struct Passwords {
+    tokens: Arc<Tokens>,
+}
+
+#[async_trait]
+impl AuthSource for Passwords {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        match login.user().and_then(|u| self.tokens.pg_secret(u)) {
+            Some(s) => Ok(Password::new(Some(s.salt.clone()), s.salted.clone())),
+            None => {
+                let made_up = random_nonce().into_bytes();
+                Ok(Password::new(
+                    Some(made_up[..16].to_vec()),
+                    made_up[..].repeat(2)[..32].to_vec(),
+                ))
+            }
+        }
+    }
+}
+
+/// How a connection logs in: without a password when no clients are configured, else by
+/// SCRAM-SHA-256 against [`Passwords`].
+enum Login {
+    Open(Startup),
+    Scram(Box<SASLAuthStartupHandler<DefaultServerParameterProvider>>),
+}
+
+#[async_trait]
+impl StartupHandler for Login {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Login::Open(h) => h.on_startup(client, message).await,
+            Login::Scram(h) => h.on_startup(client, message).await,
+        }
     }
 }
 
@@ -650,10 +774,10 @@ impl NoopStartupHandler for Startup {
     }
 }
 
-/// The pgwire handlers: DataFusion's session service behind the read-only hook.
+/// The pgwire handlers of one connection: DataFusion's session service behind the guard.
 struct Handlers {
     service: Arc<DfSessionService>,
-    startup: Arc<Startup>,
+    startup: Arc<Login>,
     cancel: Arc<DefaultCancelHandler>,
 }
 
@@ -675,31 +799,78 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// Serves SQL over the PostgreSQL protocol on `listener` until `shutdown` turns true,
-/// counting statements in `metrics`.
+/// What the PostgreSQL port serves with besides its session: counters, clients, TLS.
+#[derive(Clone, Default)]
+pub struct PgOptions {
+    /// Where statements are counted.
+    pub metrics: Arc<ServingMetrics>,
+    /// The clients that may log in (none: anyone, without a password).
+    pub tokens: Arc<Tokens>,
+    /// TLS, offered to clients that ask for it (`sslmode=require`); none: plain TCP only.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("tokens", &self.tokens)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Serves SQL over the PostgreSQL protocol on `listener` until `shutdown` turns true. With
+/// clients configured in `options.tokens` every login needs its password (SCRAM-SHA-256) and
+/// every statement is held to the client's views and rate.
 pub async fn serve(
     listener: TcpListener,
     ctx: SessionContext,
-    metrics: Arc<ServingMetrics>,
+    options: PgOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     use datafusion_postgres::hooks::{
         cursor::CursorStatementHook, set_show::SetShowHook, transactions::TransactionStatementHook,
     };
+    let views: Vec<String> = ctx
+        .catalog(CATALOG)
+        .and_then(|c| c.schema("public"))
+        .map(|s| s.table_names())
+        .unwrap_or_default();
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
-        Arc::new(ReadOnly { metrics }),
+        Arc::new(Guard {
+            metrics: options.metrics.clone(),
+            tokens: options.tokens.clone(),
+            views,
+        }),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),
     ];
     let connections = Arc::new(ConnectionManager::new());
-    let handlers = Arc::new(Handlers {
-        service: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)),
-        startup: Arc::new(Startup {
-            connections: connections.clone(),
-        }),
-        cancel: Arc::new(DefaultCancelHandler::new(connections)),
+    let service = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));
+    let cancel = Arc::new(DefaultCancelHandler::new(connections.clone()));
+    let passwords: Arc<dyn AuthSource> = Arc::new(Passwords {
+        tokens: options.tokens.clone(),
     });
+    // the SASL handler keeps its exchange's state: one per connection
+    let handlers = move || {
+        let startup = if options.tokens.enabled() {
+            Login::Scram(Box::new(
+                SASLAuthStartupHandler::new(Arc::new(DefaultServerParameterProvider::default()))
+                    .with_scram(ScramAuth::new(passwords.clone()))
+                    .with_connection_manager(connections.clone()),
+            ))
+        } else {
+            Login::Open(Startup {
+                connections: connections.clone(),
+            })
+        };
+        Handlers {
+            service: service.clone(),
+            startup: Arc::new(startup),
+            cancel: cancel.clone(),
+        }
+    };
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -712,9 +883,9 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
-                    let handlers = handlers.clone();
+                    let (handlers, tls) = (handlers(), options.tls.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, None, handlers).await {
+                        if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, tls, handlers).await {
                             tracing::debug!(%peer, error = %e, "PostgreSQL connection ended with an error.");
                         }
                     });
@@ -737,23 +908,44 @@ mod tests {
 
     /// A PostgreSQL port over the test deployment; its port and its stop switch.
     async fn server(dir: &std::path::Path) -> (u16, watch::Sender<bool>) {
+        server_with(dir, PgOptions::default()).await
+    }
+
+    async fn server_with(dir: &std::path::Path, options: PgOptions) -> (u16, watch::Sender<bool>) {
         let (state, _) = fixture(dir).await;
         let ctx = session(&state.cfg.views, state.lake.clone(), state.store.clone()).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = watch::channel(false);
-        tokio::spawn(serve(listener, ctx, Arc::default(), rx));
+        tokio::spawn(serve(listener, ctx, options, rx));
         (port, tx)
     }
 
     /// What Debian's `psql` prints for `sql` (unaligned, tuples only): Ok(stdout) or
     /// Err(stderr).
     async fn psql(port: u16, sql: &str) -> std::result::Result<String, String> {
-        let sql = sql.to_string();
+        psql_as(port, "duet", &[], &["-c", sql]).await
+    }
+
+    /// `psql` as `user` with libpq's environment `env` (`PGPASSWORD`, `PGSSLMODE`, …) and
+    /// `args` (`-c` statements).
+    async fn psql_as(
+        port: u16,
+        user: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> std::result::Result<String, String> {
+        let user = user.to_string();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let out = tokio::task::spawn_blocking(move || {
             std::process::Command::new("psql")
                 .args([
                     "-X",
+                    "-w",
                     "-A",
                     "-t",
                     "-v",
@@ -762,16 +954,18 @@ mod tests {
                     "VERBOSITY=verbose",
                     "-h",
                     "127.0.0.1",
-                    "-U",
-                    "duet",
                     "-d",
                     "duet",
                 ])
+                .arg("-U")
+                .arg(&user)
                 .arg("-p")
                 .arg(port.to_string())
-                .arg("-c")
-                .arg(&sql)
+                .args(&args)
                 .env("PGCONNECT_TIMEOUT", "10")
+                .env("PGSSLMODE", "disable")
+                .env_remove("PGPASSWORD")
+                .envs(env)
                 .output()
                 .expect("psql runs (Debian's postgresql-client: ./scripts/setup.sh installs it)")
         })
@@ -875,16 +1069,7 @@ mod tests {
     async fn psycopg_and_grafanas_statements_get_exact_answers() {
         let dir = tempfile::tempdir().unwrap();
         let (port, _stop) = server(dir.path()).await;
-        let python = std::env::var("DUET_PYTHON").unwrap_or_else(|_| {
-            format!(
-                "{}/.cache/duet-venv/bin/python",
-                std::env::var("HOME").unwrap_or_default()
-            )
-        });
-        assert!(
-            std::path::Path::new(&python).exists(),
-            "no Python with psycopg at {python}: run ./scripts/setup.sh (or set DUET_PYTHON)"
-        );
+        let python = python();
         let script =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg_clients.py");
         let out = tokio::task::spawn_blocking(move || {
@@ -1093,5 +1278,167 @@ mod tests {
             (0, MAX_TIME_MS)
         );
         assert_eq!(range(col("n").gt(lit(5))), (0, MAX_TIME_MS));
+    }
+
+    /// The Python with psycopg that `scripts/setup.sh` installs (or `DUET_PYTHON`).
+    fn python() -> String {
+        let python = std::env::var("DUET_PYTHON").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/duet-venv/bin/python",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        assert!(
+            std::path::Path::new(&python).exists(),
+            "no Python with psycopg at {python}: run ./scripts/setup.sh (or set DUET_PYTHON)"
+        );
+        python
+    }
+
+    fn client(
+        name: &str,
+        password: Option<&str>,
+        views: &[&str],
+        rate: u32,
+    ) -> duet_config::TokenConfig {
+        duet_config::TokenConfig {
+            name: name.into(),
+            sha256: Some(crate::auth::hash_hex(&format!("{name}-http"))),
+            pg_password: password.map(|p| crate::auth::pg_password_hash(p, [7; 16])),
+            views: views.iter().map(|v| v.to_string()).collect(),
+            rate,
+        }
+    }
+
+    #[tokio::test]
+    async fn logins_need_their_password_and_stay_in_their_views_and_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Arc::new(Tokens::new(&[
+            client("bi", Some("bi-pass"), &["gmv"], 100),
+            client("slow", Some("slow-pass"), &["*"], 1),
+            client("web", None, &["*"], 100),
+        ]));
+        let metrics = Arc::new(ServingMetrics::default());
+        let (port, _stop) = server_with(
+            dir.path(),
+            PgOptions {
+                metrics: metrics.clone(),
+                tokens,
+                tls: None,
+            },
+        )
+        .await;
+        let q = |sql: &'static str| ["-c", sql];
+        let gmv = "SELECT sum(n) FROM gmv";
+        // the right password reads the views of the client's scope
+        assert_eq!(
+            psql_as(port, "bi", &[("PGPASSWORD", "bi-pass")], &q(gmv)).await,
+            Ok("63\n".into())
+        );
+        // a view outside it is refused with SQLSTATE 42501, in the simple query protocol…
+        let e = psql_as(
+            port,
+            "bi",
+            &[("PGPASSWORD", "bi-pass")],
+            &q("SELECT count(*) FROM public.buyers b JOIN gmv g ON true"),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.contains("42501") && e.contains("user `bi` may not read view `buyers`"),
+            "{e}"
+        );
+        // …and in the extended one (psycopg binds parameters server-side)
+        let script = "import psycopg, sys\n\
+            c = psycopg.connect(host='127.0.0.1', port=int(sys.argv[1]), user='bi', password='bi-pass', dbname='duet', sslmode='disable', autocommit=True)\n\
+            for sql in ['SELECT sum(n) FROM gmv WHERE %s = 1', 'SELECT count(*) FROM \"buyers\" WHERE %s = 1']:\n\
+            \x20   try:\n\
+            \x20       print(c.execute(sql, (1,)).fetchall())\n\
+            \x20   except psycopg.Error as e:\n\
+            \x20       print(e.sqlstate, e)\n";
+        let python = python();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(python)
+                .args(["-c", script, &port.to_string()])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.starts_with("[(Decimal('63'),)]\n42501 user `bi` may not read view `buyers`")
+                || out.starts_with("[(63,)]\n42501 user `bi` may not read view `buyers`"),
+            "{out}"
+        );
+        // a wrong password, an unknown user and a client without a password fail alike
+        for (user, password) in [("bi", "nope"), ("mallory", "bi-pass"), ("web", "web-http")] {
+            let e = psql_as(port, user, &[("PGPASSWORD", password)], &q("SELECT 1"))
+                .await
+                .unwrap_err();
+            assert!(
+                e.contains("password authentication failed") || e.contains("authentication failed"),
+                "{user}: {e}"
+            );
+        }
+        // a client over its rate is refused with 53400 and the wait
+        let e = psql_as(
+            port,
+            "slow",
+            &[("PGPASSWORD", "slow-pass")],
+            &["-c", "SELECT 1", "-c", "SELECT 2"],
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.contains("53400") && e.contains("`slow` is over its request rate"),
+            "{e}"
+        );
+        let text = metrics.render();
+        assert!(text.contains("status=\"42501\""), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_sql_port_speaks_tls_with_the_configured_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = crate::testkit::certificate(dir.path());
+        let options = PgOptions {
+            tls: Some(crate::tls::acceptor(&cert, &key).unwrap()),
+            ..PgOptions::default()
+        };
+        let (port, _stop) = server_with(dir.path(), options).await;
+        let cert = cert.to_string_lossy().into_owned();
+        let verified = [
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", cert.as_str()),
+        ];
+        assert_eq!(
+            psql_as(port, "duet", &verified, &["-c", "SELECT sum(n) FROM gmv"]).await,
+            Ok("63\n".into())
+        );
+        // the client checked the server's certificate: another root fails the handshake
+        let elsewhere = dir.path().join("other");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let (other, _) = crate::testkit::certificate(&elsewhere);
+        let other = other.to_string_lossy().into_owned();
+        let e = psql_as(
+            port,
+            "duet",
+            &[
+                ("PGSSLMODE", "verify-full"),
+                ("PGSSLROOTCERT", other.as_str()),
+            ],
+            &["-c", "SELECT 1"],
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("certificate verify failed"), "{e}");
+        // and a client that does not ask for TLS is still served
+        assert!(
+            psql_as(port, "duet", &[], &["-c", "SELECT 1"])
+                .await
+                .is_ok()
+        );
     }
 }

@@ -189,7 +189,7 @@ async fn run() {
         checks: Arc::default(),
         metrics: Arc::default(),
     };
-    let serving = tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
+    let serving = tokio::spawn(duet_serving::serve(listener, state, None, rx.clone()));
 
     // wait until the speed layer has applied every message
     let group = duet_speed::group(&cfg);

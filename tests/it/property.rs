@@ -472,12 +472,17 @@ async fn serve_both(
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap().to_string();
-    tokio::spawn(duet_serving::serve(listener, state, rx.clone()));
+    tokio::spawn(duet_serving::serve(listener, state, None, rx.clone()));
     let ctx = duet_serving::pg::session(&cfg.views, Arc::new(LakeReaders::new(lake, cfg)), store)
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let pg = listener.local_addr().unwrap().port();
-    tokio::spawn(duet_serving::pg::serve(listener, ctx, Arc::default(), rx));
+    tokio::spawn(duet_serving::pg::serve(
+        listener,
+        ctx,
+        Default::default(),
+        rx,
+    ));
     (http, pg, tx)
 }
 
