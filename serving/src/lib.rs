@@ -12,6 +12,7 @@ pub mod pg;
 pub mod query;
 pub mod request;
 pub mod rollup;
+pub mod sql_limits;
 pub mod table;
 #[cfg(test)]
 mod testkit;

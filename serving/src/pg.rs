@@ -26,6 +26,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{MemTable, Session, TableProvider};
 use datafusion::common::{DataFusionError, ParamValues, ScalarValue};
 use datafusion::datasource::TableType;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, Between, BinaryExpr, Expr, LogicalPlan, Operator,
     TableProviderFilterPushDown, Volatility, create_udaf,
@@ -65,6 +66,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{RouteKey, ServingMetrics};
 use crate::query::{LakeReaders, merged};
 use crate::rollup::{Rollup, RollupSpec};
+use crate::sql_limits::SqlLimits;
 use crate::table;
 
 /// The catalog (database) name the views are served under.
@@ -534,10 +536,25 @@ pub fn session(
     lake: Arc<LakeReaders>,
     store: Arc<dyn ViewStore>,
 ) -> Result<SessionContext> {
+    session_with(views, lake, store, SqlLimits::default())
+}
+
+/// [`session`] with other limits on what one statement may take.
+pub fn session_with(
+    views: &[ViewSpec],
+    lake: Arc<LakeReaders>,
+    store: Arc<dyn ViewStore>,
+    limits: SqlLimits,
+) -> Result<SessionContext> {
     let config = SessionConfig::new()
         .with_information_schema(true)
         .with_default_catalog_and_schema(CATALOG, "public");
-    let ctx = SessionContext::new_with_config(config);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(limits))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     for v in views {
         ctx.register_table(
             v.name.as_str(),
@@ -1440,5 +1457,58 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn a_statement_ends_at_its_time_or_row_limit_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = fixture(dir.path()).await;
+        let ctx = |limits| {
+            session_with(
+                &state.cfg.views,
+                state.lake.clone(),
+                state.store.clone(),
+                limits,
+            )
+            .unwrap()
+        };
+        let run = async |ctx: SessionContext, sql: &str| {
+            let started = std::time::Instant::now();
+            let out = ctx.sql(sql).await.unwrap().collect().await;
+            (
+                out.map(|b| b.iter().map(|b| b.num_rows()).sum::<usize>()),
+                started.elapsed(),
+            )
+        };
+        // 17 rows joined with themselves seven times: 4.1e8 rows, far more than 300 ms of work
+        let join = "SELECT sum(a.n + b.n + c.n + d.n + e.n + f.n + g.n) FROM gmv a, gmv b, gmv c, gmv d, gmv e, gmv f, gmv g";
+        let short = SqlLimits {
+            time: std::time::Duration::from_millis(300),
+            ..SqlLimits::default()
+        };
+        let (out, took) = run(ctx(short), join).await;
+        let e = out.unwrap_err().to_string();
+        assert!(
+            e.contains("the statement ran longer than the 0.3 s one may"),
+            "{e}"
+        );
+        // DataFusion yields between batches, so the end comes a little after the limit (about
+        // 3 s here; the whole join takes longer than 30 s)
+        assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+        // an answer of more rows than allowed ends with the reason; one within them is whole
+        let few = SqlLimits {
+            rows: 100,
+            ..SqlLimits::default()
+        };
+        let e = run(ctx(few), "SELECT a.n FROM gmv a, gmv b")
+            .await
+            .0
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the statement answers more than the 100 rows one may"),
+            "{e}"
+        );
+        assert_eq!(run(ctx(few), "SELECT n FROM gmv").await.0.unwrap(), 17);
     }
 }
