@@ -358,7 +358,11 @@ pub async fn start_parts(
                             .await
                             .with_context(|| format!("bind the PostgreSQL port to {pg}"))?,
                     };
-                    let ctx = duet_serving::pg::session(&cfg.views, readers, store)?;
+                    let guard = duet_serving::sql_limits::SqlGuard {
+                        limits: Default::default(),
+                        metrics: options.metrics.clone(),
+                    };
+                    let ctx = duet_serving::pg::session_with(&cfg.views, readers, store, guard)?;
                     Ok(duet_serving::pg::serve(listener, ctx, options, rx).await?)
                 })
             }),

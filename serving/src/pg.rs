@@ -66,6 +66,8 @@ use crate::error::{Error, Result};
 use crate::metrics::{RouteKey, ServingMetrics};
 use crate::query::{LakeReaders, merged};
 use crate::rollup::{Rollup, RollupSpec};
+use crate::sql_limits::SqlGuard;
+#[cfg(test)]
 use crate::sql_limits::SqlLimits;
 use crate::table;
 
@@ -536,15 +538,16 @@ pub fn session(
     lake: Arc<LakeReaders>,
     store: Arc<dyn ViewStore>,
 ) -> Result<SessionContext> {
-    session_with(views, lake, store, SqlLimits::default())
+    session_with(views, lake, store, SqlGuard::default())
 }
 
-/// [`session`] with other limits on what one statement may take.
+/// [`session`] with other limits on what one statement may take, counting statements in
+/// `guard.metrics`.
 pub fn session_with(
     views: &[ViewSpec],
     lake: Arc<LakeReaders>,
     store: Arc<dyn ViewStore>,
-    limits: SqlLimits,
+    guard: SqlGuard,
 ) -> Result<SessionContext> {
     let config = SessionConfig::new()
         .with_information_schema(true)
@@ -552,7 +555,7 @@ pub fn session_with(
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
-        .with_physical_optimizer_rule(Arc::new(limits))
+        .with_physical_optimizer_rule(Arc::new(guard))
         .build();
     let ctx = SessionContext::new_with_state(state);
     for v in views {
@@ -641,7 +644,8 @@ impl Guard {
         });
         let kind = match statement {
             _ if refused.is_some() => "refused",
-            Statement::Query(_) => "select",
+            // counted with its latency when it is done (crate::sql_limits)
+            Statement::Query(_) => return None,
             _ => "other",
         };
         self.metrics.count(
@@ -1463,12 +1467,17 @@ mod tests {
     async fn a_statement_ends_at_its_time_or_row_limit_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let (state, _) = fixture(dir.path()).await;
-        let ctx = |limits| {
+        let metrics = Arc::new(ServingMetrics::default());
+        let ctx = |limits: SqlLimits| {
+            let guard = SqlGuard {
+                limits,
+                metrics: metrics.clone(),
+            };
             session_with(
                 &state.cfg.views,
                 state.lake.clone(),
                 state.store.clone(),
-                limits,
+                guard,
             )
             .unwrap()
         };
@@ -1510,5 +1519,14 @@ mod tests {
             "{e}"
         );
         assert_eq!(run(ctx(few), "SELECT n FROM gmv").await.0.unwrap(), 17);
+        // each statement is counted when done, with its latency
+        let text = metrics.render();
+        for line in [
+            "duet_serving_requests_total{protocol=\"sql\",route=\"select\",status=\"error\"} 2",
+            "duet_serving_requests_total{protocol=\"sql\",route=\"select\",status=\"ok\"} 1",
+            "duet_serving_request_seconds_count{protocol=\"sql\",route=\"select\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
     }
 }

@@ -5,12 +5,14 @@
 //! than any machine holds. [`SqlLimits`] is a DataFusion physical optimizer rule that puts
 //! [`LimitExec`] on top of every plan; it ends the statement with an error once its time is
 //! up or once it has answered more rows than allowed, and dropping the plan's stream stops the
-//! work underneath.
+//! work underneath. When the statement's streams are done it is counted, with its latency, in
+//! `duet_serving_requests_total{protocol="sql",route="select"}` (status `ok` or `error`) and
+//! `duet_serving_request_seconds`.
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use futures::{Stream, StreamExt};
 
 use crate::error::Error;
+use crate::metrics::{RouteKey, ServingMetrics};
 
 /// The limits of one SQL statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +49,17 @@ impl Default for SqlLimits {
     }
 }
 
-impl PhysicalOptimizerRule for SqlLimits {
+/// The rule that puts [`LimitExec`] on every plan: the limits, and where statements are
+/// counted.
+#[derive(Debug, Clone, Default)]
+pub struct SqlGuard {
+    /// The limits of each statement.
+    pub limits: SqlLimits,
+    /// Where each statement is counted when done.
+    pub metrics: Arc<ServingMetrics>,
+}
+
+impl PhysicalOptimizerRule for SqlGuard {
     fn optimize(
         &self,
         plan: Arc<dyn ExecutionPlan>,
@@ -54,9 +67,14 @@ impl PhysicalOptimizerRule for SqlLimits {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(LimitExec {
             input: plan,
-            limits: *self,
-            deadline: tokio::time::Instant::now() + self.time,
+            limits: self.limits,
+            deadline: tokio::time::Instant::now() + self.limits.time,
             answered: Arc::new(AtomicUsize::new(0)),
+            statement: Arc::new(Statement {
+                started: std::time::Instant::now(),
+                failed: AtomicBool::new(false),
+                metrics: self.metrics.clone(),
+            }),
         }))
     }
 
@@ -69,6 +87,32 @@ impl PhysicalOptimizerRule for SqlLimits {
     }
 }
 
+/// One statement, counted when the last of its plan and streams is dropped.
+#[derive(Debug)]
+struct Statement {
+    started: std::time::Instant,
+    failed: AtomicBool,
+    metrics: Arc<ServingMetrics>,
+}
+
+impl Drop for Statement {
+    fn drop(&mut self) {
+        let status = if self.failed.load(Ordering::Relaxed) {
+            "error"
+        } else {
+            "ok"
+        };
+        self.metrics.observe(
+            RouteKey {
+                protocol: "sql",
+                route: "select".to_string(),
+            },
+            status,
+            self.started.elapsed(),
+        );
+    }
+}
+
 /// The top of every SQL plan: passes its input's rows through until the statement's time is
 /// up or its rows are too many (counted over all partitions), then ends with the reason.
 #[derive(Debug)]
@@ -77,6 +121,7 @@ pub struct LimitExec {
     limits: SqlLimits,
     deadline: tokio::time::Instant,
     answered: Arc<AtomicUsize>,
+    statement: Arc<Statement>,
 }
 
 impl DisplayAs for LimitExec {
@@ -124,6 +169,7 @@ impl ExecutionPlan for LimitExec {
             limits: self.limits,
             deadline: self.deadline,
             answered: self.answered.clone(),
+            statement: self.statement.clone(),
         }))
     }
 
@@ -143,6 +189,7 @@ impl ExecutionPlan for LimitExec {
             limits: self.limits,
             timer: Box::pin(tokio::time::sleep_until(self.deadline)),
             answered: self.answered.clone(),
+            statement: self.statement.clone(),
             done: false,
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, limited)))
@@ -155,12 +202,14 @@ struct Limited {
     limits: SqlLimits,
     timer: Pin<Box<tokio::time::Sleep>>,
     answered: Arc<AtomicUsize>,
+    statement: Arc<Statement>,
     done: bool,
 }
 
 impl Limited {
     fn end(&mut self, e: Error) -> Poll<Option<DfResult<RecordBatch>>> {
         self.done = true;
+        self.statement.failed.store(true, Ordering::Relaxed);
         Poll::Ready(Some(Err(DataFusionError::External(Box::new(e)))))
     }
 }
@@ -191,6 +240,10 @@ impl Stream for Limited {
                     )));
                 }
                 Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.statement.failed.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e)))
             }
             other => other,
         }
