@@ -47,6 +47,9 @@ pub enum Error {
     /// The answer would be larger than a query may ask for.
     #[error("{0}")]
     TooCostly(String),
+    /// The request is larger than a request may be.
+    #[error("{0}")]
+    TooLarge(String),
     /// The query took longer than a query may take.
     #[error("the query took longer than {0} s; narrow the range or group by fewer dimensions")]
     Timeout(u64),
@@ -128,6 +131,7 @@ impl IntoResponse for Error {
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Error::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Error::TooCostly(_) => (StatusCode::BAD_REQUEST, "too_costly"),
+            Error::TooLarge(_) => (StatusCode::URI_TOO_LONG, "too_large"),
             Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Error::Lake(_)
             | Error::Store(_)

@@ -54,8 +54,19 @@ pub const TIME_LIMIT_S: u64 = 30;
 /// Most rows of a view one query may read (buckets × dimension values) before it is rolled up.
 pub const MAX_ROWS_READ: usize = 2_000_000;
 
-/// Answers 503 when a request takes longer than [`TIME_LIMIT_S`].
+/// Longest request target (path and query string) the API reads, bytes.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Answers 414 to a request whose target is longer than [`MAX_URI_BYTES`], and 503 when a
+/// request takes longer than [`TIME_LIMIT_S`].
 async fn time_limit(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len > MAX_URI_BYTES {
+        return Error::TooLarge(format!(
+            "the request's path and query are {len} bytes, more than the {MAX_URI_BYTES} a request may have"
+        ))
+        .into_response();
+    }
     match tokio::time::timeout(std::time::Duration::from_secs(TIME_LIMIT_S), next.run(req)).await {
         Ok(res) => res,
         Err(_) => Error::Timeout(TIME_LIMIT_S).into_response(),
@@ -829,6 +840,17 @@ mod tests {
             assert_eq!(r.status(), StatusCode::OK, "{probe}");
         }
         assert_eq!(paths.len(), 9);
+        // and, on the routes that need a token, the refusals every such route may give
+        let query = &doc["paths"]["/v1/views/{view}"]["get"];
+        for code in ["400", "401", "403", "404", "414", "429", "503"] {
+            assert!(query["responses"][code].is_object(), "{code}");
+        }
+        assert_eq!(query["security"], json!([{"bearer": []}]));
+        assert!(doc["paths"]["/health"]["get"]["security"].is_null());
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
         // metrics: counters and the watermark of a source the store has seen
         let r = app
             .clone()
@@ -1377,5 +1399,15 @@ mod tests {
             let msg = body["error"]["message"].as_str().unwrap();
             assert!(msg.contains(needle), "{uri}: {msg}");
         }
+        // a request target longer than the API reads
+        let long = format!("/v1/views/gmv?where=city%20IN%20({})", "'x',".repeat(3000));
+        let (s, body) = get(&app, &long).await;
+        assert_eq!(s, StatusCode::URI_TOO_LONG, "{body}");
+        assert_eq!(body["error"]["code"], "too_large");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("more than the 8192 a request may have"),
+            "{msg}"
+        );
     }
 }

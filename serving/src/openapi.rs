@@ -6,8 +6,40 @@ fn error_response(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
 
-/// The document.
+/// The document: every path, and on the routes that need a token (all but `/`, `/health`,
+/// `/ready`) the answers every such route may give: 401, 403, 414, 429 and 503.
 pub fn document() -> Value {
+    let mut doc = paths();
+    let common = [
+        (
+            "401",
+            "no bearer token, or not one of this deployment's (when tokens are configured)",
+        ),
+        ("403", "the token may not read this view"),
+        ("414", "the path and query are longer than 8 KiB"),
+        (
+            "429",
+            "the token is over its request rate; Retry-After says when to come back",
+        ),
+        ("503", "the answer took longer than 30 s"),
+    ];
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            if matches!(path.as_str(), "/" | "/health" | "/ready") {
+                continue;
+            }
+            item["get"]["security"] = json!([{"bearer": []}]);
+            for (code, what) in common {
+                item["get"]["responses"][code] = error_response(what);
+            }
+        }
+    }
+    doc["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer",
+        "description": "a token of [[serving.tokens]] (`duet token new`); not needed when none are configured (the API then listens on loopback only)"}});
+    doc
+}
+
+fn paths() -> Value {
     let time_param = |name: &str, what: &str| {
         json!({"name": name, "in": "query", "required": false, "description": what,
                "schema": {"type": "string", "examples": ["2026-11-25T10:00:00Z", "1796032800000"]}})
