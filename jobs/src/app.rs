@@ -26,6 +26,8 @@ pub struct Running {
     pub bootstrap: String,
     /// Whether Kafka is the embedded mock cluster.
     pub embedded: bool,
+    /// Whether both ports speak TLS (`[serving.tls]`).
+    pub tls: bool,
     parts: Arc<Parts>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -413,6 +415,7 @@ pub async fn start_parts(
         pg,
         bootstrap,
         embedded: kafka.is_some(),
+        tls: cfg.serving.tls.is_some(),
         parts,
         shutdown: tx,
         tasks,

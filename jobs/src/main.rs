@@ -940,16 +940,21 @@ async fn serve(
 ) -> Result<ExitCode> {
     use std::io::Write as _;
     let running = duet_jobs::app::start_parts(cfg, generate, only).await?;
+    let (scheme, ssl) = if running.tls {
+        ("https", "   (TLS: sslmode=require)")
+    } else {
+        ("http", "")
+    };
     let pg = match running.pg {
         Some(a) => format!(
-            "  PostgreSQL:      psql -h {} -p {} -d duet   (each view is a table)\n",
+            "  PostgreSQL:      psql -h {} -p {} -d duet   (each view is a table){ssl}\n",
             a.ip(),
             a.port()
         ),
         None => String::new(),
     };
     let banner = format!(
-        "Duet is running.\n  HTTP API:        http://{}/v1/views\n  Live page:       http://{}/\n{pg}  Kafka bootstrap: {}{}\n  Stop with Ctrl-C.\n",
+        "Duet is running.\n  HTTP API:        {scheme}://{}/v1/views\n  Live page:       {scheme}://{}/\n{pg}  Kafka bootstrap: {}{}\n  Stop with Ctrl-C.\n",
         running.http,
         running.http,
         running.bootstrap,

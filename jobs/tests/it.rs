@@ -314,9 +314,10 @@ fn start_duet(args: &[&str], envs: &[(&str, &str)], log: &std::path::Path) -> De
                 .and_then(|p| p.parse().ok());
         }
         if let Some(rest) = line.trim().strip_prefix("HTTP API:") {
+            let rest = rest.trim();
             addr = rest
-                .trim()
                 .strip_prefix("http://")
+                .or_else(|| rest.strip_prefix("https://"))
                 .and_then(|a| a.split('/').next())
                 .map(str::to_string);
         }
@@ -910,4 +911,131 @@ fn bench_speed_writes_a_report_beside_the_ceiling() {
     ] {
         assert!(report.contains(needle), "missing {needle:?} in\n{report}");
     }
+}
+
+/// A deployment with clients and TLS: `duet token new --pg` makes a client whose entry, given
+/// through the environment, admits it over HTTPS (bearer token) and over the PostgreSQL port
+/// (password, TLS verified) to its views only; nobody else gets in.
+#[test]
+fn clients_and_tls_guard_both_ports_of_a_running_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs (./scripts/setup.sh installs it)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // the client, as `duet token new` prints it
+    let (code, out) = duet(&["token", "new", "bi", "--views", "gmv_per_minute", "--pg"]);
+    assert_eq!(code, 0, "{out}");
+    let after = |label: &str| -> String {
+        let mut lines = out.lines().skip_while(|l| !l.starts_with(label));
+        lines.nth(1).expect(label).trim().to_string()
+    };
+    let (token, password) = (after("HTTP bearer token:"), after("PostgreSQL user \"bi\""));
+    let value = |k: &str| -> String {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k} = ")))
+            .expect(k)
+            .to_string()
+    };
+    let tokens = format!(
+        "[{{name = \"bi\", sha256 = {}, pg_password = {}, views = [\"gmv_per_minute\"]}}]",
+        value("sha256"),
+        value("pg_password")
+    );
+    let tls = format!(
+        "{{cert = {:?}, key = {:?}}}",
+        cert.to_str().unwrap(),
+        key.to_str().unwrap()
+    );
+    let lake = dir.path().join("lake");
+    let store = dir.path().join("store.redb");
+    let envs = [
+        ("DUET_SERVING__TOKENS", tokens.as_str()),
+        ("DUET_SERVING__TLS", tls.as_str()),
+        ("DUET_LAKE__URL", lake.to_str().unwrap()),
+        ("DUET_STORE__PATH", store.to_str().unwrap()),
+    ];
+    let args = [
+        "run",
+        "--generate",
+        "100",
+        "--http",
+        "127.0.0.1:0",
+        "--pg",
+        "127.0.0.1:0",
+        "-c",
+        reference(),
+    ];
+    let running = start_duet(&args, &envs, &dir.path().join("duet.log"));
+    let port = running.addr.rsplit(':').next().unwrap().to_string();
+    let curl = |path: &str, token: Option<&str>| -> String {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "20", "-w", " %{http_code}", "--cacert"])
+            .arg(&cert);
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = c
+            .arg(format!("https://localhost:{port}{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let answer = curl("/v1/views/gmv_per_minute", Some(&token));
+    assert!(
+        answer.ends_with(" 200") && answer.contains("\"provenance\""),
+        "{answer}"
+    );
+    assert!(curl("/v1/views/gmv_per_minute", None).ends_with(" 401"));
+    assert!(curl("/v1/views/orders_per_minute", Some(&token)).ends_with(" 403"));
+    let pg = running.pg.expect("the PostgreSQL port is served");
+    let psql = |user: &str, password: &str, sql: &str| -> std::process::Output {
+        Command::new("psql")
+            .args(["-X", "-w", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .arg(format!(
+                "host=localhost port={pg} dbname=duet user={user} sslmode=verify-full sslrootcert={}",
+                cert.display()
+            ))
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap()
+    };
+    let read = psql(
+        "bi",
+        &password,
+        "SELECT count(*) >= 0 FROM gmv_per_minute WHERE bucket > now() - interval '1 hour'",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout),
+        "t\n",
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let other = psql("bi", &password, "SELECT count(*) FROM orders_per_minute");
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("may not read view `orders_per_minute`")
+    );
+    let wrong = psql("bi", "guess", "SELECT 1");
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr)
+            .to_lowercase()
+            .contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
 }
