@@ -8,6 +8,9 @@ pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
 /// Formats epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC; proleptic Gregorian, so any
 /// `i64` prints, years beyond 9999 with more digits).
 pub fn iso(ms: i64) -> String {
+    if let Some(b) = iso_bytes(ms) {
+        return b.iter().map(|&c| char::from(c)).collect();
+    }
     let days = ms.div_euclid(86_400_000);
     let in_day = ms.rem_euclid(86_400_000);
     let (y, m, d) = civil_from_days(days);
@@ -18,6 +21,32 @@ pub fn iso(ms: i64) -> String {
         in_day / 1_000 % 60,
         in_day % 1_000
     )
+}
+
+/// [`iso`] of a time in the years 0 to 9999 as its 24 ASCII bytes, without formatting
+/// machinery (the JSON answers print a time per row); `None` for other years.
+pub fn iso_bytes(ms: i64) -> Option<[u8; 24]> {
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let put = |b: &mut [u8; 24], at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(&mut b, 0, 4, y);
+    put(&mut b, 5, 2, i64::from(m));
+    put(&mut b, 8, 2, i64::from(d));
+    put(&mut b, 11, 2, in_day / 3_600_000);
+    put(&mut b, 14, 2, in_day / 60_000 % 60);
+    put(&mut b, 17, 2, in_day / 1_000 % 60);
+    put(&mut b, 20, 3, in_day % 1_000);
+    Some(b)
 }
 
 /// Year, month, day of a count of days since 1970-01-01 (H. Hinnant's algorithm).
@@ -47,5 +76,26 @@ mod tests {
         assert_eq!(iso(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
         // no panic at the extremes
         let _ = (iso(i64::MIN), iso(i64::MAX));
+        assert_eq!(iso(-62_167_219_200_001), "-001-12-31T23:59:59.999Z");
+    }
+
+    proptest::proptest! {
+        /// The byte formatter prints what the general one does, for every time it covers.
+        #[test]
+        fn bytes_and_text_agree(ms in -62_167_219_200_000i64..=MAX_TIME_MS) {
+            let days = ms.div_euclid(86_400_000);
+            let in_day = ms.rem_euclid(86_400_000);
+            let (y, m, d) = civil_from_days(days);
+            let text = format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                in_day / 3_600_000,
+                in_day / 60_000 % 60,
+                in_day / 1_000 % 60,
+                in_day % 1_000
+            );
+            let bytes = iso_bytes(ms).unwrap();
+            proptest::prop_assert_eq!(std::str::from_utf8(&bytes).unwrap(), text.as_str());
+            proptest::prop_assert_eq!(iso(ms), text);
+        }
     }
 }
