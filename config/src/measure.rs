@@ -85,6 +85,26 @@ impl MeasureKind {
 }
 
 impl MeasureKind {
+    /// Appends the JSON of [`MeasureKind::render`] of `state` to `out`: the bytes serde_json
+    /// writes for the rendered value, without building it for counts, sums, minima, maxima
+    /// and distinct counts (the per-row values of most answers).
+    pub fn write_json(&self, state: &State, out: &mut Vec<u8>) {
+        match (self, state) {
+            (MeasureKind::Count, State::Count(c)) => {
+                out.extend_from_slice(c.to_string().as_bytes())
+            }
+            (MeasureKind::Sum(t), State::Sum(n)) => n.write_json(*t, out),
+            (MeasureKind::Min(t), State::Min(Some(n)))
+            | (MeasureKind::Max(t), State::Max(Some(n))) => n.write_json(*t, out),
+            (MeasureKind::DistinctCount, State::Distinct(d)) => {
+                out.extend_from_slice(d.estimate().to_string().as_bytes());
+            }
+            _ => {
+                let _ = serde_json::to_writer(&mut *out, &self.render(state));
+            }
+        }
+    }
+
     /// Why the value of `state` cannot be shown, if it cannot: a sum or weight that left its
     /// type's range. The value is then `null`, and this message says why.
     pub fn problem(&self, state: &State) -> Option<String> {
@@ -270,6 +290,25 @@ mod tests {
     }
 
     proptest! {
+        /// The written JSON of every kind's value is the bytes of its rendered value: folded
+        /// states, identities (no value), and sums past their range.
+        #[test]
+        fn written_values_are_the_rendered_values(
+            vals in prop::collection::vec(-1000i64..1000, 0..20),
+        ) {
+            for kind in kinds() {
+                let overflowed = match &kind {
+                    MeasureKind::Sum(_) => Some(State::Sum(Num::Overflow)),
+                    _ => None,
+                };
+                for state in [fold(&kind, &vals), kind.identity()].into_iter().chain(overflowed) {
+                    let mut written = Vec::new();
+                    kind.write_json(&state, &mut written);
+                    prop_assert_eq!(written, serde_json::to_vec(&kind.render(&state)).unwrap(), "{:?}", kind);
+                }
+            }
+        }
+
         #[test]
         fn merge_is_associative_commutative_with_identity(
             a in prop::collection::vec(-1000i64..1000, 0..20),

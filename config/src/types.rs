@@ -360,6 +360,26 @@ impl Num {
         }
     }
 
+    /// Appends the JSON of [`Num::to_json`] to `out`: the bytes serde_json writes for it.
+    pub fn write_json(self, t: NumType, out: &mut Vec<u8>) {
+        if self.out_of_range() {
+            out.extend_from_slice(b"null");
+            return;
+        }
+        match (self, t) {
+            (Num::Int(i), _) => out.extend_from_slice(i.to_string().as_bytes()),
+            (Num::Dec(d), NumType::Decimal(s)) => {
+                // digits, a sign and a point: nothing to escape
+                out.push(b'"');
+                write_decimal(d, s, out);
+                out.push(b'"');
+            }
+            _ => {
+                let _ = serde_json::to_writer(&mut *out, &self.to_json(t));
+            }
+        }
+    }
+
     /// The text of the value for a typed column (`6999.00` for decimals), `None` when out of
     /// range.
     pub fn to_text(self, t: NumType) -> Option<String> {
@@ -412,9 +432,17 @@ const EXACT_POWERS_OF_TEN: [f64; 23] = [
 
 /// Formats decimal units with `scale` digits after the point (`699900`, 2 → `6999.00`).
 pub fn format_decimal(units: i128, scale: u8) -> String {
+    let mut out = Vec::with_capacity(42 + usize::from(scale));
+    write_decimal(units, scale, &mut out);
+    out.iter().map(|&c| char::from(c)).collect()
+}
+
+/// Appends [`format_decimal`]'s text to `out`, without allocating.
+pub fn write_decimal(units: i128, scale: u8, out: &mut Vec<u8>) {
     let s = usize::from(scale);
-    // digits from the last, the point after `s` of them, at least one before it
-    let mut rev: Vec<u8> = Vec::with_capacity(42 + s);
+    let start = out.len();
+    // digits from the last, the point after `s` of them, at least one before it; reversed
+    // in place at the end
     let mut wide = units.unsigned_abs();
     let mut narrow = u64::try_from(wide).ok();
     let mut n = 0usize;
@@ -424,7 +452,7 @@ pub fn format_decimal(units: i128, scale: u8) -> String {
             break;
         }
         if n == s && s > 0 {
-            rev.push(b'.');
+            out.push(b'.');
         }
         let digit = match &mut narrow {
             Some(w) => {
@@ -439,13 +467,13 @@ pub fn format_decimal(units: i128, scale: u8) -> String {
                 d
             }
         };
-        rev.push(b'0' + digit);
+        out.push(b'0' + digit);
         n += 1;
     }
     if units < 0 {
-        rev.push(b'-');
+        out.push(b'-');
     }
-    rev.iter().rev().map(|&c| char::from(c)).collect()
+    out[start..].reverse();
 }
 
 /// Parses decimal text exactly into units at `scale`: `6999.00`, `-1.5`, `12`, `1.2e3`,
@@ -543,6 +571,11 @@ mod tests {
         ) {
             let text = format_decimal_by_text(units, scale);
             proptest::prop_assert_eq!(format_decimal(units, scale), text.clone());
+            for n in [Num::Dec(units), Num::Int(units as i64), Num::Float(units as f64)] {
+                let mut written = Vec::new();
+                n.write_json(NumType::Decimal(scale), &mut written);
+                proptest::prop_assert_eq!(written, serde_json::to_vec(&n.to_json(NumType::Decimal(scale))).unwrap());
+            }
             let parsed: f64 = text.parse().unwrap();
             proptest::prop_assert_eq!(
                 Num::Dec(units).to_f64(NumType::Decimal(scale)).map(f64::to_bits),

@@ -604,7 +604,7 @@ impl Answer<'_> {
                 }
                 put(out, &measure.name);
                 out.push(b':');
-                put(out, &measure.kind.render(state));
+                measure.kind.write_json(state, out);
             }
             out.extend_from_slice(b"}}");
         }

@@ -124,6 +124,24 @@ fn fingerprints(
     Ok(out)
 }
 
+/// The fingerprint `view`'s states are written under (see [`fingerprints`]), reading only its
+/// definition.
+fn fingerprint(
+    tx_defs: &impl ReadableTable<&'static str, &'static [u8]>,
+    view: &str,
+    e: &Op<'_>,
+) -> Result<u64> {
+    let Some(v) = tx_defs.get(view).ctx(e)? else {
+        return Ok(0);
+    };
+    let def: ViewDefinition =
+        serde_json::from_slice(v.value()).map_err(|source| Error::Corrupt {
+            what: "view definition",
+            source,
+        })?;
+    Ok(def.fingerprint_u64())
+}
+
 /// (source, id) pairs as bytes: for each string, its length (u32, little-endian) and bytes.
 fn pack_ids(ids: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ids.iter().map(|(s, i)| s.len() + i.len() + 8).sum());
@@ -654,10 +672,7 @@ impl ViewStore for EmbeddedStore {
         self.blocking("read view rows", move |s| {
             let e = s.err("read view rows");
             let tx = s.read_tx("read view rows")?;
-            let print = fingerprints(&tx.open_table(DEFINITIONS).ctx(&e)?, &e)?
-                .get(&view)
-                .copied()
-                .unwrap_or(0);
+            let print = fingerprint(&tx.open_table(DEFINITIONS).ctx(&e)?, &view, &e)?;
             let t = tx.open_table(VIEWS).ctx(&e)?;
             let mut out = Vec::new();
             if from >= to {
@@ -669,10 +684,15 @@ impl ViewStore for EmbeddedStore {
             {
                 let (k, v) = item.ctx(&e)?;
                 let (_, bucket, dims) = k.value();
-                let dims: DimKey = serde_json::from_str(dims).map_err(|source| Error::Corrupt {
-                    what: "dimension key",
-                    source,
-                })?;
+                // (a view without dimensions has the key `[]`: no parser needed)
+                let dims: DimKey = if dims == "[]" {
+                    Vec::new()
+                } else {
+                    serde_json::from_str(dims).map_err(|source| Error::Corrupt {
+                        what: "dimension key",
+                        source,
+                    })?
+                };
                 match codec::decode(print, v.value()) {
                     Ok(states) => out.push(Row {
                         bucket,
