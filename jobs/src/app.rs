@@ -332,6 +332,8 @@ pub async fn start_parts(
             }),
         );
     }
+    // one set of lake readers (and their caches) for the HTTP API and the PostgreSQL port
+    let readers = Arc::new(duet_serving::query::LakeReaders::new(&lake, &cfg));
     if let (Some(listener), Some(pg)) = (pg_listener, pg) {
         let (cfg, store, rx) = (cfg.clone(), store.clone(), rx.clone());
         let options = duet_serving::pg::PgOptions {
@@ -339,7 +341,7 @@ pub async fn start_parts(
             tokens: tokens.clone(),
             tls: tls.clone(),
         };
-        let readers = Arc::new(duet_serving::query::LakeReaders::new(&lake, &cfg));
+        let readers = readers.clone();
         // the first run serves on the listener bound above; a restart binds the same address
         let mut first = Some(listener);
         spawn(
@@ -373,7 +375,7 @@ pub async fn start_parts(
     {
         let state = duet_serving::AppState {
             cfg: cfg.clone(),
-            lake: Arc::new(duet_serving::query::LakeReaders::new(&lake, &cfg)),
+            lake: readers.clone(),
             store: store.clone(),
             counters,
             parts: parts.clone(),

@@ -498,6 +498,7 @@ impl SealLedger {
 pub struct LedgerReader {
     watch: TableWatch,
     snapshot: Arc<LedgerSnapshot>,
+    counts: crate::views::CacheCounts,
 }
 
 impl LedgerReader {
@@ -506,7 +507,13 @@ impl LedgerReader {
         LedgerReader {
             watch: TableWatch::new(SealLedger::new(lake).url),
             snapshot: Arc::default(),
+            counts: Default::default(),
         }
+    }
+
+    /// Snapshots answered from memory (the ledger had not moved) and re-read so far.
+    pub fn counts(&self) -> crate::views::CacheCounts {
+        self.counts
     }
 
     /// The ledger at its latest version.
@@ -514,7 +521,10 @@ impl LedgerReader {
         if self.watch.refresh().await?
             && let Some(t) = self.watch.table()
         {
+            self.counts.misses += 1;
             self.snapshot = Arc::new(read_snapshot(t).await?);
+        } else {
+            self.counts.hits += 1;
         }
         Ok(self.snapshot.clone())
     }

@@ -24,7 +24,7 @@ pub use ledger::{
 };
 pub use quarantine::{QuarantineWriter, read_quarantine};
 pub use raw::{RawRecord, RawWriter};
-pub use views::{ViewReader, ViewRow, ViewTable};
+pub use views::{CacheCounts, ViewReader, ViewRow, ViewTable};
 
 /// A lake: a root URL under which Duet keeps its tables.
 #[derive(Debug, Clone)]

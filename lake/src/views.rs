@@ -146,9 +146,31 @@ pub struct ViewReader {
     table: ViewTable,
     watch: TableWatch,
     dates: HashMap<String, CachedDate>,
+    counts: CacheCounts,
+}
+
+/// How often a cache answered from memory and how often it read the lake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    /// Reads answered from memory.
+    pub hits: u64,
+    /// Reads that went to the lake's files.
+    pub misses: u64,
+}
+
+impl std::ops::AddAssign for CacheCounts {
+    fn add_assign(&mut self, other: CacheCounts) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+    }
 }
 
 impl ViewReader {
+    /// Partitions read from memory and from the lake so far.
+    pub fn counts(&self) -> CacheCounts {
+        self.counts
+    }
+
     /// The rows with a bucket in `[from, to)` at the table's latest version, and that version
     /// (`None` when the view has never been computed).
     pub async fn read_range(&mut self, from: i64, to: i64) -> Result<(Option<i64>, Vec<ViewRow>)> {
@@ -171,9 +193,11 @@ impl ViewReader {
             let cached = match self.dates.get_mut(&date) {
                 Some(c) if c.files == files => {
                     c.used = tick;
+                    self.counts.hits += 1;
                     c.rows.clone()
                 }
                 _ => {
+                    self.counts.misses += 1;
                     let fresh = Arc::new(self.table.decode(read_files(table, &files).await?)?);
                     self.dates.insert(
                         date,
@@ -478,6 +502,7 @@ impl ViewTable {
             table: self.clone(),
             watch: TableWatch::new(self.url.clone()),
             dates: HashMap::new(),
+            counts: CacheCounts::default(),
         }
     }
 

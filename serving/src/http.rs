@@ -316,6 +316,18 @@ async fn metrics(
         }
     }
     out.push_str(&s.metrics.render());
+    let cache = s.lake.cache_counts().await;
+    let _ = writeln!(
+        out,
+        "# HELP duet_serving_cache_total Reads of serving's lake caches, by result: the seal ledger's snapshot (reused while the ledger has not moved) and view tables' bucket_date partitions (kept while their files stay the same).\n# TYPE duet_serving_cache_total counter"
+    );
+    for (name, c) in [("ledger", cache.ledger), ("view_partitions", cache.views)] {
+        let _ = writeln!(
+            out,
+            "duet_serving_cache_total{{cache=\"{name}\",result=\"hit\"}} {}\nduet_serving_cache_total{{cache=\"{name}\",result=\"miss\"}} {}",
+            c.hits, c.misses
+        );
+    }
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

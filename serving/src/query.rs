@@ -55,6 +55,16 @@ pub struct Merged {
     pub sealed_until_all: Option<i64>,
 }
 
+/// The caches of [`LakeReaders`]: its ledger snapshots, and the `bucket_date` partitions of its
+/// view tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LakeCacheCounts {
+    /// Ledger snapshots reused (the ledger had not moved) and re-read.
+    pub ledger: duet_lake::CacheCounts,
+    /// View partitions served from memory and read from their files.
+    pub views: duet_lake::CacheCounts,
+}
+
 /// The lake as serving reads it: the ledger and every view's table, each followed by version.
 #[derive(Debug)]
 pub struct LakeReaders {
@@ -77,6 +87,19 @@ impl LakeReaders {
 }
 
 impl LakeReaders {
+    /// How often the ledger reader and the view readers answered from memory and how often
+    /// they read the lake: (ledger, view partitions).
+    pub async fn cache_counts(&self) -> LakeCacheCounts {
+        let mut views = duet_lake::CacheCounts::default();
+        for r in self.views.values() {
+            views += r.lock().await.counts();
+        }
+        LakeCacheCounts {
+            ledger: self.ledger.lock().await.counts(),
+            views,
+        }
+    }
+
     /// Whether the seal ledger can be read (for `/ready`).
     pub async fn check(&self) -> Result<()> {
         self.ledger.lock().await.snapshot().await?;

@@ -930,6 +930,27 @@ fn a_bucket_resealed_between_two_pages_is_neither_repeated_nor_skipped() {
             truth.get(&late_key),
             "the resealed bucket is exact"
         );
+        // the pages were read through serving's lake caches: partitions reused while their
+        // files stayed, re-read after the reseal; the ledger likewise
+        let metrics = reqwest::get(format!("http://{}/metrics", world.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let count = |line: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        for cache in ["ledger", "view_partitions"] {
+            for result in ["hit", "miss"] {
+                let line =
+                    format!("duet_serving_cache_total{{cache=\"{cache}\",result=\"{result}\"}} ");
+                assert!(count(&line) > 0, "{line} in {metrics}");
+            }
+        }
         let shown_key = (
             shown,
             vec![Some("center".to_string()), Some("buy".to_string())],
