@@ -138,7 +138,7 @@ impl Sink {
             };
             for (p, progress) in clock.partitions() {
                 if progress
-                    .last_data_ms
+                    .quiet_since()
                     .is_none_or(|t| now - t >= self.cfg.lake_idle_ms)
                 {
                     out.push((s.topic.clone(), *p, self.next_offset(&s.topic, *p)));
@@ -172,7 +172,7 @@ impl Sink {
             };
             let parts: Vec<i32> = clock.partitions().keys().copied().collect();
             for p in parts {
-                clock.set_caught_up(p, caught_up.contains(&(s.topic.clone(), p)));
+                clock.set_caught_up(p, caught_up.contains(&(s.topic.clone(), p)), now);
             }
             let records = self.pending.remove(&s.name).unwrap_or_default();
             // events for sealed (or sealable) buckets are marked late before they are written
