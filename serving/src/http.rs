@@ -452,7 +452,7 @@ async fn answer<'v>(
         )));
     }
     let rolled = rollup.apply(view, std::mem::take(&mut m.rows))?;
-    let last_applied = s.store.stats().await?.last_commit_ms;
+    let last_applied = m.last_commit_ms;
     Ok(Answer {
         view,
         query,

@@ -53,6 +53,8 @@ pub struct Merged {
     pub speed_watermark: Option<i64>,
     /// The end of the view's last sealed range, anywhere (not only in the query's range).
     pub sealed_until_all: Option<i64>,
+    /// When the speed layer last committed, epoch ms.
+    pub last_commit_ms: Option<i64>,
 }
 
 /// The caches of [`LakeReaders`]: its ledger snapshots, and the `bucket_date` partitions of its
@@ -141,10 +143,12 @@ pub async fn merged(
                 }),
         );
     }
+    let marked = store
+        .read_marked(&view.name, &view.source, from, to)
+        .await?;
     rows.extend(
-        store
-            .read(&view.name, from, to)
-            .await?
+        marked
+            .rows
             .into_iter()
             .filter(|r| !seals.covers(r.bucket, r.bucket + w))
             .map(|row| MergedRow {
@@ -154,13 +158,13 @@ pub async fn merged(
             }),
     );
     rows.sort_by(|a, b| (a.row.bucket, &a.row.dims).cmp(&(b.row.bucket, &b.row.dims)));
-    let speed_watermark = store.watermark(&view.source).await?;
     Ok(Merged {
         rows,
         batch_version,
         sealed,
         late_pending,
-        speed_watermark,
+        speed_watermark: marked.watermark,
         sealed_until_all: seals.sealed.last().map(|i| i.to),
+        last_commit_ms: marked.last_commit_ms,
     })
 }

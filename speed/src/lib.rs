@@ -20,8 +20,8 @@ pub use aggregate::{Aggregator, BatchStats};
 pub use counters::{PartitionLag, SpeedCounters};
 pub use error::{Error, Result};
 pub use store::{
-    EmbeddedStore, PartitionBatch, PartitionKey, Quarantined, RedisStore, SpeedBatch, StoreStats,
-    ViewStore,
+    EmbeddedStore, Marked, PartitionBatch, PartitionKey, Quarantined, RedisStore, SpeedBatch,
+    StoreStats, ViewStore,
 };
 
 /// Per view, the end of its contiguous sealed range, as the batch layer publishes it: the

@@ -152,6 +152,17 @@ pub struct StoreStats {
     pub last_commit_ms: Option<i64>,
 }
 
+/// A view's rows with the marks serving shows beside them ([`ViewStore::read_marked`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Marked {
+    /// The rows, by bucket then dimensions.
+    pub rows: Vec<Row>,
+    /// Highest event time applied for the view's source.
+    pub watermark: Option<i64>,
+    /// When the last batch was applied, epoch ms.
+    pub last_commit_ms: Option<i64>,
+}
+
 /// A view store. The embedded store is the default; a Redis store serves production.
 #[async_trait::async_trait]
 pub trait ViewStore: Send + Sync {
@@ -182,6 +193,16 @@ pub trait ViewStore: Send + Sync {
     async fn seen(&self, part: &PartitionKey, source: &str, ids: Vec<String>) -> Result<Vec<bool>>;
     /// Rows of `view` with a bucket in `[from, to)`, by bucket then dimensions.
     async fn read(&self, view: &str, from: i64, to: i64) -> Result<Vec<Row>>;
+    /// What serving reads per query, together: the rows of `view` with a bucket in
+    /// `[from, to)`, the watermark of `source` and the time of the last commit. The embedded
+    /// store reads them in one transaction; the default reads them one after the other.
+    async fn read_marked(&self, view: &str, source: &str, from: i64, to: i64) -> Result<Marked> {
+        Ok(Marked {
+            rows: self.read(view, from, to).await?,
+            watermark: self.watermark(source).await?,
+            last_commit_ms: self.stats().await?.last_commit_ms,
+        })
+    }
     /// The newest quarantined events, newest first, at most `limit`.
     async fn quarantine(&self, limit: usize) -> Result<Vec<Quarantined>>;
     /// Highest event time applied for `source`.

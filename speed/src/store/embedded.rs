@@ -16,7 +16,7 @@ use duet_config::codec;
 use duet_config::{DimKey, Row, State, ViewDefinition};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{PartitionKey, Quarantined, SpeedBatch, StateKey, StoreStats, ViewStore};
+use super::{Marked, PartitionKey, Quarantined, SpeedBatch, StateKey, StoreStats, ViewStore};
 use crate::error::{Error, Result};
 
 /// (view, bucket, dims as JSON) → states in the binary encoding ([`duet_config::codec`]).
@@ -140,6 +140,49 @@ fn fingerprint(
             source,
         })?;
     Ok(def.fingerprint_u64())
+}
+
+/// Rows of `view` in `[from, to)` in the read transaction `tx`; an unreadable state is
+/// skipped with a warning (set aside at the next write to its bucket).
+fn read_rows(
+    s: &EmbeddedStore,
+    tx: &redb::ReadTransaction,
+    view: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Row>> {
+    let e = s.err("read view rows");
+    let print = fingerprint(&tx.open_table(DEFINITIONS).ctx(&e)?, view, &e)?;
+    let t = tx.open_table(VIEWS).ctx(&e)?;
+    let mut out = Vec::new();
+    if from >= to {
+        return Ok(out);
+    }
+    for item in t.range((view, from, "")..(view, to, "")).ctx(&e)? {
+        let (k, v) = item.ctx(&e)?;
+        let (_, bucket, dims) = k.value();
+        // (a view without dimensions has the key `[]`: no parser needed)
+        let dims: DimKey = if dims == "[]" {
+            Vec::new()
+        } else {
+            serde_json::from_str(dims).map_err(|source| Error::Corrupt {
+                what: "dimension key",
+                source,
+            })?
+        };
+        match codec::decode(print, v.value()) {
+            Ok(states) => out.push(Row {
+                bucket,
+                dims,
+                states,
+            }),
+            // set aside at the next write to the bucket; not served meanwhile
+            Err(err) => {
+                tracing::warn!(view = %view, bucket = %duet_config::time::iso(bucket), error = %err, "Unreadable stored state skipped.")
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// (source, id) pairs as bytes: for each string, its length (u32, little-endian) and bytes.
@@ -670,42 +713,35 @@ impl ViewStore for EmbeddedStore {
     async fn read(&self, view: &str, from: i64, to: i64) -> Result<Vec<Row>> {
         let view = view.to_string();
         self.blocking("read view rows", move |s| {
+            let tx = s.read_tx("read view rows")?;
+            read_rows(s, &tx, &view, from, to)
+        })
+        .await
+    }
+
+    async fn read_marked(&self, view: &str, source: &str, from: i64, to: i64) -> Result<Marked> {
+        let (view, source) = (view.to_string(), source.to_string());
+        self.blocking("read view rows", move |s| {
             let e = s.err("read view rows");
             let tx = s.read_tx("read view rows")?;
-            let print = fingerprint(&tx.open_table(DEFINITIONS).ctx(&e)?, &view, &e)?;
-            let t = tx.open_table(VIEWS).ctx(&e)?;
-            let mut out = Vec::new();
-            if from >= to {
-                return Ok(out);
-            }
-            for item in t
-                .range((view.as_str(), from, "")..(view.as_str(), to, ""))
+            let rows = read_rows(s, &tx, &view, from, to)?;
+            let watermark = tx
+                .open_table(WATERMARKS)
                 .ctx(&e)?
-            {
-                let (k, v) = item.ctx(&e)?;
-                let (_, bucket, dims) = k.value();
-                // (a view without dimensions has the key `[]`: no parser needed)
-                let dims: DimKey = if dims == "[]" {
-                    Vec::new()
-                } else {
-                    serde_json::from_str(dims).map_err(|source| Error::Corrupt {
-                        what: "dimension key",
-                        source,
-                    })?
-                };
-                match codec::decode(print, v.value()) {
-                    Ok(states) => out.push(Row {
-                        bucket,
-                        dims,
-                        states,
-                    }),
-                    // set aside at the next write to the bucket; not served meanwhile
-                    Err(err) => {
-                        tracing::warn!(view = %view, bucket = %duet_config::time::iso(bucket), error = %err, "Unreadable stored state skipped.")
-                    }
-                }
-            }
-            Ok(out)
+                .get(source.as_str())
+                .ctx(&e)?
+                .map(|v| v.value());
+            let last_commit_ms = tx
+                .open_table(META)
+                .ctx(&e)?
+                .get("last_commit_ms")
+                .ctx(&e)?
+                .map(|v| v.value());
+            Ok(Marked {
+                rows,
+                watermark,
+                last_commit_ms,
+            })
         })
         .await
     }
@@ -858,6 +894,7 @@ mod tests {
                 );
                 part.next_offset = Some(n);
                 part.seen.push(seen(&format!("id{n}"), &[("v", 120_000)]));
+                b.watermarks.insert("s".into(), 1_000 + n);
                 store.commit(b).await.unwrap();
             }
         }
@@ -881,6 +918,16 @@ mod tests {
             vec![true, false]
         );
         assert_eq!(store.stats().await.unwrap().seen_ids, 2);
+        // serving's read of rows, watermark and last commit together: the same as apart
+        let marked = store.read_marked("v", "s", 0, 120_000).await.unwrap();
+        assert_eq!(marked.rows, rows);
+        assert_eq!(marked.watermark, store.watermark("s").await.unwrap());
+        assert_eq!(
+            marked.last_commit_ms,
+            store.stats().await.unwrap().last_commit_ms
+        );
+        assert!(marked.last_commit_ms.is_some());
+        assert_eq!(marked.watermark, Some(1_003));
     }
 
     /// The deltas of one key from several partitions of a batch all count, in one state.
