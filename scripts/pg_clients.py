@@ -8,6 +8,7 @@ Runs, over psycopg 3 (the extended query protocol with server-side parameters):
   ($__timeGroupAlias(bucket, 1h), $__timeFilter(bucket));
 - a Grafana table panel's query ($__time(bucket));
 - a parameterized query (timestamps and text bound as parameters);
+- the statements Metabase sends when it connects and syncs the tables;
 and prints {name: rows} as JSON (values as text), for the Rust test to compare.
 """
 
@@ -100,6 +101,23 @@ WHERE bucket >= %s AND bucket < %s AND city = %s
 GROUP BY city"""
 
 
+# What Metabase 0.55 sends when it connects and syncs a PostgreSQL database's tables, in
+# order (its JDBC session setup, schema list, privileges and table list), as the
+# datafusion-postgres project recorded them from a Metabase session (its tests/metabase.rs)
+METABASE = [
+    "SET extra_float_digits = 2",
+    "SET application_name = 'Metabase v0.55.1 [f8f63fdf-d8f8-4573-86ea-4fe4a9548041]'",
+    "SHOW TRANSACTION ISOLATION LEVEL",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ UNCOMMITTED",
+    "SELECT nspname AS \"TABLE_SCHEM\", current_database() AS \"TABLE_CATALOG\" FROM pg_catalog.pg_namespace  WHERE nspname <> 'pg_toast' AND (nspname !~ '^pg_temp_'  OR nspname = (pg_catalog.current_schemas(true))[1]) AND (nspname !~ '^pg_toast_temp_'  OR nspname = replace((pg_catalog.current_schemas(true))[1], 'pg_temp_', 'pg_toast_temp_'))  ORDER BY \"TABLE_SCHEM\"",
+    "with table_privileges as (\n         select\n           NULL as role,\n           t.schemaname as schema,\n           t.objectname as table,\n           pg_catalog.has_any_column_privilege(current_user, '\"' || replace(t.schemaname, '\"', '\"\"') || '\"' || '.' || '\"' || replace(t.objectname, '\"', '\"\"') || '\"',  'update') as update,\n           pg_catalog.has_any_column_privilege(current_user, '\"' || replace(t.schemaname, '\"', '\"\"') || '\"' || '.' || '\"' || replace(t.objectname, '\"', '\"\"') || '\"',  'select') as select,\n           pg_catalog.has_any_column_privilege(current_user, '\"' || replace(t.schemaname, '\"', '\"\"') || '\"' || '.' || '\"' || replace(t.objectname, '\"', '\"\"') || '\"',  'insert') as insert,\n           pg_catalog.has_table_privilege(     current_user, '\"' || replace(t.schemaname, '\"', '\"\"') || '\"' || '.' || '\"' || replace(t.objectname, '\"', '\"\"') || '\"',  'delete') as delete\n         from (\n           select schemaname, tablename as objectname from pg_catalog.pg_tables\n           union\n           select schemaname, viewname as objectname from pg_catalog.pg_views\n           union\n           select schemaname, matviewname as objectname from pg_catalog.pg_matviews\n         ) t\n         where t.schemaname !~ '^pg_'\n           and t.schemaname <> 'information_schema'\n           and pg_catalog.has_schema_privilege(current_user, t.schemaname, 'usage')\n        )\n        select t.*\n        from table_privileges t",
+    "SELECT \"n\".\"nspname\" AS \"schema\", \"c\".\"relname\" AS \"name\", CASE \"c\".\"relkind\" WHEN 'r' THEN 'TABLE' WHEN 'p' THEN 'PARTITIONED TABLE' WHEN 'v' THEN 'VIEW' WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE NULL END AS \"type\", \"d\".\"description\" AS \"description\", \"stat\".\"n_live_tup\" AS \"estimated_row_count\" FROM \"pg_catalog\".\"pg_class\" AS \"c\" INNER JOIN \"pg_catalog\".\"pg_namespace\" AS \"n\" ON \"c\".\"relnamespace\" = \"n\".\"oid\" LEFT JOIN \"pg_catalog\".\"pg_description\" AS \"d\" ON (\"c\".\"oid\" = \"d\".\"objoid\") AND (\"d\".\"objsubid\" = '0') AND (\"d\".\"classoid\" = 'pg_class'::regclass) LEFT JOIN \"pg_stat_user_tables\" AS \"stat\" ON (\"n\".\"nspname\" = \"stat\".\"schemaname\") AND (\"c\".\"relname\" = \"stat\".\"relname\") WHERE (\"c\".\"relnamespace\" = \"n\".\"oid\") AND (\"n\".\"nspname\" !~ '^pg_') AND (\"n\".\"nspname\" <> 'information_schema') AND c.relkind in ('r', 'p', 'v', 'f', 'm') AND (\"n\".\"nspname\" IN ('public')) ORDER BY \"type\" ASC, \"schema\" ASC, \"name\" ASC",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ UNCOMMITTED",
+    "show timezone"
+]
+
+
 def rows(cur):
     return [[None if v is None else str(v) for v in r] for r in cur.fetchall()]
 
@@ -130,6 +148,11 @@ def main():
                 ),
             )
             out["parameterized"] = rows(cur)
+            # Metabase's session: every statement answers; the last SELECT lists the tables
+            out["metabase"] = []
+            for sql in METABASE:
+                cur.execute(sql)
+                out["metabase"].append(rows(cur) if cur.description else None)
             # a refused statement raises with its SQLSTATE, and the connection goes on
             try:
                 cur.execute("DELETE FROM gmv")

@@ -1084,10 +1084,10 @@ mod tests {
         assert_eq!(psql(port, "SELECT 1").await.unwrap(), "1\n");
     }
 
-    /// `scripts/pg_clients.py` (psycopg 3, extended protocol) against the port: Grafana's
+    /// `scripts/pg_clients.py` (psycopg 3, extended protocol) against the port: Metabase's session and Grafana's
     /// schema, time-series and table queries, a parameterized query, a refusal.
     #[tokio::test]
-    async fn psycopg_and_grafanas_statements_get_exact_answers() {
+    async fn psycopg_grafana_and_metabase_statements_get_exact_answers() {
         let dir = tempfile::tempdir().unwrap();
         let (port, _stop) = server(dir.path()).await;
         let python = python();
@@ -1150,6 +1150,34 @@ mod tests {
         );
         assert_eq!(got["refused"], "25006");
         assert_eq!(got["after_refusal"], serde_json::json!([["17"]]));
+        // Metabase's session: its schema list has `public`; its table sync finds every view
+        // as a table of `public`
+        let metabase = got["metabase"].as_array().unwrap();
+        assert_eq!(metabase.len(), 10, "{got}");
+        assert!(
+            metabase[4]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!(["public", "duet"])),
+            "{got}"
+        );
+        let tables: Vec<(&str, &str, &str)> = metabase[6]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r[0].as_str().unwrap_or_default(),
+                    r[1].as_str().unwrap_or_default(),
+                    r[2].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tables,
+            [("public", "buyers", "TABLE"), ("public", "gmv", "TABLE")],
+            "{got}"
+        );
     }
 
     #[tokio::test]
