@@ -501,6 +501,16 @@ impl Answer<'_> {
         body
     }
 
+    /// Late events pending in the sealed buckets the output bucket starting at `bucket`
+    /// covers.
+    fn late_pending(&self, bucket: i64) -> i64 {
+        self.merged
+            .late_pending
+            .range(bucket..bucket.saturating_add(self.rollup.grain_ms()))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// The JSON document as bytes, the same as `serde_json::to_vec(&self.json())` (keys in
     /// order), with the rows written straight into the buffer: building and dropping a value
     /// tree per row was most of the cost of a 24-hour minute answer.
@@ -530,7 +540,6 @@ impl Answer<'_> {
             let _ = serde_json::to_writer(&mut *out, v);
         }
         let (spec, m) = (self.view, &self.merged);
-        let grain = self.rollup.grain_ms();
         let dims = self.rollup.dimensions(spec);
         // objects print their keys in order, as serde_json's maps do
         let mut dim_order: Vec<usize> = (0..dims.len()).collect();
@@ -593,11 +602,7 @@ impl Answer<'_> {
                 out.push(b'}');
             }
             if r.batch_rows > 0 {
-                let late: i64 = m
-                    .late_pending
-                    .range(r.bucket..r.bucket.saturating_add(grain))
-                    .map(|(_, n)| n)
-                    .sum();
+                let late = self.late_pending(r.bucket);
                 if late > 0 {
                     out.extend_from_slice(b",\"late_pending\":");
                     put(out, &late);
@@ -626,7 +631,6 @@ impl Answer<'_> {
     /// The rows as a JSON value.
     fn rows_value(&self) -> Value {
         let (spec, m) = (self.view, &self.merged);
-        let grain = self.rollup.grain_ms();
         let dims = self.rollup.dimensions(spec);
         Value::Array(
             self.rolled
@@ -647,12 +651,7 @@ impl Answer<'_> {
                     });
                     if r.batch_rows > 0 {
                         o["batch_version"] = json!(m.batch_version);
-                        // late events pending in the sealed buckets this row covers
-                        let late: i64 = m
-                            .late_pending
-                            .range(r.bucket..r.bucket.saturating_add(grain))
-                            .map(|(_, n)| n)
-                            .sum();
+                        let late = self.late_pending(r.bucket);
                         if late > 0 {
                             o["late_pending"] = json!(late);
                         }
