@@ -46,7 +46,7 @@ pub use model::{
 };
 pub use types::{FieldType, Num, NumType, Value};
 pub use view::{
-    Contribution, DimKey, Event, MeasureSpec, Quarantined, Row, STATE_FORMAT, Source,
+    Contribution, DimKey, Event, MeasureSpec, Quarantined, Row, RowRef, STATE_FORMAT, Source,
     ViewDefinition, ViewMismatch, ViewSpec,
 };
 

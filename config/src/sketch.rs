@@ -56,7 +56,16 @@ impl Distinct {
 
     /// Adds a key.
     pub fn insert(&mut self, text: &str) {
-        self.merge(Distinct::of(text));
+        let h = hash_key(text);
+        match self {
+            Distinct::Exact(set) => {
+                // as a merge with `Distinct::of(text)` would: past the limit, registers
+                if set.insert(h) && set.len() > EXACT_LIMIT {
+                    *self = Distinct::Hll(to_hll(set));
+                }
+            }
+            Distinct::Hll(regs) => hll_insert(regs, h),
+        }
     }
 
     /// Union with another sketch.

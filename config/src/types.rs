@@ -221,10 +221,19 @@ pub enum Value {
 impl Value {
     /// The canonical text of a key value (string, int, bool); `None` for null or other types.
     pub fn key_text(&self) -> Option<String> {
+        self.key_str().map(std::borrow::Cow::into_owned)
+    }
+
+    /// [`Value::key_text`], borrowed from a string value (numbers and booleans are written).
+    pub fn key_str(&self) -> Option<std::borrow::Cow<'_, str>> {
         match self {
-            Value::Str(s) => Some(s.clone()),
-            Value::Int(i) => Some(i.to_string()),
-            Value::Bool(b) => Some(b.to_string()),
+            Value::Str(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
+            Value::Int(i) => Some(std::borrow::Cow::Owned(i.to_string())),
+            Value::Bool(b) => Some(std::borrow::Cow::Borrowed(if *b {
+                "true"
+            } else {
+                "false"
+            })),
             _ => None,
         }
     }

@@ -324,65 +324,149 @@ impl ViewSpec {
 
     /// [`ViewSpec::contributions`], handed to `f` one by one (nothing collected).
     pub fn each_contribution(&self, event: &Event, mut f: impl FnMut(Contribution)) {
+        self.each_row(event, |row| {
+            f(Contribution {
+                bucket: row.bucket,
+                dims: row.dims(),
+                states: row.states(),
+            });
+        });
+    }
+
+    /// The rows `event` contributes, handed to `f` unbuilt: each says its bucket and reads
+    /// its dimensions and measure inputs from the event on demand, so a caller that folds
+    /// rows into accumulated states allocates nothing per row (see [`RowRef::add_to`]).
+    pub fn each_row<'a>(&'a self, event: &'a Event, mut f: impl FnMut(RowRef<'a>)) {
         match &self.explode {
-            None => self.contribution(event, None, &mut f),
+            None => self.row(event, None, &mut f),
             Some(x) => {
                 if let Value::Array(items) = event.get(x) {
                     for el in items.iter().filter(|v| !matches!(v, Value::Null)) {
-                        self.contribution(event, Some(el), &mut f);
+                        self.row(event, Some(el), &mut f);
                     }
                 }
             }
         }
     }
 
-    /// The row of `event` (or of its exploded element `el`), if it passes the filter.
-    fn contribution(&self, event: &Event, el: Option<&Value>, f: &mut impl FnMut(Contribution)) {
-        let resolve = |path: &str| -> &Value {
-            if let (Some(x), Some(el)) = (&self.explode, el) {
-                if path == x {
-                    return el;
-                }
-                if let Some(rest) = path
-                    .strip_prefix(x.as_str())
-                    .and_then(|r| r.strip_prefix('.'))
-                {
-                    return el.get_path(rest);
-                }
-            }
-            event.get(path)
+    /// The row of `event` (or of its exploded element `el`), if it passes the filter and has
+    /// a time in range.
+    fn row<'a>(&'a self, event: &'a Event, el: Option<&'a Value>, f: &mut impl FnMut(RowRef<'a>)) {
+        let mut row = RowRef {
+            view: self,
+            event,
+            el,
+            bucket: 0,
         };
         if let Some(flt) = &self.filter
-            && flt.eval(&resolve) != Some(true)
+            && flt.eval(&|p: &str| row.resolve(p)) != Some(true)
         {
             return;
         }
         // rows without a time, before the epoch or after 9999 belong to no bucket (in both
         // layers)
-        let Value::Int(t) = resolve(&self.time_field) else {
+        let Value::Int(t) = row.resolve(&self.time_field) else {
             return;
         };
         if *t < 0 || *t > crate::time::MAX_TIME_MS {
             return;
         }
-        let dims = self
+        row.bucket = self.bucket_of(*t);
+        f(row);
+    }
+}
+
+/// One row an event contributes to a view, not built: its bucket, and its dimension values
+/// and measure inputs read from the event (or its exploded element) on demand.
+#[derive(Debug, Clone, Copy)]
+pub struct RowRef<'a> {
+    view: &'a ViewSpec,
+    event: &'a Event,
+    el: Option<&'a Value>,
+    /// Bucket start, epoch ms.
+    pub bucket: i64,
+}
+
+impl<'a> RowRef<'a> {
+    /// The value at `path` for this row: under the exploded array, the element's.
+    fn resolve(&self, path: &str) -> &'a Value {
+        if let (Some(x), Some(el)) = (&self.view.explode, self.el) {
+            if path == x {
+                return el;
+            }
+            if let Some(rest) = path
+                .strip_prefix(x.as_str())
+                .and_then(|r| r.strip_prefix('.'))
+            {
+                return el.get_path(rest);
+            }
+        }
+        self.event.get(path)
+    }
+
+    /// The value of dimension `i` (in the view's order); its key is [`Value::key_text`].
+    pub fn dim(&self, i: usize) -> &'a Value {
+        self.view
             .dimensions
-            .iter()
-            .map(|d| resolve(d).key_text())
-            .collect();
-        let states = self
+            .get(i)
+            .map_or(&Value::Null, |d| self.resolve(d))
+    }
+
+    /// The row's dimension key.
+    pub fn dims(&self) -> DimKey {
+        (0..self.view.dimensions.len())
+            .map(|i| self.dim(i).key_text())
+            .collect()
+    }
+
+    /// The row's states, one per measure.
+    pub fn states(&self) -> Vec<State> {
+        self.view
             .measures
             .iter()
             .map(|m| {
-                let v = m.field.as_deref().map_or(&Value::Null, &resolve);
-                measure_input(&m.kind, v, m.by.as_deref().map(&resolve))
+                let v = m.field.as_deref().map_or(&Value::Null, |p| self.resolve(p));
+                measure_input(&m.kind, v, m.by.as_deref().map(|p| self.resolve(p)))
             })
-            .collect();
-        f(Contribution {
-            bucket: self.bucket_of(*t),
-            dims,
-            states,
-        });
+            .collect()
+    }
+
+    /// Merges the row's states into `acc` (one per measure, as [`crate::measure::merge_row`]
+    /// of [`RowRef::states`] would) without building them: a distinct key is hashed into its
+    /// sketch and a top-k key added to its map in place.
+    pub fn add_to(&self, acc: &mut [State]) -> crate::Result<()> {
+        for (m, a) in self.view.measures.iter().zip(acc.iter_mut()) {
+            let v = m.field.as_deref().map_or(&Value::Null, |p| self.resolve(p));
+            match (&m.kind, a) {
+                (MeasureKind::DistinctCount, State::Distinct(d)) => {
+                    if let Some(k) = v.key_str() {
+                        d.insert(&k);
+                    }
+                }
+                (MeasureKind::TopK { weight, .. }, State::TopK(map)) => {
+                    if let Some(k) = v.key_str() {
+                        let w = match m.by.as_deref() {
+                            None => Num::Int(1),
+                            Some(b) => self.resolve(b).num().unwrap_or(Num::zero(*weight)),
+                        };
+                        match map.get_mut(k.as_ref()) {
+                            Some(x) => *x = *x + w,
+                            None => {
+                                map.insert(k.into_owned(), w);
+                            }
+                        }
+                    }
+                }
+                (kind, a) => {
+                    a.merge(measure_input(
+                        kind,
+                        v,
+                        m.by.as_deref().map(|p| self.resolve(p)),
+                    ))?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

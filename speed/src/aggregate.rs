@@ -2,7 +2,9 @@
 //! drop duplicate event ids (within the batch and against the store), and fold each event's
 //! contributions into per-bucket partial states with the shared measure algebra.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher as _;
 
 use duet_config::DecodeError;
 use duet_config::decode::Keep;
@@ -23,6 +25,44 @@ const PARALLEL_FROM: usize = 256;
 struct Folded {
     shares: HashMap<usize, PartitionBatch>,
     late: u64,
+}
+
+/// The states a batch adds to one partition, view, bucket and dimension key.
+struct Delta {
+    part: usize,
+    view: usize,
+    bucket: i64,
+    dims: duet_config::DimKey,
+    states: Vec<State>,
+}
+
+impl Delta {
+    fn hash(&self, hasher: &hashbrown::DefaultHashBuilder) -> u64 {
+        delta_hash(
+            hasher,
+            self.part,
+            self.view,
+            self.bucket,
+            self.dims.iter().map(|k| k.as_deref().map(Cow::Borrowed)),
+        )
+    }
+}
+
+/// The hash of a delta's key, from its dimension keys as they are read (borrowed) or kept.
+fn delta_hash<'k>(
+    hasher: &hashbrown::DefaultHashBuilder,
+    part: usize,
+    view: usize,
+    bucket: i64,
+    dims: impl Iterator<Item = Option<Cow<'k, str>>>,
+) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = hasher.build_hasher();
+    (part, view, bucket).hash(&mut h);
+    for d in dims {
+        d.as_deref().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Counts of what a batch did.
@@ -138,16 +178,16 @@ impl Aggregator {
     }
 
     /// Folds applied events (partition index, source, event) into their partitions' deltas
-    /// and remembered ids.
+    /// and remembered ids. A row of an event is merged into its delta where it is read,
+    /// without building its states or its key (see [`duet_config::RowRef::add_to`]).
     fn fold(
         &self,
         events: Vec<(usize, &Source, Event)>,
         sealed_until: &BTreeMap<String, i64>,
     ) -> Result<Folded> {
         let mut out = Folded::default();
-        // deltas keyed without owned view names until the end: (partition, view, bucket, dims)
-        let mut deltas: HashMap<(usize, usize, i64, duet_config::DimKey), Vec<State>> =
-            HashMap::new();
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let mut deltas: hashbrown::HashTable<Delta> = hashbrown::HashTable::new();
         let none = Vec::new();
         for (part, source, ev) in events {
             let mut releases = Vec::new();
@@ -156,19 +196,44 @@ impl Aggregator {
                 let view = &self.views[vi];
                 let mut last_end = None;
                 let mut failed = None;
-                view.each_contribution(&ev, |c| {
-                    last_end = last_end.max(Some(c.bucket + view.bucket_ms));
-                    match deltas.entry((part, vi, c.bucket, c.dims)) {
-                        std::collections::hash_map::Entry::Occupied(mut acc) => {
-                            if let Err(source) =
-                                duet_config::measure::merge_row(acc.get_mut(), c.states)
-                            {
-                                failed.get_or_insert(source);
-                            }
+                view.each_row(&ev, |row| {
+                    last_end = last_end.max(Some(row.bucket + view.bucket_ms));
+                    let dims = view.dimensions.len();
+                    let h = delta_hash(
+                        &hasher,
+                        part,
+                        vi,
+                        row.bucket,
+                        (0..dims).map(|i| row.dim(i).key_str()),
+                    );
+                    let found = deltas.find_mut(h, |d| {
+                        d.part == part
+                            && d.view == vi
+                            && d.bucket == row.bucket
+                            && d.dims
+                                .iter()
+                                .enumerate()
+                                .all(|(i, k)| k.as_deref() == row.dim(i).key_str().as_deref())
+                    });
+                    let merged = match found {
+                        Some(d) => row.add_to(&mut d.states),
+                        None => {
+                            deltas.insert_unique(
+                                h,
+                                Delta {
+                                    part,
+                                    view: vi,
+                                    bucket: row.bucket,
+                                    dims: row.dims(),
+                                    states: row.states(),
+                                },
+                                |d| d.hash(&hasher),
+                            );
+                            Ok(())
                         }
-                        std::collections::hash_map::Entry::Vacant(slot) => {
-                            slot.insert(c.states);
-                        }
+                    };
+                    if let Err(source) = merged {
+                        failed.get_or_insert(source);
                     }
                 });
                 if let Some(source) = failed {
@@ -197,15 +262,15 @@ impl Aggregator {
                 });
             }
         }
-        for ((part, vi, bucket, dims), states) in deltas {
-            let view = &self.views[vi];
-            out.shares.entry(part).or_default().deltas.insert(
+        for d in deltas {
+            let view = &self.views[d.view];
+            out.shares.entry(d.part).or_default().deltas.insert(
                 StateKey {
                     view: view.name.clone(),
-                    bucket,
-                    dims,
+                    bucket: d.bucket,
+                    dims: d.dims,
                 },
-                states,
+                d.states,
             );
         }
         Ok(out)
@@ -251,8 +316,12 @@ impl Aggregator {
         let mut stats = BatchStats::default();
         // the partitions of this batch, in the order first met; messages refer to them by index
         let mut parts: Vec<(PartitionKey, i64)> = Vec::new();
-        let mut fresh: Vec<(usize, &Source, Event)> = Vec::new();
-        let mut in_batch: HashSet<(&str, String)> = HashSet::new();
+        let mut fresh: Vec<(usize, &Source, Event)> = Vec::with_capacity(msgs.len());
+        // the ids of `fresh`, as indices into it (nothing copied)
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let id_hash = |source: &str, id: &str| hasher.hash_one((source, id));
+        let mut in_batch: hashbrown::HashTable<usize> =
+            hashbrown::HashTable::with_capacity(msgs.len());
         let mut decoded = self.decode_all(msgs, now_ms).into_iter();
         for m in msgs {
             let part = match parts
@@ -296,10 +365,20 @@ impl Aggregator {
                         let committing = pending
                             .get(&source.name)
                             .is_some_and(|ids| ids.contains(&ev.id));
-                        if !committing && in_batch.insert((source.name.as_str(), ev.id.clone())) {
-                            fresh.push((part, source, ev));
-                        } else {
+                        let h = id_hash(&source.name, &ev.id);
+                        let again = committing
+                            || in_batch
+                                .find(h, |&i| {
+                                    fresh[i].1.name == source.name && fresh[i].2.id == ev.id
+                                })
+                                .is_some();
+                        if again {
                             stats.duplicates += 1;
+                        } else {
+                            fresh.push((part, source, ev));
+                            in_batch.insert_unique(h, fresh.len() - 1, |&i| {
+                                id_hash(&fresh[i].1.name, &fresh[i].2.id)
+                            });
                         }
                     }
                 }
@@ -338,8 +417,9 @@ impl Aggregator {
         } else {
             1
         };
-        let mut lists: Vec<Vec<(usize, &Source, Event)>> =
-            (0..threads).map(|_| Vec::new()).collect();
+        let mut lists: Vec<Vec<(usize, &Source, Event)>> = (0..threads)
+            .map(|_| Vec::with_capacity(fresh.len() / threads + 1))
+            .collect();
         for ((part, source, ev), dup) in fresh.into_iter().zip(dup) {
             if dup {
                 stats.duplicates += 1;
