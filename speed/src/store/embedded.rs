@@ -5,6 +5,9 @@
 //! Dedup ids are kept while a bucket they count in can still change: each id is indexed by
 //! the end of the latest bucket it contributed to in each view, and forgotten once every view
 //! is sealed past those buckets (the speed layer's state of a sealed bucket is not served).
+//! On disk they are kept in blocks, one per batch, view and bucket end; the lookups go to an
+//! index in memory ([`IdIndex`]), built from the blocks when the store opens and changed
+//! only by commits that succeeded.
 //! A stored state that cannot be read is set aside in a table of its own, with the reason,
 //! and the bucket starts again from the new delta: the layer goes on, nothing is lost.
 
@@ -23,10 +26,11 @@ use crate::error::{Error, Result};
 const VIEWS: TableDefinition<(&str, i64, &str), &[u8]> = TableDefinition::new("views");
 /// (group, topic, partition) → next offset.
 const OFFSETS: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("offsets");
-/// (source, event id) → number of index entries still holding it.
+/// (source, event id) → number of index entries still holding it (written by earlier
+/// versions; moved into blocks when the store opens).
 const SEEN: TableDefinition<(&str, &str), u32> = TableDefinition::new("seen_ids");
 /// (view, bucket end, source, event id) → (): which ids a view's unsealed buckets hold, one
-/// entry per id (written by earlier versions; still released, no longer written).
+/// entry per id (written by earlier versions; moved into blocks when the store opens).
 const SEEN_INDEX: TableDefinition<(&str, i64, &str, &str), ()> =
     TableDefinition::new("seen_by_bucket");
 /// (view, bucket end, batch sequence) → the (source, id) pairs of one batch whose latest
@@ -70,6 +74,96 @@ pub struct EmbeddedStore {
     path: PathBuf,
     /// When a batch commit was last synced to disk.
     synced: Arc<std::sync::Mutex<std::time::Instant>>,
+    /// The dedup ids the blocks hold, in memory.
+    ids: Arc<IdIndex>,
+}
+
+/// The dedup ids of the store's blocks, in memory: for each (source, id), how many blocks
+/// hold it. An id is kept as a 128-bit keyed hash (two SipHash-1-3 under keys drawn when
+/// the store opens), about 40 bytes an id: a collision, which would drop an event as a
+/// duplicate, needs about 2^64 ids, and the keys are secret, so ids cannot be chosen to
+/// collide.
+struct IdIndex {
+    keys: (std::hash::RandomState, std::hash::RandomState),
+    held: std::sync::RwLock<hashbrown::HashMap<u128, u32>>,
+    /// Held by a write that changes blocks, from its start until its changes are in `held`.
+    writer: std::sync::Mutex<()>,
+}
+
+impl IdIndex {
+    fn new() -> IdIndex {
+        IdIndex {
+            keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
+            held: std::sync::RwLock::new(hashbrown::HashMap::new()),
+            writer: std::sync::Mutex::new(()),
+        }
+    }
+
+    fn key(&self, source: &str, id: &str) -> u128 {
+        use std::hash::BuildHasher;
+        let hi = self.keys.0.hash_one((source, id));
+        let lo = self.keys.1.hash_one((source, id));
+        (u128::from(hi) << 64) | u128::from(lo)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, hashbrown::HashMap<u128, u32>> {
+        self.held
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies a committed write's changes (per id, blocks added minus released).
+    fn apply(&self, change: IdChange) {
+        let mut held = self
+            .held
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (k, d) in change.by_key {
+            let now = i64::from(held.get(&k).copied().unwrap_or(0)) + d;
+            if now > 0 {
+                held.insert(k, u32::try_from(now).unwrap_or(u32::MAX));
+            } else {
+                held.remove(&k);
+            }
+        }
+    }
+}
+
+/// What one write changes in the [`IdIndex`]: per id, the blocks that hold it added minus
+/// those released.
+#[derive(Default)]
+struct IdChange {
+    by_key: hashbrown::HashMap<u128, i64>,
+}
+
+impl IdChange {
+    /// How many blocks will hold `k` once this change is applied over `held`.
+    fn holds(&self, held: &hashbrown::HashMap<u128, u32>, k: u128) -> i64 {
+        i64::from(held.get(&k).copied().unwrap_or(0)) + self.by_key.get(&k).copied().unwrap_or(0)
+    }
+
+    /// Records `n` more blocks holding `k`.
+    fn add(&mut self, k: u128, n: i64) {
+        *self.by_key.entry(k).or_default() += n;
+    }
+
+    /// The ids this change forgets (held now, held by no block after it) minus those it
+    /// remembers anew.
+    fn forgotten(&self, held: &hashbrown::HashMap<u128, u32>) -> i64 {
+        let mut n = 0;
+        for (k, d) in &self.by_key {
+            let before = i64::from(held.get(k).copied().unwrap_or(0));
+            let after = before + d;
+            n += i64::from(before > 0 && after <= 0) - i64::from(before <= 0 && after > 0);
+        }
+        n
+    }
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -197,99 +291,109 @@ fn pack_ids(ids: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// One length-prefixed string from the front of `bytes`, which moves past it.
-fn take_str(bytes: &mut &[u8]) -> Option<String> {
-    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    let s = std::str::from_utf8(bytes.get(4..4usize.checked_add(len)?)?)
-        .ok()?
-        .to_string();
-    *bytes = &bytes[4 + len..];
-    Some(s)
-}
-
-/// The pairs [`pack_ids`] packed; `None` if the bytes are not such a list.
-fn unpack_ids(mut bytes: &[u8]) -> Option<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let source = take_str(&mut bytes)?;
-        out.push((source, take_str(&mut bytes)?));
-    }
-    Some(out)
-}
-
-/// Drops one index entry's hold on an id; an id no entry holds any more is forgotten
-/// (returns whether it was).
-fn unref(
-    seen: &mut redb::Table<(&str, &str), u32>,
-    source: &str,
-    id: &str,
-    e: &Op<'_>,
-) -> Result<bool> {
-    let refs = seen.get((source, id)).ctx(e)?.map_or(0, |v| v.value());
-    if refs <= 1 {
-        Ok(seen.remove((source, id)).ctx(e)?.is_some())
-    } else {
-        seen.insert((source, id), refs - 1).ctx(e)?;
-        Ok(false)
-    }
-}
-
-/// Removes the dedup blocks of `view` whose bucket end is at or before `until` and releases
-/// their ids. Returns how many ids were forgotten.
+/// Removes the dedup blocks of `view` whose bucket end is at or before `until`, and records
+/// in `change` the release of every id they held.
 fn release_blocks(
     blocks: &mut redb::Table<(&str, i64, u64), &[u8]>,
-    seen: &mut redb::Table<(&str, &str), u32>,
+    ids: &IdIndex,
+    change: &mut IdChange,
     view: &str,
     until: i64,
     e: &Op<'_>,
-) -> Result<i64> {
+) -> Result<()> {
     let found: Vec<((i64, u64), Vec<u8>)> = blocks
         .range((view, i64::MIN, 0)..=(view, until, u64::MAX))
         .ctx(e)?
         .map(|item| item.map(|(k, v)| ((k.value().1, k.value().2), v.value().to_vec())))
         .collect::<std::result::Result<_, _>>()
         .ctx(e)?;
-    let mut forgotten = 0;
     for ((end, seq), bytes) in found {
         blocks.remove((view, end, seq)).ctx(e)?;
-        let ids = unpack_ids(&bytes).ok_or(Error::Unreadable {
-            what: "dedup block",
-        })?;
-        for (source, id) in ids {
-            forgotten += i64::from(unref(seen, &source, &id, e)?);
-        }
+        for_each_id(&bytes, |source, id| change.add(ids.key(source, id), -1))?;
     }
-    Ok(forgotten)
+    Ok(())
 }
 
-/// Removes the dedup index entries of one view whose bucket end lies in `range` (inclusive)
-/// and releases their ids: an id no entry holds any more is forgotten. Returns how many were.
-fn release(
-    index: &mut redb::Table<(&str, i64, &str, &str), ()>,
-    seen: &mut redb::Table<(&str, &str), u32>,
-    range: std::ops::RangeInclusive<(&str, i64)>,
-    e: &Op<'_>,
-) -> Result<i64> {
-    let (lo, hi) = range.into_inner();
-    let entries: Vec<(i64, String, String)> = index
-        .range((lo.0, lo.1, "", "")..=(hi.0, hi.1, "\u{10ffff}", "\u{10ffff}"))
+/// One length-prefixed string's bytes from the front of `rest`, which moves past it.
+fn take_bytes<'b>(rest: &mut &'b [u8]) -> Option<&'b [u8]> {
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let s = rest.get(4..4usize.checked_add(len)?)?;
+    *rest = &rest[4 + len..];
+    Some(s)
+}
+
+/// Calls `f` with each (source, id) pair of a block ([`pack_ids`]); an error if the bytes
+/// are not such a list.
+fn for_each_id(bytes: &[u8], mut f: impl FnMut(&str, &str)) -> Result<()> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let pair = take_bytes(&mut rest).zip(take_bytes(&mut rest));
+        match pair.map(|(s, i)| (std::str::from_utf8(s), std::str::from_utf8(i))) {
+            Some((Ok(s), Ok(i))) => f(s, i),
+            _ => {
+                return Err(Error::Unreadable {
+                    what: "dedup block",
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves the dedup ids an earlier version indexed one entry each (`SEEN_INDEX`, counted in
+/// `SEEN`) into blocks, and empties both tables: the blocks then hold every id.
+fn migrate_id_tables(tx: &redb::WriteTransaction, e: &Op<'_>) -> Result<()> {
+    let mut index = tx.open_table(SEEN_INDEX).ctx(e)?;
+    let mut seen = tx.open_table(SEEN).ctx(e)?;
+    if index.is_empty().ctx(e)? && seen.is_empty().ctx(e)? {
+        return Ok(());
+    }
+    let entries: Vec<(String, i64, String, String)> = index
+        .iter()
         .ctx(e)?
         .map(|item| {
             item.map(|(k, _)| {
-                let (_, end, source, id) = k.value();
-                (end, source.to_string(), id.to_string())
+                let (view, end, source, id) = k.value();
+                (view.to_string(), end, source.to_string(), id.to_string())
             })
         })
         .collect::<std::result::Result<_, _>>()
         .ctx(e)?;
-    let mut forgotten = 0;
-    for (end, source, id) in entries {
-        index
-            .remove((lo.0, end, source.as_str(), id.as_str()))
-            .ctx(e)?;
-        forgotten += i64::from(unref(seen, &source, &id, e)?);
+    let mut groups: BTreeMap<(&str, i64), Vec<(&str, &str)>> = BTreeMap::new();
+    for (view, end, source, id) in &entries {
+        groups
+            .entry((view.as_str(), *end))
+            .or_default()
+            .push((source.as_str(), id.as_str()));
     }
-    Ok(forgotten)
+    let mut blocks = tx.open_table(SEEN_BLOCKS).ctx(e)?;
+    for ((view, end), ids) in &groups {
+        append_block(&mut blocks, view, *end, ids, e)?;
+    }
+    index.retain(|_, _| false).ctx(e)?;
+    seen.retain(|_, _| false).ctx(e)?;
+    Ok(())
+}
+
+/// Writes `ids` as a new block of `view` and bucket end `end`, after its last one.
+fn append_block(
+    blocks: &mut redb::Table<(&str, i64, u64), &[u8]>,
+    view: &str,
+    end: i64,
+    ids: &[(&str, &str)],
+    e: &Op<'_>,
+) -> Result<()> {
+    let seq = blocks
+        .range((view, end, 0)..=(view, end, u64::MAX))
+        .ctx(e)?
+        .next_back()
+        .transpose()
+        .ctx(e)?
+        .map_or(0, |(k, _)| k.value().2 + 1);
+    blocks
+        .insert((view, end, seq), pack_ids(ids).as_slice())
+        .ctx(e)?;
+    Ok(())
 }
 
 impl EmbeddedStore {
@@ -309,10 +413,30 @@ impl EmbeddedStore {
             db: Arc::new(db),
             path: path.to_path_buf(),
             synced: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            ids: Arc::new(IdIndex::new()),
         };
-        // create the tables so that readers never meet a missing one
-        store.write("create tables", |_| Ok(()))?;
+        // create the tables so that readers never meet a missing one; ids of an earlier
+        // version's index into blocks
+        store.write("create tables", |tx| {
+            migrate_id_tables(tx, &store.err("create tables"))
+        })?;
+        store.load_ids()?;
         Ok(store)
+    }
+
+    /// Builds the in-memory id index from the blocks.
+    fn load_ids(&self) -> Result<()> {
+        let e = self.err("read dedup ids");
+        let tx = self.read_tx("read dedup ids")?;
+        let mut change = IdChange::default();
+        for item in tx.open_table(SEEN_BLOCKS).ctx(&e)?.iter().ctx(&e)? {
+            let (_, v) = item.ctx(&e)?;
+            for_each_id(v.value(), |source, id| {
+                change.add(self.ids.key(source, id), 1)
+            })?;
+        }
+        self.ids.apply(change);
+        Ok(())
     }
 
     fn err(&self, operation: &'static str) -> Op<'_> {
@@ -392,7 +516,12 @@ impl EmbeddedStore {
                 redb::Durability::None
             }
         };
+        // the id index changes with the commit, after it, before any other write
+        let _writer = self.ids.lock_writer();
+        let mut change = IdChange::default();
+        let change_ref = &mut change;
         self.write_with("commit a batch", durability, |tx| {
+            let change = change_ref;
             let e = self.err("commit a batch");
             let mut meta = tx.open_table(META).ctx(&e)?;
             let mut counter = |name: &str, delta: i64| -> Result<()> {
@@ -482,11 +611,8 @@ impl EmbeddedStore {
                     .ctx(&e)?;
             }
             // dedup ids: forget what sealed buckets no longer need, then remember the new
-            let mut seen = tx.open_table(SEEN).ctx(&e)?;
-            let mut index = tx.open_table(SEEN_INDEX).ctx(&e)?;
             let mut blocks = tx.open_table(SEEN_BLOCKS).ctx(&e)?;
             let mut frontiers = tx.open_table(FRONTIERS).ctx(&e)?;
-            let mut forgotten = 0;
             for (view, until) in &batch.sealed_until {
                 let old = frontiers
                     .get(view.as_str())
@@ -495,13 +621,7 @@ impl EmbeddedStore {
                 if *until <= old {
                     continue;
                 }
-                forgotten += release(
-                    &mut index,
-                    &mut seen,
-                    (view.as_str(), i64::MIN)..=(view.as_str(), *until),
-                    &e,
-                )?;
-                forgotten += release_blocks(&mut blocks, &mut seen, view, *until, &e)?;
+                release_blocks(&mut blocks, &self.ids, change, view, *until, &e)?;
                 frontiers.insert(view.as_str(), *until).ctx(&e)?;
             }
             let mut frontier_of: HashMap<String, i64> = HashMap::new();
@@ -509,7 +629,7 @@ impl EmbeddedStore {
                 let (k, v) = item.ctx(&e)?;
                 frontier_of.insert(k.value().to_string(), v.value());
             }
-            let mut remembered = 0;
+            let held = self.ids.read();
             let mut groups: BTreeMap<(&str, i64), Vec<(&str, &str)>> = BTreeMap::new();
             for s in batch.parts.values().flat_map(|p| p.seen.iter()) {
                 let live: Vec<_> = s
@@ -526,39 +646,26 @@ impl EmbeddedStore {
                 if live.is_empty() {
                     continue;
                 }
-                // one lookup: an id already remembered keeps its count
-                let id = (s.source.as_str(), s.id.as_str());
-                let old = seen
-                    .insert(id, live.len() as u32)
-                    .ctx(&e)?
-                    .map(|v| v.value());
-                if let Some(old) = old {
-                    seen.insert(id, old).ctx(&e)?;
+                // an id already remembered keeps its blocks
+                let k = self.ids.key(&s.source, &s.id);
+                if change.holds(&held, k) > 0 {
                     continue;
                 }
+                change.add(k, live.len() as i64);
                 for r in live {
                     groups
                         .entry((r.view.as_str(), r.bucket_end))
                         .or_default()
                         .push((s.source.as_str(), s.id.as_str()));
                 }
-                remembered += 1;
             }
             for ((view, end), ids) in &groups {
-                // after the last block of this view and bucket end
-                let seq = blocks
-                    .range((*view, *end, 0)..=(*view, *end, u64::MAX))
-                    .ctx(&e)?
-                    .next_back()
-                    .transpose()
-                    .ctx(&e)?
-                    .map_or(0, |(k, _)| k.value().2 + 1);
-                blocks
-                    .insert((*view, *end, seq), pack_ids(ids).as_slice())
-                    .ctx(&e)?;
+                append_block(&mut blocks, view, *end, ids, &e)?;
             }
-            if remembered != forgotten {
-                counter("seen_ids", remembered - forgotten)?;
+            let forgotten = change.forgotten(&held);
+            drop(held);
+            if forgotten != 0 {
+                counter("seen_ids", -forgotten)?;
             }
             let mut q = tx.open_table(QUARANTINE).ctx(&e)?;
             for r in &batch.quarantine {
@@ -606,7 +713,9 @@ impl EmbeddedStore {
             }
             meta.insert("last_commit_ms", batch.at_ms).ctx(&e)?;
             Ok(())
-        })
+        })?;
+        self.ids.apply(change);
+        Ok(())
     }
 
     /// The stored bytes of `view`'s states with a bucket in `[from, to)`, by bucket and
@@ -632,7 +741,11 @@ impl EmbeddedStore {
     }
 
     fn drop_view_now(&self, view: &str) -> Result<()> {
+        let _writer = self.ids.lock_writer();
+        let mut change = IdChange::default();
+        let change_ref = &mut change;
         self.write("drop a view", |tx| {
+            let change = change_ref;
             let e = self.err("drop a view");
             let mut views = tx.open_table(VIEWS).ctx(&e)?;
             let keys: Vec<(i64, String)> = views
@@ -644,22 +757,18 @@ impl EmbeddedStore {
             for (bucket, dims) in keys {
                 views.remove((view, bucket, dims.as_str())).ctx(&e)?;
             }
-            let mut index = tx.open_table(SEEN_INDEX).ctx(&e)?;
             let mut blocks = tx.open_table(SEEN_BLOCKS).ctx(&e)?;
-            let mut seen = tx.open_table(SEEN).ctx(&e)?;
-            let forgotten = release(
-                &mut index,
-                &mut seen,
-                (view, i64::MIN)..=(view, i64::MAX),
-                &e,
-            )? + release_blocks(&mut blocks, &mut seen, view, i64::MAX, &e)?;
+            release_blocks(&mut blocks, &self.ids, change, view, i64::MAX, &e)?;
+            let forgotten = change.forgotten(&self.ids.read());
             let mut meta = tx.open_table(META).ctx(&e)?;
             let old = meta.get("seen_ids").ctx(&e)?.map_or(0, |v| v.value());
             meta.insert("seen_ids", old - forgotten).ctx(&e)?;
             tx.open_table(FRONTIERS).ctx(&e)?.remove(view).ctx(&e)?;
             tx.open_table(DEFINITIONS).ctx(&e)?.remove(view).ctx(&e)?;
             Ok(())
-        })
+        })?;
+        self.ids.apply(change);
+        Ok(())
     }
 }
 
@@ -698,16 +807,11 @@ impl ViewStore for EmbeddedStore {
         source: &str,
         ids: Vec<String>,
     ) -> Result<Vec<bool>> {
-        let source = source.to_string();
-        self.blocking("read seen ids", move |s| {
-            let e = s.err("read seen ids");
-            let tx = s.read_tx("read seen ids")?;
-            let t = tx.open_table(SEEN).ctx(&e)?;
-            ids.iter()
-                .map(|id| Ok(t.get((source.as_str(), id.as_str())).ctx(&e)?.is_some()))
-                .collect()
-        })
-        .await
+        let held = self.ids.read();
+        Ok(ids
+            .iter()
+            .map(|id| held.contains_key(&self.ids.key(source, id)))
+            .collect())
     }
 
     async fn read(&self, view: &str, from: i64, to: i64) -> Result<Vec<Row>> {
@@ -1041,34 +1145,60 @@ mod tests {
     #[test]
     fn id_blocks_round_trip() {
         let ids = [("orders", "o-1|paid"), ("", ""), ("behavior", "e-\u{e9}")];
-        let back = unpack_ids(&pack_ids(&ids)).unwrap();
+        let unpack = |bytes: &[u8]| {
+            let mut out = Vec::new();
+            for_each_id(bytes, |s, i| out.push((s.to_string(), i.to_string()))).map(|()| out)
+        };
         assert_eq!(
-            back,
+            unpack(&pack_ids(&ids)).unwrap(),
             ids.iter()
                 .map(|(s, i)| (s.to_string(), i.to_string()))
                 .collect::<Vec<_>>()
         );
-        assert_eq!(unpack_ids(&[]), Some(Vec::new()));
-        assert_eq!(unpack_ids(&[9, 0, 0, 0, b'x']), None);
+        assert_eq!(unpack(&[]).unwrap(), Vec::new());
+        assert!(unpack(&[9, 0, 0, 0, b'x']).is_err());
+        assert!(unpack(&[1, 0, 0, 0, b'x']).is_err());
     }
 
-    /// Ids indexed one entry each by an earlier version are still released as views seal.
+    /// Ids indexed one entry each by an earlier version are moved into blocks when the store
+    /// opens, found, and released as views seal.
     #[tokio::test]
     async fn ids_of_the_earlier_index_are_still_released() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
-        store
-            .write("test", |tx| {
-                let mut index = tx.open_table(SEEN_INDEX).unwrap();
-                index.insert(("a", 60_000, "s", "old"), ()).unwrap();
-                tx.open_table(SEEN)
-                    .unwrap()
-                    .insert(("s", "old"), 1)
-                    .unwrap();
-                tx.open_table(META).unwrap().insert("seen_ids", 1).unwrap();
-                Ok(())
-            })
-            .unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store
+                .write("test", |tx| {
+                    let mut index = tx.open_table(SEEN_INDEX).unwrap();
+                    index.insert(("a", 60_000, "s", "old"), ()).unwrap();
+                    index.insert(("b", 60_000, "s", "old"), ()).unwrap();
+                    tx.open_table(SEEN)
+                        .unwrap()
+                        .insert(("s", "old"), 2)
+                        .unwrap();
+                    tx.open_table(META).unwrap().insert("seen_ids", 1).unwrap();
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let tx = store.read_tx("test").unwrap();
+        assert!(tx.open_table(SEEN_INDEX).unwrap().is_empty().unwrap());
+        assert!(tx.open_table(SEEN).unwrap().is_empty().unwrap());
+        drop(tx);
+        // held by the block of view b still
+        let mut b = SpeedBatch::default();
+        b.sealed_until.insert("a".into(), 60_000);
+        store.commit(b).await.unwrap();
+        assert_eq!(
+            store
+                .seen(&anywhere(), "s", vec!["old".into()])
+                .await
+                .unwrap(),
+            vec![true]
+        );
+        assert_eq!(store.stats().await.unwrap().seen_ids, 1);
         assert_eq!(
             store
                 .seen(&anywhere(), "s", vec!["old".into()])
@@ -1077,7 +1207,7 @@ mod tests {
             vec![true]
         );
         let mut b = SpeedBatch::default();
-        b.sealed_until.insert("a".into(), 60_000);
+        b.sealed_until.insert("b".into(), 60_000);
         store.commit(b).await.unwrap();
         assert_eq!(
             store
