@@ -601,12 +601,14 @@ impl Source {
                 });
             }
         };
-        let id = self
-            .event_id
-            .iter()
-            .map(|f| event.get(f).key_text().unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("|");
+        // the id fields' keys joined by `|`, written into one string
+        let mut id = String::new();
+        for (i, f) in self.event_id.iter().enumerate() {
+            if i > 0 {
+                id.push('|');
+            }
+            id.push_str(event.get(f).key_str().as_deref().unwrap_or_default());
+        }
         if let Some((check, text)) = &self.check
             && check.eval(&|p: &str| event.get(p)) != Some(true)
         {

@@ -616,4 +616,110 @@ mod tests {
             assert!(view.contributions(&src.decode(other).unwrap()).is_empty());
         }
     }
+
+    /// A row merged into accumulated states in place gives the states that merging its
+    /// built states would, for every measure kind, with explode, filter and dimensions.
+    mod rows_fold_in_place {
+        use crate::Config;
+        use proptest::prelude::*;
+
+        fn config() -> Config {
+            Config::from_toml_str(
+                r#"
+                [[sources]]
+                name = "o"
+                topic = "o"
+                event_id = "id"
+                event_time = "t"
+                fields = { id = "string", t = "int", s = "string", n = "int", amount = "decimal(2)",
+                           items = "array<struct<p: string, q: int>>" }
+
+                [[views]]
+                name = "all"
+                source = "o"
+                bucket = "1m"
+                dimensions = ["s"]
+                measures = [
+                  { name = "c", kind = "count" },
+                  { name = "sum", kind = "sum", field = "amount" },
+                  { name = "min", kind = "min", field = "n" },
+                  { name = "max", kind = "max", field = "amount" },
+                  { name = "avg", kind = "avg", field = "n" },
+                  { name = "d", kind = "distinct_count", field = "s" },
+                  { name = "dn", kind = "distinct_count", field = "n" },
+                ]
+
+                [[views]]
+                name = "items"
+                source = "o"
+                bucket = "1m"
+                explode = "items"
+                filter = "items.q > 0"
+                dimensions = ["items.p", "n"]
+                measures = [
+                  { name = "top", kind = "top_k", field = "items.p", by = "items.q", k = 3 },
+                  { name = "topn", kind = "top_k", field = "n", k = 2 },
+                  { name = "units", kind = "sum", field = "items.q" },
+                ]
+                "#,
+                "t.toml".as_ref(),
+            )
+            .unwrap()
+        }
+
+        fn event_json() -> impl Strategy<Value = String> {
+            let opt = |s: &'static str| prop_oneof![Just("null".to_string()), s.prop_map(|v| v)];
+            let int = |lo: i64, hi: i64| {
+                prop_oneof![
+                    Just("null".to_string()),
+                    (lo..hi).prop_map(|n| n.to_string())
+                ]
+            };
+            (
+                0i64..300_000,
+                opt("\"[a-c]\""),
+                int(-999, 999),
+                opt("\"[1-9][0-9]{0,2}\\.[0-9]{2}\""),
+                proptest::collection::vec((opt("\"[a-d]\""), int(-9, 9)), 0..4),
+            )
+                .prop_map(|(t, s, n, amount, items)| {
+                    let items: Vec<String> = items
+                        .iter()
+                        .map(|(p, q)| format!(r#"{{"p":{p},"q":{q}}}"#))
+                        .collect();
+                    format!(
+                        r#"{{"id":"x","t":{t},"s":{s},"n":{n},"amount":{amount},"items":[{}]}}"#,
+                        items.join(",")
+                    )
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn add_to_equals_merging_built_states(events in proptest::collection::vec(event_json(), 1..12)) {
+                let cfg = config();
+                let src = &cfg.sources[0];
+                let decoded: Vec<_> = events.iter().map(|e| src.decode(e.as_bytes()).unwrap()).collect();
+                for view in &cfg.views {
+                    // per bucket and dimensions: built states merged, and rows added in place
+                    let mut built: std::collections::BTreeMap<(i64, crate::DimKey), Vec<crate::State>> = Default::default();
+                    let mut folded = built.clone();
+                    for e in &decoded {
+                        view.each_row(e, |row| {
+                            let key = (row.bucket, row.dims());
+                            match built.get_mut(&key) {
+                                Some(acc) => crate::measure::merge_row(acc, row.states()).unwrap(),
+                                None => { built.insert(key.clone(), row.states()); }
+                            }
+                            match folded.get_mut(&key) {
+                                Some(acc) => row.add_to(acc).unwrap(),
+                                None => { folded.insert(key, row.states()); }
+                            }
+                        });
+                    }
+                    prop_assert_eq!(&built, &folded);
+                }
+            }
+        }
+    }
 }
