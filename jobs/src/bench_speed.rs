@@ -53,6 +53,61 @@ struct Throughput {
     cores: Option<f64>,
 }
 
+/// The hot path on one thread without Kafka: microseconds per event.
+struct HotPath {
+    events: usize,
+    /// Decode, dedup against the store, fold.
+    build_us: f64,
+    /// The embedded store's commit.
+    commit_us: f64,
+}
+
+/// Builds and commits `msgs` (topic, key, bytes) in batches of the config's size into an
+/// embedded store in `dir`, on one thread, as messages of `partitions` partitions per topic:
+/// the speed layer's own work per event, without Kafka's and without a second core.
+async fn hot_path(
+    cfg: &Config,
+    msgs: &[(String, String, Vec<u8>)],
+    partitions: i32,
+    dir: &std::path::Path,
+) -> Result<HotPath> {
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    let msgs: Vec<duet_speed::kafka::Msg> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, (topic, _, bytes))| {
+            let partition = i32::try_from(i % partitions.max(1) as usize).unwrap_or(0);
+            let offset = next.entry((topic.as_str(), partition)).or_insert(0);
+            *offset += 1;
+            duet_speed::kafka::Msg {
+                topic: topic.clone(),
+                partition,
+                offset: *offset - 1,
+                payload: bytes.clone(),
+                timestamp_ms: Some(T0),
+            }
+        })
+        .collect();
+    let store = EmbeddedStore::open(&dir.join("hot-path.redb"))?;
+    let agg = duet_speed::Aggregator::new(cfg, "bench-hot-path").with_threads(1);
+    let sealed = std::collections::BTreeMap::new();
+    let (mut build, mut commit) = (Duration::ZERO, Duration::ZERO);
+    for chunk in msgs.chunks(cfg.speed.batch_max.max(1)) {
+        let t = Instant::now();
+        let (batch, _) = agg.build(chunk, &store, T0, &sealed).await?;
+        build += t.elapsed();
+        let t = Instant::now();
+        store.commit(batch).await?;
+        commit += t.elapsed();
+    }
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / msgs.len().max(1) as f64;
+    Ok(HotPath {
+        events: msgs.len(),
+        build_us: us(build),
+        commit_us: us(commit),
+    })
+}
+
 /// One store's freshness run.
 struct Freshness {
     store: &'static str,
@@ -160,6 +215,8 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
     }
     let busiest = per_topic.values().copied().max().unwrap_or(0);
     cfg.kafka.partitions = i32::try_from(busiest.div_ceil(PARTITION_BYTES).max(4)).unwrap_or(4);
+    // the speed layer's own work, before anything else runs
+    let hot = hot_path(&cfg, &msgs, cfg.kafka.partitions, &opts.dir).await?;
     let topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
     let kafka = EmbeddedKafka::start(&topics, cfg.kafka.partitions)?;
     let bootstrap = kafka.bootstrap();
@@ -334,6 +391,24 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
             t.rss_mib.map_or("?".into(), |m| format!("{m:.0}"))
         )?;
     }
+    writeln!(
+        r,
+        "\n## Hot path on one thread, without Kafka\n\nThe same {} events as messages in memory, built and committed in batches of {} into an embedded store, decoding and folding on one thread (the commit waited for): the speed layer's own CPU time per event, steadier from run to run than the throughput above.\n",
+        hot.events, cfg.speed.batch_max
+    )?;
+    writeln!(
+        r,
+        "| build (decode, dedup, fold) µs/event | commit µs/event | total µs/event | events/s on one thread |"
+    )?;
+    writeln!(r, "|---:|---:|---:|---:|")?;
+    let total = hot.build_us + hot.commit_us;
+    writeln!(
+        r,
+        "| {:.2} | {:.2} | {total:.2} | {:.0} |",
+        hot.build_us,
+        hot.commit_us,
+        1e6 / total.max(1e-9)
+    )?;
     writeln!(
         r,
         "\n## Freshness: produce → visible in the store, {} events/s for {} s\n",

@@ -135,6 +135,13 @@ impl Aggregator {
         }
     }
 
+    /// The same, decoding and folding on `threads` threads (at least one) instead of one per
+    /// core: the benchmark times the hot path on one.
+    pub fn with_threads(mut self, threads: usize) -> Aggregator {
+        self.threads = threads.max(1);
+        self
+    }
+
     /// The topics to consume.
     pub fn topics(&self) -> Vec<String> {
         let mut t: Vec<String> = self.by_topic.keys().cloned().collect();
