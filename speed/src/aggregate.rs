@@ -407,10 +407,15 @@ impl Aggregator {
             asks.entry((part, s.name.as_str())).or_default().push(i);
         }
         // all questions at once (a Redis store pipelines them into one round trip)
-        let answers = futures::future::try_join_all(asks.iter().map(|((part, source), idx)| {
-            let ids: Vec<String> = idx.iter().map(|i| fresh[*i].2.id.clone()).collect();
-            store.seen(&parts[*part].0, source, ids)
-        }))
+        let lists: Vec<Vec<&str>> = asks
+            .values()
+            .map(|idx| idx.iter().map(|i| fresh[*i].2.id.as_str()).collect())
+            .collect();
+        let answers = futures::future::try_join_all(
+            asks.keys()
+                .zip(&lists)
+                .map(|((part, source), ids)| store.seen(&parts[*part].0, source, ids)),
+        )
         .await?;
         let mut dup = vec![false; fresh.len()];
         for (idx, seen) in asks.values().zip(answers) {

@@ -190,7 +190,7 @@ pub trait ViewStore: Send + Sync {
     /// Which of `ids` of `source`, read from partition `part`, were already seen. The embedded
     /// store answers over all partitions; the Redis store over the ids read from `part` (see
     /// `docs/semantics.md`).
-    async fn seen(&self, part: &PartitionKey, source: &str, ids: Vec<String>) -> Result<Vec<bool>>;
+    async fn seen(&self, part: &PartitionKey, source: &str, ids: &[&str]) -> Result<Vec<bool>>;
     /// Rows of `view` with a bucket in `[from, to)`, by bucket then dimensions.
     async fn read(&self, view: &str, from: i64, to: i64) -> Result<Vec<Row>>;
     /// What serving reads per query, together: the rows of `view` with a bucket in

@@ -801,12 +801,7 @@ impl ViewStore for EmbeddedStore {
         .await
     }
 
-    async fn seen(
-        &self,
-        _part: &PartitionKey,
-        source: &str,
-        ids: Vec<String>,
-    ) -> Result<Vec<bool>> {
+    async fn seen(&self, _part: &PartitionKey, source: &str, ids: &[&str]) -> Result<Vec<bool>> {
         let held = self.ids.read();
         Ok(ids
             .iter()
@@ -1015,10 +1010,7 @@ mod tests {
             HashMap::from([(0, 3)])
         );
         assert_eq!(
-            store
-                .seen(&anywhere(), "s", vec!["id2".into(), "id9".into()])
-                .await
-                .unwrap(),
+            store.seen(&anywhere(), "s", &["id2", "id9"]).await.unwrap(),
             vec![true, false]
         );
         assert_eq!(store.stats().await.unwrap().seen_ids, 2);
@@ -1088,8 +1080,16 @@ mod tests {
         store.commit(b).await.unwrap();
         assert_eq!(store.stats().await.unwrap().seen_ids, 12);
         let ids: Vec<String> = (1..=10).map(|t| format!("id{t}")).collect();
-        let check =
-            async |store: &EmbeddedStore| store.seen(&anywhere(), "s", ids.clone()).await.unwrap();
+        let check = async |store: &EmbeddedStore| {
+            store
+                .seen(
+                    &anywhere(),
+                    "s",
+                    &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+                )
+                .await
+                .unwrap()
+        };
 
         // view a sealed to minute 5: ids still needed by view b stay
         let mut b = SpeedBatch::default();
@@ -1098,7 +1098,7 @@ mod tests {
         assert!(check(&store).await.iter().all(|s| *s));
         assert_eq!(
             store
-                .seen(&anywhere(), "s", vec!["only-a".into(), "future".into()])
+                .seen(&anywhere(), "s", &["only-a", "future"])
                 .await
                 .unwrap(),
             vec![false, true]
@@ -1192,28 +1192,19 @@ mod tests {
         b.sealed_until.insert("a".into(), 60_000);
         store.commit(b).await.unwrap();
         assert_eq!(
-            store
-                .seen(&anywhere(), "s", vec!["old".into()])
-                .await
-                .unwrap(),
+            store.seen(&anywhere(), "s", &["old"]).await.unwrap(),
             vec![true]
         );
         assert_eq!(store.stats().await.unwrap().seen_ids, 1);
         assert_eq!(
-            store
-                .seen(&anywhere(), "s", vec!["old".into()])
-                .await
-                .unwrap(),
+            store.seen(&anywhere(), "s", &["old"]).await.unwrap(),
             vec![true]
         );
         let mut b = SpeedBatch::default();
         b.sealed_until.insert("b".into(), 60_000);
         store.commit(b).await.unwrap();
         assert_eq!(
-            store
-                .seen(&anywhere(), "s", vec!["old".into()])
-                .await
-                .unwrap(),
+            store.seen(&anywhere(), "s", &["old"]).await.unwrap(),
             vec![false]
         );
         assert_eq!(store.stats().await.unwrap().seen_ids, 0);

@@ -824,7 +824,7 @@ impl ViewStore for RedisStore {
             .collect())
     }
 
-    async fn seen(&self, part: &PartitionKey, source: &str, ids: Vec<String>) -> Result<Vec<bool>> {
+    async fn seen(&self, part: &PartitionKey, source: &str, ids: &[&str]) -> Result<Vec<bool>> {
         let mut out = vec![false; ids.len()];
         let views = self.by_source.get(source).cloned().unwrap_or_default();
         if ids.is_empty() || views.is_empty() {
@@ -834,7 +834,7 @@ impl ViewStore for RedisStore {
         let base = self.base(&tag(part));
         let mut p = redis::pipe();
         for v in &views {
-            p.cmd("ZMSCORE").arg(format!("{base}seen:{v}")).arg(&ids);
+            p.cmd("ZMSCORE").arg(format!("{base}seen:{v}")).arg(ids);
         }
         for reply in self.pipeline("look up event ids", &p).await? {
             for (i, v) in items(reply).iter().enumerate().take(ids.len()) {
@@ -1228,14 +1228,11 @@ measures = [{ name = "n", kind = "count" }]
         );
         // dedup ids are per partition
         assert_eq!(
-            store
-                .seen(&part(0), "s", vec!["e1".into(), "e2".into()])
-                .await
-                .unwrap(),
+            store.seen(&part(0), "s", &["e1", "e2"]).await.unwrap(),
             vec![true, false]
         );
         assert_eq!(
-            store.seen(&part(1), "s", vec!["e1".into()]).await.unwrap(),
+            store.seen(&part(1), "s", &["e1"]).await.unwrap(),
             vec![false]
         );
         // the layout a person reads with redis-cli
@@ -1341,7 +1338,11 @@ measures = [{ name = "n", kind = "count" }]
         assert_eq!(store.stats().await.unwrap().seen_ids, 15);
         assert!(
             store
-                .seen(&part(0), "s", ids.clone())
+                .seen(
+                    &part(0),
+                    "s",
+                    &ids.iter().map(String::as_str).collect::<Vec<_>>()
+                )
                 .await
                 .unwrap()
                 .iter()
