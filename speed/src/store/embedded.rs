@@ -502,7 +502,7 @@ impl EmbeddedStore {
         self.db.begin_read().ctx(&self.err(operation))
     }
 
-    fn apply(&self, batch: SpeedBatch) -> Result<()> {
+    fn apply(&self, mut batch: SpeedBatch) -> Result<()> {
         // synced at most every SYNC_EVERY (see there); every commit is atomic and visible
         let durability = {
             let mut synced = self
@@ -535,17 +535,20 @@ impl EmbeddedStore {
             let mut corrupt = tx.open_table(CORRUPT).ctx(&e)?;
             let mut set_aside = 0;
             // one state per key here (not per partition): the partitions' deltas merged first
-            let mut deltas: HashMap<&StateKey, Vec<State>> = HashMap::new();
-            for (key, delta) in batch.parts.values().flat_map(|p| p.deltas.iter()) {
-                match deltas.get_mut(key) {
-                    Some(acc) => duet_config::measure::merge_row(acc, delta.clone()).map_err(
-                        |source| Error::Merge {
-                            view: key.view.clone(),
-                            source,
-                        },
-                    )?,
-                    None => {
-                        deltas.insert(key, delta.clone());
+            // (taken out of the batch, not copied)
+            let mut deltas: HashMap<StateKey, Vec<State>> = HashMap::new();
+            for part in batch.parts.values_mut() {
+                for (key, delta) in std::mem::take(&mut part.deltas) {
+                    match deltas.get_mut(&key) {
+                        Some(acc) => duet_config::measure::merge_row(acc, delta).map_err(
+                            |source| Error::Merge {
+                                view: key.view.clone(),
+                                source,
+                            },
+                        )?,
+                        None => {
+                            deltas.insert(key, delta);
+                        }
                     }
                 }
             }
@@ -557,15 +560,32 @@ impl EmbeddedStore {
                 let states = match stored {
                     None => delta,
                     Some(bytes) => {
+                        // states of other kinds than the delta's cannot be merged: checked
+                        // first, so that the delta is not copied for the rare refusal
                         let merged = codec::decode(print, &bytes).map_err(|e| e.to_string()).and_then(
                             |mut s| {
-                                duet_config::measure::merge_row(&mut s, delta.clone())
-                                    .map(|()| s)
-                                    .map_err(|e| e.to_string())
+                                let fits = s.iter().zip(&delta).all(|(a, b)| {
+                                    std::mem::discriminant(a) == std::mem::discriminant(b)
+                                });
+                                if fits {
+                                    return Ok(s);
+                                }
+                                let refused = duet_config::measure::merge_row(&mut s, delta.clone())
+                                    .err()
+                                    .map_or_else(|| "states of other kinds".to_string(), |e| e.to_string());
+                                Err(refused)
                             },
                         );
                         match merged {
-                            Ok(s) => s,
+                            Ok(mut s) => {
+                                duet_config::measure::merge_row(&mut s, delta).map_err(
+                                    |source| Error::Merge {
+                                        view: key.view.clone(),
+                                        source,
+                                    },
+                                )?;
+                                s
+                            }
                             Err(reason) => {
                                 tracing::error!(view = %key.view, bucket = %duet_config::time::iso(key.bucket),
                                     error = %reason, "Unreadable stored state set aside; the bucket starts again.");
