@@ -80,12 +80,12 @@ pub struct EmbeddedStore {
 
 /// The dedup ids of the store's blocks, in memory: for each (source, id), how many blocks
 /// hold it. An id is kept as a 128-bit keyed hash (two SipHash-1-3 under keys drawn when
-/// the store opens), about 40 bytes an id: a collision, which would drop an event as a
-/// duplicate, needs about 2^64 ids, and the keys are secret, so ids cannot be chosen to
-/// collide.
+/// the store opens), a 24-byte table entry: a collision, which would drop an event as a
+/// duplicate, has a probability of about n²/2¹²⁹ for n ids, and the keys are secret, so ids
+/// cannot be chosen to collide.
 struct IdIndex {
     keys: (std::hash::RandomState, std::hash::RandomState),
-    held: std::sync::RwLock<hashbrown::HashMap<u128, u32>>,
+    held: std::sync::RwLock<hashbrown::HashMap<IdKey, u32>>,
     /// Held by a write that changes blocks, from its start until its changes are in `held`.
     writer: std::sync::Mutex<()>,
 }
@@ -99,14 +99,14 @@ impl IdIndex {
         }
     }
 
-    fn key(&self, source: &str, id: &str) -> u128 {
+    fn key(&self, source: &str, id: &str) -> IdKey {
         use std::hash::BuildHasher;
         let hi = self.keys.0.hash_one((source, id));
         let lo = self.keys.1.hash_one((source, id));
-        (u128::from(hi) << 64) | u128::from(lo)
+        [hi, lo]
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, hashbrown::HashMap<u128, u32>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, hashbrown::HashMap<IdKey, u32>> {
         self.held
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -135,27 +135,31 @@ impl IdIndex {
     }
 }
 
+/// An id in the [`IdIndex`]: two 64-bit keyed hashes (not a `u128`, whose 16-byte alignment
+/// would pad each table entry from 24 to 32 bytes).
+type IdKey = [u64; 2];
+
 /// What one write changes in the [`IdIndex`]: per id, the blocks that hold it added minus
 /// those released.
 #[derive(Default)]
 struct IdChange {
-    by_key: hashbrown::HashMap<u128, i64>,
+    by_key: hashbrown::HashMap<IdKey, i64>,
 }
 
 impl IdChange {
     /// How many blocks will hold `k` once this change is applied over `held`.
-    fn holds(&self, held: &hashbrown::HashMap<u128, u32>, k: u128) -> i64 {
+    fn holds(&self, held: &hashbrown::HashMap<IdKey, u32>, k: IdKey) -> i64 {
         i64::from(held.get(&k).copied().unwrap_or(0)) + self.by_key.get(&k).copied().unwrap_or(0)
     }
 
     /// Records `n` more blocks holding `k`.
-    fn add(&mut self, k: u128, n: i64) {
+    fn add(&mut self, k: IdKey, n: i64) {
         *self.by_key.entry(k).or_default() += n;
     }
 
     /// The ids this change forgets (held now, held by no block after it) minus those it
     /// remembers anew.
-    fn forgotten(&self, held: &hashbrown::HashMap<u128, u32>) -> i64 {
+    fn forgotten(&self, held: &hashbrown::HashMap<IdKey, u32>) -> i64 {
         let mut n = 0;
         for (k, d) in &self.by_key {
             let before = i64::from(held.get(k).copied().unwrap_or(0));
