@@ -159,11 +159,6 @@ async fn run(tansu: bool) {
     }
     a.stop.send(true).unwrap();
     a.task.await.unwrap().unwrap();
-    let rebalances = a
-        .counters
-        .rebalances
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(rebalances >= 3, "worker a saw {rebalances} rebalances");
 
     let delivered: Vec<(String, Vec<u8>)> =
         all.iter().map(|(t, _, b)| (t.clone(), b.clone())).collect();
@@ -175,5 +170,14 @@ async fn run(tansu: bool) {
             "{view} after joins, a leave and a crash"
         );
     }
+    // partitions moved: worker a shared them with b at first and holds them all at the end.
+    // How many rebalances it saw on the way depends on the assignor's choices (on tansu the
+    // joining worker may take only the leaving one's partitions), so only the first and the
+    // last are certain
+    let rebalances = a
+        .counters
+        .rebalances
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(rebalances >= 2, "worker a saw {rebalances} rebalances");
     drop(kafka);
 }
