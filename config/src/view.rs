@@ -445,10 +445,7 @@ impl<'a> RowRef<'a> {
                 }
                 (MeasureKind::TopK { weight, .. }, State::TopK(map)) => {
                     if let Some(k) = v.key_str() {
-                        let w = match m.by.as_deref() {
-                            None => Num::Int(1),
-                            Some(b) => self.resolve(b).num().unwrap_or(Num::zero(*weight)),
-                        };
+                        let w = top_k_weight(m.by.as_deref().map(|b| self.resolve(b)), *weight);
                         match map.get_mut(k.as_ref()) {
                             Some(x) => *x = *x + w,
                             None => {
@@ -467,6 +464,14 @@ impl<'a> RowRef<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// A top-k key's weight in one row: 1 without `by`, else the `by` value (0 when null).
+fn top_k_weight(by: Option<&Value>, weight: crate::types::NumType) -> Num {
+    match by {
+        None => Num::Int(1),
+        Some(b) => b.num().unwrap_or(Num::zero(weight)),
     }
 }
 
@@ -489,13 +494,7 @@ fn measure_input(kind: &MeasureKind, v: &Value, by: Option<&Value>) -> State {
             None => kind.identity(),
         },
         MeasureKind::TopK { weight, .. } => match v.key_text() {
-            Some(k) => {
-                let w = match by {
-                    None => Num::Int(1),
-                    Some(b) => b.num().unwrap_or(Num::zero(*weight)),
-                };
-                State::TopK(BTreeMap::from([(k, w)]))
-            }
+            Some(k) => State::TopK(BTreeMap::from([(k, top_k_weight(by, *weight))])),
             None => kind.identity(),
         },
     }

@@ -488,8 +488,6 @@ impl EmbeddedStore {
         {
             tx.open_table(VIEWS).ctx(&e)?;
             tx.open_table(OFFSETS).ctx(&e)?;
-            tx.open_table(SEEN).ctx(&e)?;
-            tx.open_table(SEEN_INDEX).ctx(&e)?;
             tx.open_table(SEEN_BLOCKS).ctx(&e)?;
             tx.open_table(FRONTIERS).ctx(&e)?;
             tx.open_table(QUARANTINE).ctx(&e)?;
@@ -523,9 +521,7 @@ impl EmbeddedStore {
         // the id index changes with the commit, after it, before any other write
         let _writer = self.ids.lock_writer();
         let mut change = IdChange::default();
-        let change_ref = &mut change;
         self.write_with("commit a batch", durability, |tx| {
-            let change = change_ref;
             let e = self.err("commit a batch");
             let mut meta = tx.open_table(META).ctx(&e)?;
             let mut counter = |name: &str, delta: i64| -> Result<()> {
@@ -645,7 +641,7 @@ impl EmbeddedStore {
                 if *until <= old {
                     continue;
                 }
-                release_blocks(&mut blocks, &self.ids, change, view, *until, &e)?;
+                release_blocks(&mut blocks, &self.ids, &mut change, view, *until, &e)?;
                 frontiers.insert(view.as_str(), *until).ctx(&e)?;
             }
             let mut frontier_of: HashMap<String, i64> = HashMap::new();
@@ -767,9 +763,7 @@ impl EmbeddedStore {
     fn drop_view_now(&self, view: &str) -> Result<()> {
         let _writer = self.ids.lock_writer();
         let mut change = IdChange::default();
-        let change_ref = &mut change;
         self.write("drop a view", |tx| {
-            let change = change_ref;
             let e = self.err("drop a view");
             let mut views = tx.open_table(VIEWS).ctx(&e)?;
             let keys: Vec<(i64, String)> = views
@@ -782,7 +776,7 @@ impl EmbeddedStore {
                 views.remove((view, bucket, dims.as_str())).ctx(&e)?;
             }
             let mut blocks = tx.open_table(SEEN_BLOCKS).ctx(&e)?;
-            release_blocks(&mut blocks, &self.ids, change, view, i64::MAX, &e)?;
+            release_blocks(&mut blocks, &self.ids, &mut change, view, i64::MAX, &e)?;
             let forgotten = change.forgotten(&self.ids.read());
             let mut meta = tx.open_table(META).ctx(&e)?;
             let old = meta.get("seen_ids").ctx(&e)?.map_or(0, |v| v.value());
