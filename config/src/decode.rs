@@ -299,42 +299,27 @@ impl Typed<'_> {
     }
 
     fn mismatch<E: serde::de::Error>(&self, text: &str) -> E {
+        self.refuse(found(text))
+    }
+
+    /// Refuses the value, which held `found` (as [`found`] describes it).
+    fn refuse<E: serde::de::Error>(&self, found: String) -> E {
         self.fail(DecodeError::Type {
             path: self.path.to_string(),
             expected: self.t.to_string(),
-            found: found(text),
+            found,
         })
     }
 
-    /// Decodes the value's JSON text `text` (a whole, valid JSON value).
+    /// Decodes a scalar's JSON text `text` (a whole, valid JSON value).
     fn decode_text<E: serde::de::Error>(self, text: &str) -> Result<Value, E> {
         match self.t {
-            FieldType::Array(inner) => {
+            FieldType::Array(_) | FieldType::Struct(_) => {
                 if text == "null" {
-                    return Ok(Value::Null);
+                    Ok(Value::Null)
+                } else {
+                    Err(self.mismatch(text))
                 }
-                if !text.starts_with('[') {
-                    return Err(self.mismatch(text));
-                }
-                let mut de = serde_json::Deserializer::from_str(text);
-                serde::Deserializer::deserialize_seq(
-                    &mut de,
-                    Elements {
-                        item: Typed { t: inner, ..self },
-                    },
-                )
-                .map_err(E::custom)
-            }
-            FieldType::Struct(fields) => {
-                if text == "null" {
-                    return Ok(Value::Null);
-                }
-                if !text.starts_with('{') {
-                    return Err(self.mismatch(text));
-                }
-                let mut de = serde_json::Deserializer::from_str(text);
-                serde::Deserializer::deserialize_map(&mut de, Members { fields, of: self })
-                    .map_err(E::custom)
             }
             FieldType::String if self.keep.is_none() => {
                 if text == "null" || text.starts_with('"') {
@@ -362,73 +347,118 @@ impl Typed<'_> {
     }
 }
 
-/// The elements of an array, each decoded as `item` (its path gets the index).
-struct Elements<'s> {
-    item: Typed<'s>,
+/// A declared value read where it stands in the JSON text, in the same pass: a scalar from
+/// its raw text (numbers stay exact), an array or a struct member by member (not captured
+/// and parsed again).
+impl<'de> serde::de::DeserializeSeed<'de> for Typed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        match self.t {
+            FieldType::Array(_) | FieldType::Struct(_) => d.deserialize_any(Container(self)),
+            _ => {
+                let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
+                self.decode_text(raw.get())
+            }
+        }
+    }
 }
 
-impl<'de> serde::de::Visitor<'de> for Elements<'_> {
+/// A value declared an array or a struct, as the parser meets it: null, the declared kind,
+/// or a mismatch (described as [`found`] would; a number by its parsed value).
+struct Container<'s>(Typed<'s>);
+
+impl<'de> serde::de::Visitor<'de> for Container<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON array")
+        write!(f, "{}", self.0.t)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Value, E> {
+        Err(self.0.refuse("a boolean".to_string()))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        Err(self.0.mismatch(&v.to_string()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        Err(self.0.mismatch(&v.to_string()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        Err(self.0.mismatch(&v.to_string()))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        Err(self.0.refuse(match v.chars().count() {
+            n if n <= 40 => format!("the string {v:?}"),
+            _ => "a string".to_string(),
+        }))
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let parent = self.item.path;
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+        let typed = self.0;
+        let FieldType::Array(inner) = typed.t else {
+            return Err(typed.refuse("an array".to_string()));
+        };
+        let parent = typed.path;
+        let mut out = Vec::with_capacity(if typed.keep.is_some() { 4 } else { 0 });
         let mut i = 0;
-        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+        loop {
             let item = Typed {
                 path: Path::Index(&parent, i),
-                ..self.item
+                t: inner,
+                ..typed
             };
-            out.push(item.decode_text(raw.get())?);
+            let Some(v) = seq.next_element_seed(item)? else {
+                break;
+            };
+            if typed.keep.is_some() {
+                out.push(v);
+            }
             i += 1;
         }
-        Ok(if self.item.keep.is_some() {
+        Ok(if typed.keep.is_some() {
             Value::Array(out)
         } else {
             Value::Null
         })
     }
-}
-
-/// The members of a struct value `of`: declared ones decoded (absent ones `Null`), others
-/// skipped.
-struct Members<'s> {
-    fields: &'s [(String, FieldType)],
-    of: Typed<'s>,
-}
-
-impl<'de> serde::de::Visitor<'de> for Members<'_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
-        let parent = self.of.path;
+        let of = self.0;
+        let FieldType::Struct(fields) = of.t else {
+            return Err(of.refuse("an object".to_string()));
+        };
+        let parent = of.path;
         let mut out = read_object(
             map,
-            |key| lookup(self.fields.iter().map(|(n, t)| (n, t)), key),
-            |name, t, raw| {
-                let keep = self.of.keep.and_then(|k| k.member(name));
-                let v = Typed {
+            |key| lookup(fields.iter().map(|(n, t)| (n, t)), key),
+            |name, t, map| {
+                let keep = of.keep.and_then(|k| k.member(name));
+                let v = map.next_value_seed(Typed {
                     path: Path::Member(&parent, name.as_str()),
                     t,
                     keep,
-                    ..self.of
-                }
-                .decode_text(raw.get())?;
+                    ..of
+                })?;
                 Ok(keep.map(|_| v))
             },
         )?;
-        let Some(keep) = self.of.keep else {
+        let Some(keep) = of.keep else {
             return Ok(Value::Null);
         };
-        for (name, _) in self.fields.iter().filter(|_| keep.all) {
+        for (name, _) in fields.iter().filter(|_| keep.all) {
             if !out.contains_key(name.as_str()) {
                 out.insert(name.clone(), Value::Null);
             }
@@ -448,16 +478,15 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
         read_object(
             map,
             |key| lookup(self.fields, key),
-            |name, t, raw| {
+            |name, t, map| {
                 let keep = self.keep.member(name);
-                let v = Typed {
+                let v = map.next_value_seed(Typed {
                     path: Path::Field(name.as_str()),
                     t,
                     keep,
                     field: name.as_str(),
                     problem: self.problem,
-                }
-                .decode_text(raw.get())?;
+                })?;
                 Ok(keep.map(|_| v))
             },
         )
@@ -465,18 +494,18 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
 }
 
 /// Reads an object's members: the declared ones (`find` gives their name and type) decoded
-/// by `decode`, which returns the value to keep, if any; the others skipped.
+/// by `decode` from the map's next value, which returns the value to keep, if any; the
+/// others skipped.
 fn read_object<'de, 'f, A: serde::de::MapAccess<'de>>(
     mut map: A,
     find: impl Fn(&str) -> Option<(&'f String, &'f FieldType)>,
-    mut decode: impl FnMut(&'f String, &'f FieldType, &'de RawValue) -> Result<Option<Value>, A::Error>,
+    mut decode: impl FnMut(&'f String, &'f FieldType, &mut A) -> Result<Option<Value>, A::Error>,
 ) -> Result<BTreeMap<String, Value>, A::Error> {
     let mut out = BTreeMap::new();
     while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
         match find(key.as_ref()) {
             Some((name, t)) => {
-                let raw: &'de RawValue = map.next_value()?;
-                if let Some(v) = decode(name, t, raw)? {
+                if let Some(v) = decode(name, t, &mut map)? {
                     out.insert(name.clone(), v);
                 }
             }
@@ -901,6 +930,26 @@ mod tests {
             reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":5,"totalAmount":3,"items":[{"quantity":"x"}]}"#),
             "field `items[0].quantity`: expected int, found the string \"x\""
         );
+        // a value declared an array or a struct is read in the same pass as the rest: each
+        // other kind it can hold is refused as a scalar's would be
+        let items = |v: &str| {
+            reason(format!(r#"{{"orderId":"o",{base},"items":{v}}}"#).as_bytes())
+        };
+        let expected = "expected array<struct<productId: string, quantity: int>>";
+        assert_eq!(items("{}"), format!("field `items`: {expected}, found an object"));
+        assert_eq!(items("\"x\""), format!("field `items`: {expected}, found the string \"x\""));
+        assert_eq!(items("-7"), format!("field `items`: {expected}, found the number -7"));
+        assert_eq!(items("2.5"), format!("field `items`: {expected}, found the number 2.5"));
+        assert_eq!(items("true"), format!("field `items`: {expected}, found a boolean"));
+        assert_eq!(
+            items("[{},5]"),
+            "field `items[1]`: expected struct<productId: string, quantity: int>, found the number 5"
+        );
+        assert_eq!(
+            items(r#"[null,{"quantity":[1]}]"#),
+            "field `items[1].quantity`: expected int, found an array"
+        );
+        assert!(s.decode(format!(r#"{{"orderId":"o",{base},"items":null}}"#).as_bytes()).is_ok());
         assert_eq!(
             reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":5.5,"totalAmount":3}"#),
             "field `createTime`: expected int, found the number 5.5"
