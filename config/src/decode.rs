@@ -932,15 +932,28 @@ mod tests {
         );
         // a value declared an array or a struct is read in the same pass as the rest: each
         // other kind it can hold is refused as a scalar's would be
-        let items = |v: &str| {
-            reason(format!(r#"{{"orderId":"o",{base},"items":{v}}}"#).as_bytes())
-        };
+        let items = |v: &str| reason(format!(r#"{{"orderId":"o",{base},"items":{v}}}"#).as_bytes());
         let expected = "expected array<struct<productId: string, quantity: int>>";
-        assert_eq!(items("{}"), format!("field `items`: {expected}, found an object"));
-        assert_eq!(items("\"x\""), format!("field `items`: {expected}, found the string \"x\""));
-        assert_eq!(items("-7"), format!("field `items`: {expected}, found the number -7"));
-        assert_eq!(items("2.5"), format!("field `items`: {expected}, found the number 2.5"));
-        assert_eq!(items("true"), format!("field `items`: {expected}, found a boolean"));
+        assert_eq!(
+            items("{}"),
+            format!("field `items`: {expected}, found an object")
+        );
+        assert_eq!(
+            items("\"x\""),
+            format!("field `items`: {expected}, found the string \"x\"")
+        );
+        assert_eq!(
+            items("-7"),
+            format!("field `items`: {expected}, found the number -7")
+        );
+        assert_eq!(
+            items("2.5"),
+            format!("field `items`: {expected}, found the number 2.5")
+        );
+        assert_eq!(
+            items("true"),
+            format!("field `items`: {expected}, found a boolean")
+        );
         assert_eq!(
             items("[{},5]"),
             "field `items[1]`: expected struct<productId: string, quantity: int>, found the number 5"
@@ -949,7 +962,10 @@ mod tests {
             items(r#"[null,{"quantity":[1]}]"#),
             "field `items[1].quantity`: expected int, found an array"
         );
-        assert!(s.decode(format!(r#"{{"orderId":"o",{base},"items":null}}"#).as_bytes()).is_ok());
+        assert!(
+            s.decode(format!(r#"{{"orderId":"o",{base},"items":null}}"#).as_bytes())
+                .is_ok()
+        );
         assert_eq!(
             reason(br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":5.5,"totalAmount":3}"#),
             "field `createTime`: expected int, found the number 5.5"
