@@ -92,6 +92,33 @@ pub fn pending_ids(batch: &SpeedBatch) -> PendingIds {
     out
 }
 
+/// Messages read from Kafka and decoded, ahead of the batch they are built into: the speed
+/// layer decodes the next batch while it folds and commits the one before.
+pub struct Decoded {
+    /// The messages, in the order read.
+    msgs: Vec<Msg>,
+    /// For each message, for each source of its topic in turn: the event, or why it is
+    /// refused.
+    events: Vec<std::result::Result<Event, DecodeError>>,
+}
+
+impl Decoded {
+    /// How many messages there are.
+    pub fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// The messages' timestamps (those that have one).
+    pub fn timestamps(&self) -> Vec<i64> {
+        self.msgs.iter().filter_map(|m| m.timestamp_ms).collect()
+    }
+}
+
 /// The speed layer's compiled form of a config.
 pub struct Aggregator {
     by_topic: HashMap<String, Vec<(Source, Keep)>>,
@@ -147,6 +174,33 @@ impl Aggregator {
         let mut t: Vec<String> = self.by_topic.keys().cloned().collect();
         t.sort();
         t
+    }
+
+    /// Decodes `msgs`, received at `now_ms` (the produce time of messages without a
+    /// timestamp), for [`Aggregator::build_decoded`].
+    pub fn decode(&self, msgs: Vec<Msg>, now_ms: i64) -> Decoded {
+        let events = self.decode_all(&msgs, now_ms);
+        Decoded { msgs, events }
+    }
+
+    /// The messages of `decoded` for which `keep` says yes (asked in order), with their
+    /// events.
+    pub fn retain(&self, decoded: Decoded, mut keep: impl FnMut(&Msg) -> bool) -> Decoded {
+        let mut out = Decoded {
+            msgs: Vec::with_capacity(decoded.msgs.len()),
+            events: Vec::with_capacity(decoded.events.len()),
+        };
+        let mut events = decoded.events.into_iter();
+        for m in decoded.msgs {
+            let n = self.by_topic.get(&m.topic).map_or(0, Vec::len);
+            if keep(&m) {
+                out.events.extend(events.by_ref().take(n));
+                out.msgs.push(m);
+            } else {
+                events.by_ref().take(n).for_each(drop);
+            }
+        }
+        out
     }
 
     /// Every message decoded by every source of its topic, in that order; on all cores
@@ -307,6 +361,35 @@ impl Aggregator {
         sealed_until: &BTreeMap<String, i64>,
         pending: &PendingIds,
     ) -> Result<(SpeedBatch, BatchStats)> {
+        let decoded = self.decode_all(msgs, now_ms);
+        self.build_from(msgs, decoded, store, now_ms, sealed_until, pending)
+            .await
+    }
+
+    /// [`Aggregator::build_after`] of messages decoded already.
+    pub async fn build_decoded(
+        &self,
+        decoded: Decoded,
+        store: &dyn ViewStore,
+        now_ms: i64,
+        sealed_until: &BTreeMap<String, i64>,
+        pending: &PendingIds,
+    ) -> Result<(SpeedBatch, BatchStats)> {
+        let Decoded { msgs, events } = decoded;
+        self.build_from(&msgs, events, store, now_ms, sealed_until, pending)
+            .await
+    }
+
+    /// The batch of `msgs`, whose decoded events are `decoded` (see [`Aggregator::decode`]).
+    async fn build_from(
+        &self,
+        msgs: &[Msg],
+        decoded: Vec<std::result::Result<Event, DecodeError>>,
+        store: &dyn ViewStore,
+        now_ms: i64,
+        sealed_until: &BTreeMap<String, i64>,
+        pending: &PendingIds,
+    ) -> Result<(SpeedBatch, BatchStats)> {
         let mut batch = SpeedBatch {
             at_ms: now_ms,
             sealed_until: sealed_until.clone(),
@@ -329,7 +412,7 @@ impl Aggregator {
         let id_hash = |source: &str, id: &str| hasher.hash_one((source, id));
         let mut in_batch: hashbrown::HashTable<usize> =
             hashbrown::HashTable::with_capacity(msgs.len());
-        let mut decoded = self.decode_all(msgs, now_ms).into_iter();
+        let mut decoded = decoded.into_iter();
         for m in msgs {
             let part = match parts
                 .iter()

@@ -75,6 +75,15 @@ pub enum Error {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// A task of the speed layer's own died (a panic) or ended before it should have.
+    #[error("speed layer: {what} stopped")]
+    Stopped {
+        /// Which task.
+        what: &'static str,
+        /// The join error, when the task died.
+        #[source]
+        source: Option<tokio::task::JoinError>,
+    },
     /// A stored record could not be decoded.
     #[error("view store: corrupt {what}")]
     Corrupt {

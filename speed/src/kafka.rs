@@ -231,6 +231,8 @@ impl ConsumerContext for GroupContext {
 pub struct GroupConsumer {
     consumer: std::sync::Arc<StreamConsumer<GroupContext>>,
     group: String,
+    /// Seeks done so far (see [`GroupConsumer::seeks`]).
+    seeks: std::sync::atomic::AtomicU64,
 }
 
 impl GroupConsumer {
@@ -272,6 +274,7 @@ impl GroupConsumer {
         Ok(GroupConsumer {
             consumer: std::sync::Arc::new(consumer),
             group: group.to_string(),
+            seeks: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -294,15 +297,24 @@ impl GroupConsumer {
     }
 
     /// Makes the next message read from `topic`/`partition` the one at `next` (the start of
-    /// the partition for `None`). Fails while the partition is not assigned yet.
-    pub fn seek(&self, topic: &str, partition: i32, next: Option<i64>) -> Result<()> {
+    /// the partition for `None`), and returns the seek count it ends (see
+    /// [`GroupConsumer::seeks`]). Fails while the partition is not assigned yet.
+    pub fn seek(&self, topic: &str, partition: i32, next: Option<i64>) -> Result<u64> {
         let offset = next.map_or(Offset::Beginning, Offset::Offset);
         self.consumer
             .seek(topic, partition, offset, Duration::from_secs(5))
             .map_err(|source| Error::Kafka {
                 context: format!("seek {topic}/{partition} to {offset:?}"),
                 source,
-            })
+            })?;
+        Ok(self.seeks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
+    }
+
+    /// How many seeks have ended so far. A batch whose read began at count `n` holds only
+    /// messages read after every seek counted up to `n` (librdkafka drops what it fetched of
+    /// a partition before a seek in it).
+    pub fn seeks(&self) -> u64 {
+        self.seeks.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Starts a task that, every `every`, asks the broker for the high watermark of each

@@ -45,30 +45,57 @@ pub async fn run(
 ) -> Result<()> {
     store::check_definitions(store.as_ref(), &cfg.views).await?;
     let group = group(cfg);
-    let agg = Aggregator::new(cfg, &group);
+    let agg = Arc::new(Aggregator::new(cfg, &group));
     let topics = agg.topics();
-    let consumer = kafka::GroupConsumer::new(
-        &cfg.kafka,
-        bootstrap,
-        &group,
-        &topics,
-        Duration::from_secs(60),
-    )
-    .await?;
+    let consumer = Arc::new(
+        kafka::GroupConsumer::new(
+            &cfg.kafka,
+            bootstrap,
+            &group,
+            &topics,
+            Duration::from_secs(60),
+        )
+        .await?,
+    );
     tracing::info!(%group, ?topics, "Speed layer joined its consumer group.");
     let _lag = AbortOnDrop(consumer.watch_lag(counters.clone(), Duration::from_secs(2)));
     let wait = Duration::from_millis(cfg.speed_batch_ms as u64);
+    // the next batch is read and decoded on its own while this one is folded and the one
+    // before it committed
+    let (ahead, mut reads) = tokio::sync::mpsc::channel(1);
+    let seeks = SeekRequests::default();
+    let _reader = AbortOnDrop(tokio::spawn(read_ahead(
+        consumer.clone(),
+        agg.clone(),
+        cfg.speed.batch_max,
+        wait,
+        seeks.clone(),
+        ahead,
+    )));
     let mut positions = positions::Positions::default();
     // the batch being committed while the next one is read and folded
     let mut inflight: Option<InFlight> = None;
     loop {
-        let msgs = tokio::select! {
+        let read = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
-            m = consumer.next_batch(cfg.speed.batch_max, wait) => m?,
+            r = reads.recv() => r.ok_or(Error::Stopped { what: "the Kafka reader", source: None })??,
         };
+        let Read {
+            decoded,
+            rebalances: events,
+            read_from,
+            sought,
+        } = read;
+        // the seeks done before this batch was read
+        for done in sought {
+            let s = &done.seek;
+            match done.at {
+                Some(at) => positions.sought(&s.topic, s.partition, s.next, at),
+                None => positions.not_sought(&s.topic, s.partition),
+            }
+        }
         // partitions the group gave or took while we polled: taken ones start where the store
         // says (a Redis store refuses from now on any worker that held them before)
-        let events = consumer.rebalances();
         if !events.is_empty() {
             // what was read of a revoked partition is in the store before anyone takes it
             if let Some(f) = inflight.take()
@@ -95,15 +122,16 @@ pub async fn run(
         }
         counters
             .consumed
-            .fetch_add(msgs.len() as u64, Ordering::Relaxed);
-        let msgs = positions.filter(msgs);
-        for s in positions.unsought() {
-            match consumer.seek(&s.topic, s.partition, s.next) {
-                Ok(()) => positions.sought(&s.topic, s.partition),
-                Err(e) => tracing::debug!(error = %e, "Seek deferred."),
-            }
+            .fetch_add(decoded.len() as u64, Ordering::Relaxed);
+        let decoded = agg.retain(decoded, |m| positions.admits(m, read_from));
+        let asked = positions.ask_seeks();
+        if !asked.is_empty() {
+            seeks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(asked);
         }
-        if msgs.is_empty() {
+        if decoded.is_empty() {
             // idle: let the batch in flight land
             if let Some(f) = inflight.take()
                 && !f.finish(&consumer, &counters).await?
@@ -112,13 +140,13 @@ pub async fn run(
             }
             continue;
         }
-        let produced: Vec<i64> = msgs.iter().filter_map(|m| m.timestamp_ms).collect();
+        let produced = decoded.timestamps();
         let now = now_ms();
         let frontiers = sealed.borrow().clone();
         let none = aggregate::PendingIds::new();
         let committing = inflight.as_ref().map_or(&none, |f| &f.pending);
         let (batch, stats) = agg
-            .build_after(&msgs, store.as_ref(), now, &frontiers, committing)
+            .build_decoded(decoded, store.as_ref(), now, &frontiers, committing)
             .await?;
         if let Some(f) = inflight.take()
             && !f.finish(&consumer, &counters).await?
@@ -155,6 +183,80 @@ pub async fn run(
         f.finish(&consumer, &counters).await?;
     }
     Ok(())
+}
+
+/// Seeks asked for by the speed layer's loop, done by its reader between two reads (never
+/// during one, so that a batch is read wholly before or wholly after a seek).
+type SeekRequests = Arc<std::sync::Mutex<Vec<positions::Seek>>>;
+
+/// A seek the reader did, or tried: `at` is the seek count it ended (`None`: it failed, the
+/// partition not being assigned yet).
+struct SeekDone {
+    seek: positions::Seek,
+    at: Option<u64>,
+}
+
+/// A batch read ahead: its messages decoded, the rebalances that happened while it was read,
+/// the consumer's seek count when its read began (see [`positions::Positions::admits`]), and
+/// the seeks done just before.
+struct Read {
+    decoded: aggregate::Decoded,
+    rebalances: Vec<kafka::Rebalanced>,
+    read_from: u64,
+    sought: Vec<SeekDone>,
+}
+
+/// Reads batches of up to `max` messages (waiting at most `wait` for each), decodes them off
+/// the async workers and hands them to `ahead` in order, until its receiver is gone; before
+/// each read, does the seeks asked for in `seeks`. A read error is handed on like a batch.
+async fn read_ahead(
+    consumer: Arc<kafka::GroupConsumer>,
+    agg: Arc<Aggregator>,
+    max: usize,
+    wait: Duration,
+    seeks: SeekRequests,
+    ahead: tokio::sync::mpsc::Sender<Result<Read>>,
+) {
+    loop {
+        let asked = std::mem::take(
+            &mut *seeks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let sought: Vec<SeekDone> = asked
+            .into_iter()
+            .map(|seek| {
+                let at = consumer
+                    .seek(&seek.topic, seek.partition, seek.next)
+                    .inspect_err(|e| tracing::debug!(error = %e, "Seek deferred."))
+                    .ok();
+                SeekDone { seek, at }
+            })
+            .collect();
+        let read_from = consumer.seeks();
+        let read = match consumer.next_batch(max, wait).await {
+            Ok(msgs) => {
+                let rebalances = consumer.rebalances();
+                let agg = agg.clone();
+                tokio::task::spawn_blocking(move || agg.decode(msgs, now_ms()))
+                    .await
+                    .map_err(|source| Error::Stopped {
+                        what: "the decoding of a batch",
+                        source: Some(source),
+                    })
+                    .map(|decoded| Read {
+                        decoded,
+                        rebalances,
+                        read_from,
+                        sought,
+                    })
+            }
+            Err(e) => Err(e),
+        };
+        if ahead.send(read).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// A batch being committed.

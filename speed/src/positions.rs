@@ -4,8 +4,11 @@
 //! Kafka's group position and the store can disagree: the group's committed offset is written
 //! after the store's (for monitoring), a Redis server may lose its last writes, and messages
 //! fetched before a seek may still be in hand. So a message is applied only if it is the next
-//! one the store expects; a gap (compaction, transaction markers) is accepted only once the
-//! consumer has been sought to the store's offset, so that it cannot be a skip.
+//! one the store expects; a gap (compaction, transaction markers) is accepted only in a batch
+//! whose read began after the consumer was sought to the store's offset, so that it cannot be
+//! a skip. The consumer is sought between two reads, never during one, and seeks are counted
+//! (see [`crate::kafka::GroupConsumer::seeks`]): a batch read ahead before a seek is told
+//! apart by the count its read began at.
 
 use std::collections::HashMap;
 
@@ -16,8 +19,10 @@ use crate::kafka::Msg;
 struct Position {
     /// The next offset the store expects (`None`: nothing applied yet).
     next: Option<i64>,
-    /// Whether the consumer was sought to `next` before the batch being filtered was read.
-    sought: bool,
+    /// The consumer's seek count once it was sought to `next` (`None`: not sought yet).
+    sought_at: Option<u64>,
+    /// Whether a seek to `next` was asked for and has not been reported yet.
+    asked: bool,
 }
 
 /// A partition the consumer must be sought in: to `next`, or to its start for `None`.
@@ -45,7 +50,8 @@ impl Positions {
             partition,
             Position {
                 next,
-                sought: false,
+                sought_at: None,
+                asked: false,
             },
         );
     }
@@ -68,40 +74,56 @@ impl Positions {
         v
     }
 
-    /// The messages of `msgs` to apply, in order: those of owned partitions that continue
-    /// where the store stands. Others are dropped: already applied, not owned, or read from a
-    /// position the consumer has not been sought from yet (they are read again).
-    pub fn filter(&mut self, msgs: Vec<Msg>) -> Vec<Msg> {
+    /// The messages of `msgs` to apply, in order (see [`Positions::admits`]).
+    pub fn filter(&mut self, msgs: Vec<Msg>, read_from: u64) -> Vec<Msg> {
         msgs.into_iter()
-            .filter(|m| {
-                let Some(pos) = self
-                    .parts
-                    .get_mut(m.topic.as_str())
-                    .and_then(|t| t.get_mut(&m.partition))
-                else {
-                    return false;
-                };
-                let ok = match pos.next {
-                    Some(n) if m.offset < n => false,
-                    Some(n) if m.offset == n => true,
-                    _ => pos.sought,
-                };
-                if ok {
-                    pos.next = Some(m.offset + 1);
-                }
-                ok
-            })
+            .filter(|m| self.admits(m, read_from))
             .collect()
     }
 
-    /// The partitions the consumer must still be sought in, to where the store stands.
-    pub fn unsought(&self) -> Vec<Seek> {
+    /// Whether to apply `m`, of a batch whose read began at seek count `read_from` (messages
+    /// asked in order): it must be of an owned partition and continue where the store stands.
+    /// Others are dropped: already applied, not owned, or read from a position the consumer
+    /// had not been sought from when the batch's read began (they are read again).
+    pub fn admits(&mut self, m: &Msg, read_from: u64) -> bool {
+        let Some(pos) = self
+            .parts
+            .get_mut(m.topic.as_str())
+            .and_then(|t| t.get_mut(&m.partition))
+        else {
+            return false;
+        };
+        let ok = match pos.next {
+            Some(n) if m.offset < n => false,
+            Some(n) if m.offset == n => true,
+            _ => pos.sought_at.is_some_and(|at| at <= read_from),
+        };
+        if ok {
+            pos.next = Some(m.offset + 1);
+        }
+        ok
+    }
+
+    /// The partitions the consumer must still be sought in, to where the store stands, and
+    /// not asked for yet: each is asked for now (see [`Positions::sought`] and
+    /// [`Positions::not_sought`]).
+    pub fn ask_seeks(&mut self) -> Vec<Seek> {
+        let out = self.unsought(false);
+        for p in self.parts.values_mut().flat_map(|ps| ps.values_mut()) {
+            p.asked |= p.sought_at.is_none();
+        }
+        out
+    }
+
+    /// The partitions the consumer must still be sought in, to where the store stands (with
+    /// `asked`, also those whose seek was asked for already).
+    pub fn unsought(&self, asked: bool) -> Vec<Seek> {
         let mut v: Vec<Seek> = self
             .parts
             .iter()
             .flat_map(|(topic, ps)| {
                 ps.iter()
-                    .filter(|(_, p)| !p.sought)
+                    .filter(move |(_, p)| p.sought_at.is_none() && (asked || !p.asked))
                     .map(move |(partition, p)| Seek {
                         topic: topic.clone(),
                         partition: *partition,
@@ -113,14 +135,32 @@ impl Positions {
         v
     }
 
-    /// Records that the consumer was sought in `topic`/`partition`.
-    pub fn sought(&mut self, topic: &str, partition: i32) {
+    /// Records that the consumer was sought in `topic`/`partition` to `to`, its seek count
+    /// then being `at`: batches whose read began at that count or later are read from there.
+    /// A seek to a later offset than the store's (asked for before the partition was taken
+    /// again) is not one: the partition is sought again.
+    pub fn sought(&mut self, topic: &str, partition: i32, to: Option<i64>, at: u64) {
         if let Some(p) = self
             .parts
             .get_mut(topic)
             .and_then(|t| t.get_mut(&partition))
         {
-            p.sought = true;
+            if to.is_none_or(|to| p.next.is_some_and(|n| to <= n)) {
+                p.sought_at = Some(at);
+            }
+            p.asked = false;
+        }
+    }
+
+    /// Records that a seek asked for in `topic`/`partition` failed (the partition was not
+    /// assigned yet): it is asked for again.
+    pub fn not_sought(&mut self, topic: &str, partition: i32) {
+        if let Some(p) = self
+            .parts
+            .get_mut(topic)
+            .and_then(|t| t.get_mut(&partition))
+        {
+            p.asked = false;
         }
     }
 }
@@ -150,17 +190,20 @@ mod tests {
         p.take("t", 1, None);
         // before the seek: replays and jumps ahead are dropped, the exact next is kept;
         // a partition with nothing stored waits for its seek; unowned partitions are dropped
-        let got = p.filter(vec![
-            msg(0, 3),
-            msg(0, 5),
-            msg(0, 6),
-            msg(0, 9),
-            msg(1, 7),
-            msg(2, 0),
-        ]);
+        let got = p.filter(
+            vec![
+                msg(0, 3),
+                msg(0, 5),
+                msg(0, 6),
+                msg(0, 9),
+                msg(1, 7),
+                msg(2, 0),
+            ],
+            0,
+        );
         assert_eq!(offsets(&got), vec![(0, 5), (0, 6)]);
         assert_eq!(
-            p.unsought(),
+            p.unsought(true),
             vec![
                 Seek {
                     topic: "t".into(),
@@ -174,13 +217,26 @@ mod tests {
                 }
             ]
         );
-        p.sought("t", 0);
-        p.sought("t", 1);
+        // asked for once: a seek not reported yet is not asked for again, a failed one is
+        assert_eq!(p.ask_seeks().len(), 2);
+        assert!(p.ask_seeks().is_empty());
+        p.not_sought("t", 1);
+        assert_eq!(p.ask_seeks().len(), 1);
+        // a seek beyond where the store stands is no seek
+        p.sought("t", 0, Some(8), 1);
+        assert_eq!(p.unsought(true).len(), 2);
+        p.sought("t", 0, Some(7), 1);
+        p.sought("t", 1, None, 2);
+        assert!(p.unsought(true).is_empty());
+        // a batch whose read began before a seek ended (read ahead while the consumer was
+        // sought): its gaps may be skips, so they wait
+        let got = p.filter(vec![msg(0, 8), msg(1, 7)], 1);
+        assert_eq!(offsets(&got), vec![(0, 8)]);
         // after it: a gap is real (compaction, transaction markers)
-        let got = p.filter(vec![msg(0, 6), msg(0, 8), msg(1, 7), msg(1, 8)]);
-        assert_eq!(offsets(&got), vec![(0, 8), (1, 7), (1, 8)]);
+        let got = p.filter(vec![msg(0, 6), msg(0, 10), msg(1, 7), msg(1, 8)], 2);
+        assert_eq!(offsets(&got), vec![(0, 10), (1, 7), (1, 8)]);
         p.revoke("t", 0);
-        assert!(p.filter(vec![msg(0, 9)]).is_empty());
+        assert!(p.filter(vec![msg(0, 11)], 2).is_empty());
         assert_eq!(p.owned(), vec![("t".to_string(), 1)]);
     }
 }
