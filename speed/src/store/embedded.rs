@@ -34,9 +34,13 @@ const SEEN: TableDefinition<(&str, &str), u32> = TableDefinition::new("seen_ids"
 const SEEN_INDEX: TableDefinition<(&str, i64, &str, &str), ()> =
     TableDefinition::new("seen_by_bucket");
 /// (view, bucket end, batch sequence) → the (source, id) pairs of one batch whose latest
-/// bucket of the view ends there, packed ([`pack_ids`]): one entry per batch and bucket
-/// instead of one per id.
+/// bucket of the view ends there, as text (written by earlier versions; converted into
+/// `SEEN_KEYS` when the store opens).
 const SEEN_BLOCKS: TableDefinition<(&str, i64, u64), &[u8]> = TableDefinition::new("seen_blocks");
+/// (view, bucket end, batch sequence) → the ids of one batch whose latest bucket of the view
+/// ends there, each as its 16-byte keyed hash ([`pack_keys`]): one entry per batch and bucket
+/// instead of one per id.
+const SEEN_KEYS: TableDefinition<(&str, i64, u64), &[u8]> = TableDefinition::new("seen_keys");
 /// view → the sealed frontier its index entries were pruned to.
 const FRONTIERS: TableDefinition<&str, i64> = TableDefinition::new("frontiers");
 /// (at_ms, topic, partition, offset) → record as JSON.
@@ -78,32 +82,48 @@ pub struct EmbeddedStore {
     ids: Arc<IdIndex>,
 }
 
-/// The dedup ids of the store's blocks, in memory: for each (source, id), how many blocks
-/// hold it. An id is kept as a 128-bit keyed hash (two SipHash-1-3 under keys drawn when
-/// the store opens), a 24-byte table entry: a collision, which would drop an event as a
-/// duplicate, has a probability of about n²/2¹²⁹ for n ids, and the keys are secret, so ids
-/// cannot be chosen to collide.
+/// Hashes a dedup id (its source and text) to its [`IdKey`]: SipHash-1-3 with a 128-bit
+/// output, under two keys drawn when the store file is created and kept in it.
+#[derive(Clone, Copy)]
+struct IdHasher {
+    keys: [u64; 2],
+}
+
+impl IdHasher {
+    fn key(&self, source: &str, id: &str) -> IdKey {
+        use siphasher::sip128::Hasher128;
+        use std::hash::Hasher;
+        let mut h = siphasher::sip128::SipHasher13::new_with_keys(self.keys[0], self.keys[1]);
+        h.write_usize(source.len());
+        h.write(source.as_bytes());
+        h.write(id.as_bytes());
+        let k = h.finish128();
+        [k.h1, k.h2]
+    }
+}
+
+/// The dedup ids of the store's blocks, in memory: for each id, how many blocks hold it. An
+/// id is kept as its 128-bit keyed hash ([`IdHasher`]), a 24-byte table entry: a collision,
+/// which would drop an event as a duplicate, has a probability of about n²/2¹²⁹ for n ids,
+/// and the keys are secret, so ids cannot be chosen to collide.
 struct IdIndex {
-    keys: (std::hash::RandomState, std::hash::RandomState),
+    hasher: IdHasher,
     held: std::sync::RwLock<hashbrown::HashMap<IdKey, u32>>,
     /// Held by a write that changes blocks, from its start until its changes are in `held`.
     writer: std::sync::Mutex<()>,
 }
 
 impl IdIndex {
-    fn new() -> IdIndex {
+    fn new(hasher: IdHasher) -> IdIndex {
         IdIndex {
-            keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
+            hasher,
             held: std::sync::RwLock::new(hashbrown::HashMap::new()),
             writer: std::sync::Mutex::new(()),
         }
     }
 
     fn key(&self, source: &str, id: &str) -> IdKey {
-        use std::hash::BuildHasher;
-        let hi = self.keys.0.hash_one((source, id));
-        let lo = self.keys.1.hash_one((source, id));
-        [hi, lo]
+        self.hasher.key(source, id)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, hashbrown::HashMap<IdKey, u32>> {
@@ -283,7 +303,35 @@ fn read_rows(
     Ok(out)
 }
 
-/// (source, id) pairs as bytes: for each string, its length (u32, little-endian) and bytes.
+/// Id keys as bytes: 16 each (two u64, little-endian).
+fn pack_keys(keys: &[IdKey]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keys.len() * 16);
+    for k in keys {
+        out.extend_from_slice(&k[0].to_le_bytes());
+        out.extend_from_slice(&k[1].to_le_bytes());
+    }
+    out
+}
+
+/// Calls `f` with each id key of a block ([`pack_keys`]); an error if the bytes are not such
+/// a list.
+fn for_each_key(bytes: &[u8], mut f: impl FnMut(IdKey)) -> Result<()> {
+    if !bytes.len().is_multiple_of(16) {
+        return Err(Error::Unreadable {
+            what: "dedup block",
+        });
+    }
+    for k in bytes.chunks_exact(16) {
+        let (hi, lo) = k.split_at(8);
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        f([word(hi), word(lo)]);
+    }
+    Ok(())
+}
+
+/// (source, id) pairs as bytes, as earlier versions wrote blocks: for each string, its length
+/// (u32, little-endian) and bytes.
+#[cfg(test)]
 fn pack_ids(ids: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ids.iter().map(|(s, i)| s.len() + i.len() + 8).sum());
     for (source, id) in ids {
@@ -299,7 +347,6 @@ fn pack_ids(ids: &[(&str, &str)]) -> Vec<u8> {
 /// in `change` the release of every id they held.
 fn release_blocks(
     blocks: &mut redb::Table<(&str, i64, u64), &[u8]>,
-    ids: &IdIndex,
     change: &mut IdChange,
     view: &str,
     until: i64,
@@ -313,7 +360,7 @@ fn release_blocks(
         .ctx(e)?;
     for ((end, seq), bytes) in found {
         blocks.remove((view, end, seq)).ctx(e)?;
-        for_each_id(&bytes, |source, id| change.add(ids.key(source, id), -1))?;
+        for_each_key(&bytes, |k| change.add(k, -1))?;
     }
     Ok(())
 }
@@ -326,8 +373,8 @@ fn take_bytes<'b>(rest: &mut &'b [u8]) -> Option<&'b [u8]> {
     Some(s)
 }
 
-/// Calls `f` with each (source, id) pair of a block ([`pack_ids`]); an error if the bytes
-/// are not such a list.
+/// Calls `f` with each (source, id) pair of a block of an earlier version (see
+/// `SEEN_BLOCKS`); an error if the bytes are not such a list.
 fn for_each_id(bytes: &[u8], mut f: impl FnMut(&str, &str)) -> Result<()> {
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -344,9 +391,48 @@ fn for_each_id(bytes: &[u8], mut f: impl FnMut(&str, &str)) -> Result<()> {
     Ok(())
 }
 
+/// The store's id hasher: its keys as the file keeps them, drawn and kept when it has none.
+fn id_hasher(tx: &redb::WriteTransaction, e: &Op<'_>) -> Result<IdHasher> {
+    use std::hash::BuildHasher;
+    let mut meta = tx.open_table(META).ctx(e)?;
+    let mut keys = [0u64; 2];
+    for (i, name) in ["id_key_0", "id_key_1"].into_iter().enumerate() {
+        let kept = meta.get(name).ctx(e)?.map(|v| v.value());
+        keys[i] = match kept {
+            // kept as the i64 of the same bits
+            Some(k) => k as u64,
+            None => {
+                let k = std::hash::RandomState::new().hash_one(i);
+                meta.insert(name, k as i64).ctx(e)?;
+                k
+            }
+        };
+    }
+    Ok(IdHasher { keys })
+}
+
+/// Converts the text blocks of earlier versions (`SEEN_BLOCKS`) into key blocks, and empties
+/// their table.
+fn convert_id_blocks(tx: &redb::WriteTransaction, hasher: IdHasher, e: &Op<'_>) -> Result<()> {
+    let mut old = tx.open_table(SEEN_BLOCKS).ctx(e)?;
+    if old.is_empty().ctx(e)? {
+        return Ok(());
+    }
+    let mut blocks = tx.open_table(SEEN_KEYS).ctx(e)?;
+    for item in old.iter().ctx(e)? {
+        let (k, v) = item.ctx(e)?;
+        let (view, end, _) = k.value();
+        let mut keys = Vec::new();
+        for_each_id(v.value(), |source, id| keys.push(hasher.key(source, id)))?;
+        append_block(&mut blocks, view, end, &keys, e)?;
+    }
+    old.retain(|_, _| false).ctx(e)?;
+    Ok(())
+}
+
 /// Moves the dedup ids an earlier version indexed one entry each (`SEEN_INDEX`, counted in
 /// `SEEN`) into blocks, and empties both tables: the blocks then hold every id.
-fn migrate_id_tables(tx: &redb::WriteTransaction, e: &Op<'_>) -> Result<()> {
+fn migrate_id_tables(tx: &redb::WriteTransaction, hasher: IdHasher, e: &Op<'_>) -> Result<()> {
     let mut index = tx.open_table(SEEN_INDEX).ctx(e)?;
     let mut seen = tx.open_table(SEEN).ctx(e)?;
     if index.is_empty().ctx(e)? && seen.is_empty().ctx(e)? {
@@ -363,14 +449,14 @@ fn migrate_id_tables(tx: &redb::WriteTransaction, e: &Op<'_>) -> Result<()> {
         })
         .collect::<std::result::Result<_, _>>()
         .ctx(e)?;
-    let mut groups: BTreeMap<(&str, i64), Vec<(&str, &str)>> = BTreeMap::new();
+    let mut groups: BTreeMap<(&str, i64), Vec<IdKey>> = BTreeMap::new();
     for (view, end, source, id) in &entries {
         groups
             .entry((view.as_str(), *end))
             .or_default()
-            .push((source.as_str(), id.as_str()));
+            .push(hasher.key(source, id));
     }
-    let mut blocks = tx.open_table(SEEN_BLOCKS).ctx(e)?;
+    let mut blocks = tx.open_table(SEEN_KEYS).ctx(e)?;
     for ((view, end), ids) in &groups {
         append_block(&mut blocks, view, *end, ids, e)?;
     }
@@ -379,12 +465,12 @@ fn migrate_id_tables(tx: &redb::WriteTransaction, e: &Op<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Writes `ids` as a new block of `view` and bucket end `end`, after its last one.
+/// Writes the id keys `ids` as a new block of `view` and bucket end `end`, after its last one.
 fn append_block(
     blocks: &mut redb::Table<(&str, i64, u64), &[u8]>,
     view: &str,
     end: i64,
-    ids: &[(&str, &str)],
+    ids: &[IdKey],
     e: &Op<'_>,
 ) -> Result<()> {
     let seq = blocks
@@ -395,7 +481,7 @@ fn append_block(
         .ctx(e)?
         .map_or(0, |(k, _)| k.value().2 + 1);
     blocks
-        .insert((view, end, seq), pack_ids(ids).as_slice())
+        .insert((view, end, seq), pack_keys(ids).as_slice())
         .ctx(e)?;
     Ok(())
 }
@@ -413,17 +499,26 @@ impl EmbeddedStore {
                 .ctx(&op)?;
         }
         let db = Database::create(path).ctx(&op)?;
-        let store = EmbeddedStore {
+        let mut store = EmbeddedStore {
             db: Arc::new(db),
             path: path.to_path_buf(),
             synced: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
-            ids: Arc::new(IdIndex::new()),
+            ids: Arc::new(IdIndex::new(IdHasher { keys: [0, 0] })),
         };
-        // create the tables so that readers never meet a missing one; ids of an earlier
-        // version's index into blocks
+        // create the tables so that readers never meet a missing one; the id hasher's keys;
+        // ids of earlier versions' index and text blocks into key blocks
+        let mut hasher = None;
         store.write("create tables", |tx| {
-            migrate_id_tables(tx, &store.err("create tables"))
+            let e = store.err("create tables");
+            let h = id_hasher(tx, &e)?;
+            migrate_id_tables(tx, h, &e)?;
+            convert_id_blocks(tx, h, &e)?;
+            hasher = Some(h);
+            Ok(())
         })?;
+        if let Some(h) = hasher {
+            store.ids = Arc::new(IdIndex::new(h));
+        }
         store.load_ids()?;
         Ok(store)
     }
@@ -433,11 +528,9 @@ impl EmbeddedStore {
         let e = self.err("read dedup ids");
         let tx = self.read_tx("read dedup ids")?;
         let mut change = IdChange::default();
-        for item in tx.open_table(SEEN_BLOCKS).ctx(&e)?.iter().ctx(&e)? {
+        for item in tx.open_table(SEEN_KEYS).ctx(&e)?.iter().ctx(&e)? {
             let (_, v) = item.ctx(&e)?;
-            for_each_id(v.value(), |source, id| {
-                change.add(self.ids.key(source, id), 1)
-            })?;
+            for_each_key(v.value(), |k| change.add(k, 1))?;
         }
         self.ids.apply(change);
         Ok(())
@@ -488,7 +581,7 @@ impl EmbeddedStore {
         {
             tx.open_table(VIEWS).ctx(&e)?;
             tx.open_table(OFFSETS).ctx(&e)?;
-            tx.open_table(SEEN_BLOCKS).ctx(&e)?;
+            tx.open_table(SEEN_KEYS).ctx(&e)?;
             tx.open_table(FRONTIERS).ctx(&e)?;
             tx.open_table(QUARANTINE).ctx(&e)?;
             tx.open_table(WATERMARKS).ctx(&e)?;
@@ -631,7 +724,7 @@ impl EmbeddedStore {
                     .ctx(&e)?;
             }
             // dedup ids: forget what sealed buckets no longer need, then remember the new
-            let mut blocks = tx.open_table(SEEN_BLOCKS).ctx(&e)?;
+            let mut blocks = tx.open_table(SEEN_KEYS).ctx(&e)?;
             let mut frontiers = tx.open_table(FRONTIERS).ctx(&e)?;
             for (view, until) in &batch.sealed_until {
                 let old = frontiers
@@ -641,7 +734,7 @@ impl EmbeddedStore {
                 if *until <= old {
                     continue;
                 }
-                release_blocks(&mut blocks, &self.ids, &mut change, view, *until, &e)?;
+                release_blocks(&mut blocks, &mut change, view, *until, &e)?;
                 frontiers.insert(view.as_str(), *until).ctx(&e)?;
             }
             let mut frontier_of: HashMap<String, i64> = HashMap::new();
@@ -650,7 +743,7 @@ impl EmbeddedStore {
                 frontier_of.insert(k.value().to_string(), v.value());
             }
             let held = self.ids.read();
-            let mut groups: BTreeMap<(&str, i64), Vec<(&str, &str)>> = BTreeMap::new();
+            let mut groups: BTreeMap<(&str, i64), Vec<IdKey>> = BTreeMap::new();
             for s in batch.parts.values().flat_map(|p| p.seen.iter()) {
                 let live: Vec<_> = s
                     .releases
@@ -676,7 +769,7 @@ impl EmbeddedStore {
                     groups
                         .entry((r.view.as_str(), r.bucket_end))
                         .or_default()
-                        .push((s.source.as_str(), s.id.as_str()));
+                        .push(k);
                 }
             }
             for ((view, end), ids) in &groups {
@@ -775,8 +868,8 @@ impl EmbeddedStore {
             for (bucket, dims) in keys {
                 views.remove((view, bucket, dims.as_str())).ctx(&e)?;
             }
-            let mut blocks = tx.open_table(SEEN_BLOCKS).ctx(&e)?;
-            release_blocks(&mut blocks, &self.ids, &mut change, view, i64::MAX, &e)?;
+            let mut blocks = tx.open_table(SEEN_KEYS).ctx(&e)?;
+            release_blocks(&mut blocks, &mut change, view, i64::MAX, &e)?;
             let forgotten = change.forgotten(&self.ids.read());
             let mut meta = tx.open_table(META).ctx(&e)?;
             let old = meta.get("seen_ids").ctx(&e)?.map_or(0, |v| v.value());
@@ -1176,6 +1269,82 @@ mod tests {
         assert_eq!(unpack(&[]).unwrap(), Vec::new());
         assert!(unpack(&[9, 0, 0, 0, b'x']).is_err());
         assert!(unpack(&[1, 0, 0, 0, b'x']).is_err());
+        let keys = [[1, u64::MAX], [0, 0], [7, 1 << 63]];
+        let unpack = |bytes: &[u8]| {
+            let mut out = Vec::new();
+            for_each_key(bytes, |k| out.push(k)).map(|()| out)
+        };
+        assert_eq!(unpack(&pack_keys(&keys)).unwrap(), keys.to_vec());
+        assert_eq!(unpack(&[]).unwrap(), Vec::<IdKey>::new());
+        assert!(unpack(&[0; 17]).is_err());
+    }
+
+    /// The keys an id is hashed under are the file's: ids kept before a reopen are still
+    /// found after it.
+    #[tokio::test]
+    async fn ids_are_found_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            let mut b = SpeedBatch::default();
+            b.parts
+                .entry(anywhere())
+                .or_default()
+                .seen
+                .push(seen("e1", &[("v", 60_000)]));
+            store.commit(b).await.unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(
+            store.seen(&anywhere(), "s", &["e1", "e2"]).await.unwrap(),
+            vec![true, false]
+        );
+    }
+
+    /// Text blocks of the previous version become key blocks when the store opens: their
+    /// ids are found, counted, and released as views seal.
+    #[tokio::test]
+    async fn text_blocks_of_the_previous_version_are_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store
+                .write("test", |tx| {
+                    let mut blocks = tx.open_table(SEEN_BLOCKS).unwrap();
+                    let both = pack_ids(&[("s", "old"), ("s", "both")]);
+                    blocks.insert(("a", 60_000, 0), both.as_slice()).unwrap();
+                    let b = pack_ids(&[("s", "both")]);
+                    blocks.insert(("b", 60_000, 0), b.as_slice()).unwrap();
+                    tx.open_table(META).unwrap().insert("seen_ids", 2).unwrap();
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let tx = store.read_tx("test").unwrap();
+        assert!(tx.open_table(SEEN_BLOCKS).unwrap().is_empty().unwrap());
+        assert_eq!(tx.open_table(SEEN_KEYS).unwrap().len().unwrap(), 2);
+        drop(tx);
+        assert_eq!(
+            store
+                .seen(&anywhere(), "s", &["old", "both", "new"])
+                .await
+                .unwrap(),
+            vec![true, true, false]
+        );
+        let mut b = SpeedBatch::default();
+        b.sealed_until.insert("a".into(), 60_000);
+        store.commit(b).await.unwrap();
+        assert_eq!(
+            store
+                .seen(&anywhere(), "s", &["old", "both"])
+                .await
+                .unwrap(),
+            vec![false, true]
+        );
+        assert_eq!(store.stats().await.unwrap().seen_ids, 1);
     }
 
     /// Ids indexed one entry each by an earlier version are moved into blocks when the store
