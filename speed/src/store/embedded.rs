@@ -391,7 +391,8 @@ fn for_each_id(bytes: &[u8], mut f: impl FnMut(&str, &str)) -> Result<()> {
     Ok(())
 }
 
-/// The store's id hasher: its keys as the file keeps them, drawn and kept when it has none.
+/// The store's id hasher: its keys as the file keeps them, drawn (from the standard library's
+/// randomly seeded hasher) and kept when it has none.
 fn id_hasher(tx: &redb::WriteTransaction, e: &Op<'_>) -> Result<IdHasher> {
     use std::hash::BuildHasher;
     let mut meta = tx.open_table(META).ctx(e)?;
@@ -503,6 +504,7 @@ impl EmbeddedStore {
             db: Arc::new(db),
             path: path.to_path_buf(),
             synced: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            // replaced below by the index under the file's keys
             ids: Arc::new(IdIndex::new(IdHasher { keys: [0, 0] })),
         };
         // create the tables so that readers never meet a missing one; the id hasher's keys;
@@ -516,9 +518,10 @@ impl EmbeddedStore {
             hasher = Some(h);
             Ok(())
         })?;
-        if let Some(h) = hasher {
-            store.ids = Arc::new(IdIndex::new(h));
-        }
+        let hasher = hasher.ok_or(Error::Unreadable {
+            what: "dedup id hash keys",
+        })?;
+        store.ids = Arc::new(IdIndex::new(hasher));
         store.load_ids()?;
         Ok(store)
     }
