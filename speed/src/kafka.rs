@@ -319,7 +319,8 @@ impl GroupConsumer {
 
     /// Starts a task that, every `every`, asks the broker for the high watermark of each
     /// assigned partition and records in `counters` how far the consumer's position is behind
-    /// it (replacing what was recorded: revoked partitions drop out).
+    /// it (replacing what was recorded: revoked partitions drop out). A round stops at the
+    /// first partition the broker does not answer for within five seconds.
     pub fn watch_lag(
         &self,
         counters: std::sync::Arc<crate::SpeedCounters>,
@@ -352,10 +353,13 @@ fn lags<C: ConsumerContext>(consumer: &impl Consumer<C>) -> Vec<crate::Partition
     };
     let mut out = Vec::new();
     for e in positions.elements() {
+        // the round ends at the first question the broker does not answer: a silent broker
+        // costs one timeout, not one per partition (the round runs in a blocking task that a
+        // stopping process waits for); the next round asks again
         let Ok((low, high)) =
             consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
         else {
-            continue;
+            break;
         };
         let next = match e.offset() {
             Offset::Offset(o) => o,
@@ -418,6 +422,26 @@ pub async fn partitions<C: ConsumerContext>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A round of lag questions to a broker that does not answer ends within one timeout,
+    /// not one per partition (with 154 partitions, a stopped speed layer once waited minutes
+    /// for it to end).
+    #[test]
+    fn lag_questions_to_a_silent_broker_end_within_one_timeout() {
+        let c: rdkafka::consumer::BaseConsumer =
+            client_config(&KafkaConfig::default(), "127.0.0.1:1", Some("g"))
+                .create()
+                .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..4 {
+            tpl.add_partition_offset("t", p, Offset::Offset(0)).unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let started = std::time::Instant::now();
+        assert!(lags(&c).is_empty());
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(9), "a round took {took:?}");
+    }
 
     #[test]
     fn consumers_fetch_without_long_backoffs_unless_configured() {
