@@ -206,6 +206,27 @@ impl Sink {
     }
 }
 
+/// Of the quiet partitions (topic, partition, next offset), those the consumer has read to
+/// the end of, as the broker says. The questions stop at the first one the broker does not
+/// answer (the others count as not idle until the next pass): a silent broker costs one
+/// timeout, not one per partition.
+async fn idle_partitions(
+    consumer: &AssignedConsumer,
+    quiet: Vec<(String, i32, i64)>,
+) -> HashSet<(String, i32)> {
+    let mut idle = HashSet::new();
+    for (topic, p, next) in quiet {
+        match consumer.caught_up(&topic, p, next).await {
+            Some(true) => {
+                idle.insert((topic, p));
+            }
+            Some(false) => {}
+            None => break,
+        }
+    }
+    idle
+}
+
 /// Runs the lake sink until `shutdown` turns true.
 pub async fn run(
     cfg: &Config,
@@ -241,12 +262,7 @@ pub async fn run(
         };
         let now = duet_speed::now_ms();
         sink.receive(&msgs, now);
-        let mut idle = HashSet::new();
-        for (topic, p, next) in sink.quiet_partitions(now) {
-            if consumer.caught_up(&topic, p, next).await {
-                idle.insert((topic, p));
-            }
-        }
+        let idle = idle_partitions(&consumer, sink.quiet_partitions(now)).await;
         sink.commit(now, &idle).await?;
         if !msgs.is_empty() {
             let progress = msgs
@@ -257,4 +273,36 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Questions about quiet partitions to a broker that stopped answering end within one
+    /// timeout, not one per partition: a lake sink asked them in its loop, so an outage held
+    /// it (and its stop) for five seconds per quiet partition.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_broker_costs_one_timeout_not_one_per_partition() {
+        let topics = ["t".to_string()];
+        let kafka = crate::embedded::EmbeddedKafka::start(&topics, 4).unwrap();
+        let consumer = AssignedConsumer::new(
+            &duet_config::KafkaConfig::default(),
+            &kafka.bootstrap(),
+            "g",
+            &topics,
+            |_, _| None,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        let quiet = || (0..4).map(|p| ("t".to_string(), p, 0)).collect::<Vec<_>>();
+        // all read (nothing was produced) while the broker answers
+        assert_eq!(idle_partitions(&consumer, quiet()).await.len(), 4);
+        drop(kafka);
+        let started = std::time::Instant::now();
+        assert!(idle_partitions(&consumer, quiet()).await.is_empty());
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(9), "the questions took {took:?}");
+    }
 }

@@ -116,14 +116,17 @@ impl AssignedConsumer {
 
     /// Whether the consumer has read everything the broker has of `topic`/`partition`, given
     /// the next offset it will read: the partition's high watermark, asked of the broker, is
-    /// not beyond `next`. `false` when the broker does not answer within five seconds.
-    pub async fn caught_up(&self, topic: &str, partition: i32, next: i64) -> bool {
+    /// not beyond `next`. `None` when the broker does not answer within five seconds.
+    pub async fn caught_up(&self, topic: &str, partition: i32, next: i64) -> Option<bool> {
         let (consumer, topic) = (self.consumer.clone(), topic.to_string());
         let high = tokio::task::spawn_blocking(move || {
             consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
         })
         .await;
-        matches!(high, Ok(Ok((_, high))) if next >= high)
+        match high {
+            Ok(Ok((_, high))) => Some(next >= high),
+            _ => None,
+        }
     }
 
     /// Tells the group how far we got (monitoring only; Duet's own state is the truth).
