@@ -74,13 +74,6 @@ impl Positions {
         v
     }
 
-    /// The messages of `msgs` to apply, in order (see [`Positions::admits`]).
-    pub fn filter(&mut self, msgs: Vec<Msg>, read_from: u64) -> Vec<Msg> {
-        msgs.into_iter()
-            .filter(|m| self.admits(m, read_from))
-            .collect()
-    }
-
     /// Whether to apply `m`, of a batch whose read began at seek count `read_from` (messages
     /// asked in order): it must be of an owned partition and continue where the store stands.
     /// Others are dropped: already applied, not owned, or read from a position the consumer
@@ -117,7 +110,7 @@ impl Positions {
 
     /// The partitions the consumer must still be sought in, to where the store stands (with
     /// `asked`, also those whose seek was asked for already).
-    pub fn unsought(&self, asked: bool) -> Vec<Seek> {
+    fn unsought(&self, asked: bool) -> Vec<Seek> {
         let mut v: Vec<Seek> = self
             .parts
             .iter()
@@ -179,6 +172,13 @@ mod tests {
         }
     }
 
+    /// The messages of `msgs` that `p` admits, in order.
+    fn filter(p: &mut Positions, msgs: Vec<Msg>, read_from: u64) -> Vec<Msg> {
+        msgs.into_iter()
+            .filter(|m| p.admits(m, read_from))
+            .collect()
+    }
+
     fn offsets(m: &[Msg]) -> Vec<(i32, i64)> {
         m.iter().map(|m| (m.partition, m.offset)).collect()
     }
@@ -190,7 +190,8 @@ mod tests {
         p.take("t", 1, None);
         // before the seek: replays and jumps ahead are dropped, the exact next is kept;
         // a partition with nothing stored waits for its seek; unowned partitions are dropped
-        let got = p.filter(
+        let got = filter(
+            &mut p,
             vec![
                 msg(0, 3),
                 msg(0, 5),
@@ -230,13 +231,13 @@ mod tests {
         assert!(p.unsought(true).is_empty());
         // a batch whose read began before a seek ended (read ahead while the consumer was
         // sought): its gaps may be skips, so they wait
-        let got = p.filter(vec![msg(0, 8), msg(1, 7)], 1);
+        let got = filter(&mut p, vec![msg(0, 8), msg(1, 7)], 1);
         assert_eq!(offsets(&got), vec![(0, 8)]);
         // after it: a gap is real (compaction, transaction markers)
-        let got = p.filter(vec![msg(0, 6), msg(0, 10), msg(1, 7), msg(1, 8)], 2);
+        let got = filter(&mut p, vec![msg(0, 6), msg(0, 10), msg(1, 7), msg(1, 8)], 2);
         assert_eq!(offsets(&got), vec![(0, 10), (1, 7), (1, 8)]);
         p.revoke("t", 0);
-        assert!(p.filter(vec![msg(0, 11)], 2).is_empty());
+        assert!(filter(&mut p, vec![msg(0, 11)], 2).is_empty());
         assert_eq!(p.owned(), vec![("t".to_string(), 1)]);
     }
 }

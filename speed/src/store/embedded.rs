@@ -1305,27 +1305,33 @@ mod tests {
         );
     }
 
+    /// The store at `path` opened again after `old` wrote into its file what an earlier
+    /// version would have.
+    fn reopened_after(
+        path: &Path,
+        old: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
+    ) -> EmbeddedStore {
+        EmbeddedStore::open(path)
+            .unwrap()
+            .write("test", old)
+            .unwrap();
+        EmbeddedStore::open(path).unwrap()
+    }
+
     /// Text blocks of the previous version become key blocks when the store opens: their
     /// ids are found, counted, and released as views seal.
     #[tokio::test]
     async fn text_blocks_of_the_previous_version_are_converted() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb");
-        {
-            let store = EmbeddedStore::open(&path).unwrap();
-            store
-                .write("test", |tx| {
-                    let mut blocks = tx.open_table(SEEN_BLOCKS).unwrap();
-                    let both = pack_ids(&[("s", "old"), ("s", "both")]);
-                    blocks.insert(("a", 60_000, 0), both.as_slice()).unwrap();
-                    let b = pack_ids(&[("s", "both")]);
-                    blocks.insert(("b", 60_000, 0), b.as_slice()).unwrap();
-                    tx.open_table(META).unwrap().insert("seen_ids", 2).unwrap();
-                    Ok(())
-                })
-                .unwrap();
-        }
-        let store = EmbeddedStore::open(&path).unwrap();
+        let store = reopened_after(&dir.path().join("s.redb"), |tx| {
+            let mut blocks = tx.open_table(SEEN_BLOCKS).unwrap();
+            let both = pack_ids(&[("s", "old"), ("s", "both")]);
+            blocks.insert(("a", 60_000, 0), both.as_slice()).unwrap();
+            let b = pack_ids(&[("s", "both")]);
+            blocks.insert(("b", 60_000, 0), b.as_slice()).unwrap();
+            tx.open_table(META).unwrap().insert("seen_ids", 2).unwrap();
+            Ok(())
+        });
         let tx = store.read_tx("test").unwrap();
         assert!(tx.open_table(SEEN_BLOCKS).unwrap().is_empty().unwrap());
         assert_eq!(tx.open_table(SEEN_KEYS).unwrap().len().unwrap(), 2);
@@ -1355,24 +1361,17 @@ mod tests {
     #[tokio::test]
     async fn ids_of_the_earlier_index_are_still_released() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb");
-        {
-            let store = EmbeddedStore::open(&path).unwrap();
-            store
-                .write("test", |tx| {
-                    let mut index = tx.open_table(SEEN_INDEX).unwrap();
-                    index.insert(("a", 60_000, "s", "old"), ()).unwrap();
-                    index.insert(("b", 60_000, "s", "old"), ()).unwrap();
-                    tx.open_table(SEEN)
-                        .unwrap()
-                        .insert(("s", "old"), 2)
-                        .unwrap();
-                    tx.open_table(META).unwrap().insert("seen_ids", 1).unwrap();
-                    Ok(())
-                })
+        let store = reopened_after(&dir.path().join("s.redb"), |tx| {
+            let mut index = tx.open_table(SEEN_INDEX).unwrap();
+            index.insert(("a", 60_000, "s", "old"), ()).unwrap();
+            index.insert(("b", 60_000, "s", "old"), ()).unwrap();
+            tx.open_table(SEEN)
+                .unwrap()
+                .insert(("s", "old"), 2)
                 .unwrap();
-        }
-        let store = EmbeddedStore::open(&path).unwrap();
+            tx.open_table(META).unwrap().insert("seen_ids", 1).unwrap();
+            Ok(())
+        });
         let tx = store.read_tx("test").unwrap();
         assert!(tx.open_table(SEEN_INDEX).unwrap().is_empty().unwrap());
         assert!(tx.open_table(SEEN).unwrap().is_empty().unwrap());
