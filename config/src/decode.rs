@@ -321,13 +321,6 @@ impl Typed<'_> {
                     Err(self.mismatch(text))
                 }
             }
-            FieldType::String if self.keep.is_none() => {
-                if text == "null" || text.starts_with('"') {
-                    Ok(Value::Null)
-                } else {
-                    Err(self.mismatch(text))
-                }
-            }
             FieldType::String => {
                 if text == "null" {
                     return Ok(Value::Null);
@@ -335,9 +328,19 @@ impl Typed<'_> {
                 if !text.starts_with('"') {
                     return Err(self.mismatch(text));
                 }
-                json_string(text)
-                    .map(Value::Str)
-                    .ok_or_else(|| self.mismatch(text))
+                // a string not kept is still checked for escapes that are not Unicode (a
+                // lone surrogate such as `\ud800`), or the layers would disagree about it
+                if self.keep.is_none() && !text.contains('\\') {
+                    return Ok(Value::Null);
+                }
+                match json_string(text) {
+                    Some(s) if self.keep.is_some() => Ok(Value::Str(s)),
+                    Some(_) => Ok(Value::Null),
+                    None => Err(self.refuse(
+                        "a string with an escape that is not Unicode (a lone surrogate)"
+                            .to_string(),
+                    )),
+                }
             }
             scalar => {
                 let v = decode_scalar(&self.path, scalar, text).map_err(|e| self.fail(e))?;
@@ -517,6 +520,34 @@ fn read_object<'de, 'f, A: serde::de::MapAccess<'de>>(
     Ok(out)
 }
 
+/// A JSON object's members in the order of the text, values unparsed (duplicates kept).
+struct Members<'de>(Vec<(std::borrow::Cow<'de, str>, &'de RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members<'de>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    out.push(member);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 impl Source {
     /// Decodes one message value produced at `produced_ms` (the Kafka message timestamp, or
     /// the time it was received when the message has none) into an event, or says why it is
@@ -578,6 +609,37 @@ impl Source {
         k
     }
 
+    /// For an event found wrong: the problem of the declared field first by name (the
+    /// first in the text among fields of the same name), each top-level value checked on
+    /// its own. `None` when the bytes are not an object of JSON values.
+    fn first_problem_by_name(&self, bytes: &[u8], keep: &Keep) -> Option<DecodeError> {
+        let members: Members<'_> = serde_json::from_slice(bytes).ok()?;
+        let mut first: Option<(&String, DecodeError)> = None;
+        for (key, raw) in &members.0 {
+            let Some((name, t)) = lookup(&self.fields, key) else {
+                continue;
+            };
+            if first.as_ref().is_some_and(|(f, _)| *f <= name) {
+                continue;
+            }
+            let problem = std::cell::RefCell::new(None);
+            let typed = Typed {
+                path: Path::Field(name.as_str()),
+                t,
+                keep: keep.member(name),
+                field: name.as_str(),
+                problem: &problem,
+            };
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            if serde::de::DeserializeSeed::deserialize(typed, &mut de).is_err()
+                && let Some((_, e)) = problem.into_inner()
+            {
+                first = Some((name, e));
+            }
+        }
+        first.map(|(_, e)| e)
+    }
+
     fn decode_with(&self, bytes: &[u8], keep: &Keep) -> Result<Event, DecodeError> {
         let first = bytes
             .iter()
@@ -600,7 +662,8 @@ impl Source {
             Ok(f) => f,
             Err(e) => {
                 if let Some((_, reason)) = problem.into_inner() {
-                    return Err(reason);
+                    // the parse stopped at the first wrong field in the text: look at them all
+                    return Err(self.first_problem_by_name(bytes, keep).unwrap_or(reason));
                 }
                 // valid JSON of another kind than an object, or not JSON at all
                 if first != b'{'
@@ -773,6 +836,8 @@ mod tests {
             Just("99999999999999999999999999999999999999999".to_string()),
             Just("\"6999.00\"".to_string()),
             Just("\"\\u00e9\\n\"".to_string()),
+            Just("\"\\ud800x\"".to_string()),
+            Just("\"\\ud83d\\ude00\"".to_string()),
             any::<i64>().prop_map(|i| i.to_string()),
             any::<f64>().prop_map(|f| format!("{f:e}")),
             "[0-9]{1,30}(\\.[0-9]{0,30})?([eE][-+]?[0-9]{1,4})?",
@@ -847,7 +912,14 @@ mod tests {
             v.contributions(&e),
             v.contributions(&s.decode(text).unwrap())
         );
-        // what is not kept is still checked
+        // what is not kept is still checked, escapes in strings too
+        let lone =
+            br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":7,"totalAmount":3,
+                       "items":[{"productId":"\udc00","quantity":2}]}"#;
+        assert_eq!(
+            s.decode_keeping(lone, 7, &keep).unwrap_err(),
+            s.decode(lone).unwrap_err()
+        );
         let bad =
             br#"{"orderId":"o","orderStatus":"paid","userId":"u","createTime":7,"totalAmount":3,
                        "items":[{"productId":5}]}"#;
@@ -893,6 +965,61 @@ mod tests {
                 proptest::prop_assert!(!e.id.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn several_wrong_fields_report_the_first_by_name() {
+        let s = orders();
+        let reason = |b: &[u8]| s.decode(b).unwrap_err().to_string();
+        let rest = r#""orderStatus":"paid","createTime":5,"totalAmount":1"#;
+        for text in [
+            format!(r#"{{"userId":5,"orderId":6,{rest}}}"#),
+            format!(r#"{{"orderId":6,"userId":5,{rest}}}"#),
+            format!(r#"{{"userId":[1,2],"x":{{}},"orderId":6,{rest}}}"#),
+        ] {
+            assert_eq!(
+                reason(text.as_bytes()),
+                "field `orderId`: expected string, found the number 6",
+                "{text}"
+            );
+        }
+        assert_eq!(
+            reason(
+                format!(r#"{{"orderId":6,"userId":"u","items":[{{"quantity":"q"}}],{rest}}}"#)
+                    .as_bytes()
+            ),
+            "field `items[0].quantity`: expected int, found the string \"q\""
+        );
+        // within one field, the first wrong value in the text
+        assert_eq!(
+            reason(format!(r#"{{"orderId":"o","userId":"u","items":[{{"quantity":"b","productId":1}},{{"quantity":"a"}}],{rest}}}"#).as_bytes()),
+            "field `items[0].quantity`: expected int, found the string \"b\""
+        );
+    }
+
+    #[test]
+    fn deep_nesting_and_broken_text_are_refused_without_a_crash() {
+        let s = orders();
+        let deep = |open: &str, close: &str| {
+            let n = 200_000;
+            format!("{}{}", open.repeat(n), close.repeat(n))
+        };
+        for text in [
+            deep("[", "]"),
+            deep(r#"{"a":"#, "}"),
+            format!(r#"{{"orderId":"o","items":{}}}"#, deep("[", "]")),
+            format!(r#"{{"x":{},"orderId":"o"}}"#, deep("[", "]")),
+        ] {
+            assert!(s.decode(text.as_bytes()).is_err());
+        }
+        let reason = |b: &[u8]| s.decode(b).unwrap_err().to_string();
+        assert!(reason(b"{\"orderId\":\"\xff\"}").starts_with("not valid JSON"));
+        assert!(reason(br#"{"orderId":"o"} x"#).starts_with("not valid JSON: trailing characters"));
+        assert_eq!(
+            reason(br#"{"orderId":"\ud800","userId":"u"}"#),
+            "field `orderId`: expected string, found a string with an escape that is not Unicode (a lone surrogate)"
+        );
+        assert_eq!(reason(b" 7 "), "expected a JSON object, found a number");
     }
 
     #[test]
