@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
-use crate::types::{FieldType, Value, parse_decimal};
+use crate::types::{FieldMap, FieldType, Value, parse_decimal, same_name};
 use crate::view::{Event, Source};
 
 /// Why an event was refused. Shown in quarantine records.
@@ -234,13 +234,6 @@ impl Keep {
     }
 }
 
-/// Whether two names are equal, with their length and first and last bytes compared before
-/// the bytes themselves: most declared names differ there already.
-fn same_name(a: &str, b: &str) -> bool {
-    let (x, y) = (a.as_bytes(), b.as_bytes());
-    x.len() == y.len() && x.first() == y.first() && x.last() == y.last() && x == y
-}
-
 /// A string's JSON text (quoted, valid JSON) as the string it stands for.
 fn json_string(text: &str) -> Option<String> {
     let body = text.get(1..text.len().saturating_sub(1))?;
@@ -264,7 +257,7 @@ fn lookup<'f>(
 fn parse_object<'de, R: serde_json::de::Read<'de>>(
     de: &mut serde_json::Deserializer<R>,
     visitor: Fields<'_>,
-) -> serde_json::Result<BTreeMap<String, Value>> {
+) -> serde_json::Result<FieldMap> {
     let v = serde::Deserializer::deserialize_map(&mut *de, visitor)?;
     de.end()?;
     Ok(v)
@@ -471,7 +464,7 @@ impl<'de> serde::de::Visitor<'de> for Container<'_> {
 }
 
 impl<'de> serde::de::Visitor<'de> for Fields<'_> {
-    type Value = BTreeMap<String, Value>;
+    type Value = FieldMap;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
@@ -503,8 +496,8 @@ fn read_object<'de, 'f, A: serde::de::MapAccess<'de>>(
     mut map: A,
     find: impl Fn(&str) -> Option<(&'f String, &'f FieldType)>,
     mut decode: impl FnMut(&'f String, &'f FieldType, &mut A) -> Result<Option<Value>, A::Error>,
-) -> Result<BTreeMap<String, Value>, A::Error> {
-    let mut out = BTreeMap::new();
+) -> Result<FieldMap, A::Error> {
+    let mut out = FieldMap::default();
     while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
         match find(key.as_ref()) {
             Some((name, t)) => {
@@ -521,13 +514,13 @@ fn read_object<'de, 'f, A: serde::de::MapAccess<'de>>(
 }
 
 /// A JSON object's members in the order of the text, values unparsed (duplicates kept).
-struct Members<'de>(Vec<(std::borrow::Cow<'de, str>, &'de RawValue)>);
+struct RawMembers<'de>(Vec<(std::borrow::Cow<'de, str>, &'de RawValue)>);
 
-impl<'de> serde::Deserialize<'de> for Members<'de> {
+impl<'de> serde::Deserialize<'de> for RawMembers<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visit;
         impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Members<'de>;
+            type Value = RawMembers<'de>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
@@ -536,12 +529,12 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<Members<'de>, A::Error> {
+            ) -> Result<RawMembers<'de>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(member) = map.next_entry()? {
                     out.push(member);
                 }
-                Ok(Members(out))
+                Ok(RawMembers(out))
             }
         }
         d.deserialize_map(Visit)
@@ -613,7 +606,7 @@ impl Source {
     /// first in the text among fields of the same name), each top-level value checked on
     /// its own. `None` when the bytes are not an object of JSON values.
     fn first_problem_by_name(&self, bytes: &[u8], keep: &Keep) -> Option<DecodeError> {
-        let members: Members<'_> = serde_json::from_slice(bytes).ok()?;
+        let members: RawMembers<'_> = serde_json::from_slice(bytes).ok()?;
         let mut first: Option<(&String, DecodeError)> = None;
         for (key, raw) in &members.0 {
             let Some((name, t)) = lookup(&self.fields, key) else {
@@ -764,7 +757,7 @@ mod tests {
         );
         assert_eq!(
             e.get("items"),
-            &Value::Array(vec![Value::Struct(BTreeMap::from([
+            &Value::Array(vec![Value::Struct(FieldMap::from_iter([
                 ("productId".into(), Value::Str("p".into())),
                 ("quantity".into(), Value::Int(2)),
             ]))])
@@ -903,7 +896,7 @@ mod tests {
         assert_eq!(
             e.get("items"),
             &Value::Array(vec![
-                Value::Struct(BTreeMap::from([("quantity".into(), Value::Int(2))])),
+                Value::Struct(FieldMap::from_iter([("quantity".into(), Value::Int(2))])),
                 Value::Null
             ])
         );

@@ -44,7 +44,7 @@ pub use model::{
     BatchConfig, JobConfig, KafkaConfig, LakeConfig, ServingConfig, SpeedConfig, StoreConfig,
     TlsConfig, TokenConfig,
 };
-pub use types::{FieldType, Num, NumType, Value};
+pub use types::{FieldMap, FieldType, Num, NumType, Value};
 pub use view::{
     Contribution, DimKey, Event, MeasureSpec, Quarantined, Row, RowRef, STATE_FORMAT, Source,
     ViewDefinition, ViewMismatch, ViewSpec,

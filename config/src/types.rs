@@ -1,6 +1,5 @@
 //! Field types of source events and the values decoded from them.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::error::{Error, Result};
@@ -215,7 +214,7 @@ pub enum Value {
     /// An array.
     Array(Vec<Value>),
     /// An object.
-    Struct(BTreeMap<String, Value>),
+    Struct(FieldMap),
 }
 
 impl Value {
@@ -543,6 +542,87 @@ pub fn parse_decimal(text: &str, scale: u8) -> Option<i128> {
         return None;
     }
     Some(if neg { -units } else { units })
+}
+
+/// Values by field name, each name once: an event's declared fields, a struct value's
+/// members. A handful each: kept in a list in the order they were decoded and found by a
+/// scan that compares lengths and end bytes before the names themselves, which costs less
+/// than a tree's inserts and string comparisons on the speed layer's hot path. Equal when
+/// they hold the same names with the same values, whatever the order.
+#[derive(Debug, Clone, Default)]
+pub struct FieldMap(Vec<(String, Value)>);
+
+impl FieldMap {
+    /// The value of field `name`, if there is one.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0
+            .iter()
+            .find(|(n, _)| same_name(n, name))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether there is a field `name`.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Sets field `name` to `value`, replacing the value it had.
+    pub fn insert(&mut self, name: String, value: Value) {
+        match self.0.iter_mut().find(|(n, _)| same_name(n, &name)) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// The fields and their values, in the order they were first set.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0.iter().map(|(n, v)| (n, v))
+    }
+
+    /// How many fields there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl PartialEq for FieldMap {
+    fn eq(&self, other: &FieldMap) -> bool {
+        self.len() == other.len() && self.iter().all(|(n, v)| other.get(n) == Some(v))
+    }
+}
+
+impl<'a> IntoIterator for &'a FieldMap {
+    type Item = (&'a String, &'a Value);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, Value)>,
+        fn(&'a (String, Value)) -> (&'a String, &'a Value),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(n, v)| (n, v))
+    }
+}
+
+impl FromIterator<(String, Value)> for FieldMap {
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> FieldMap {
+        let mut out = FieldMap::default();
+        for (n, v) in iter {
+            out.insert(n, v);
+        }
+        out
+    }
+}
+
+/// Whether two names are equal, with their length and first and last bytes compared before
+/// the bytes themselves: most declared names differ there already.
+pub(crate) fn same_name(a: &str, b: &str) -> bool {
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    x.len() == y.len() && x.first() == y.first() && x.last() == y.last() && x == y
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::filter::Filter;
 use crate::measure::{MeasureKind, State};
 use crate::sketch::Distinct;
-use crate::types::{FieldType, Num, Value};
+use crate::types::{FieldMap, FieldType, Num, Value};
 
 /// A source with parsed field types.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +36,7 @@ pub struct Event {
     /// Event time, epoch milliseconds.
     pub time_ms: i64,
     /// Declared fields (absent ones are `Null`).
-    pub fields: BTreeMap<String, Value>,
+    pub fields: FieldMap,
 }
 
 impl Event {
