@@ -629,6 +629,37 @@ pub(crate) fn same_name(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn field_maps_hold_each_name_once_and_compare_by_content() {
+        let mut m = FieldMap::default();
+        m.insert("ab".into(), Value::Int(1));
+        m.insert("b".into(), Value::Int(2));
+        m.insert("ab".into(), Value::Int(3));
+        assert_eq!(
+            (m.len(), m.get("ab"), m.get("a")),
+            (2, Some(&Value::Int(3)), None)
+        );
+        assert!(m.contains_key("b") && !m.contains_key("bb"));
+        let names: Vec<&String> = m.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["ab", "b"]);
+        let other: FieldMap = [
+            ("b".to_string(), Value::Int(2)),
+            ("ab".to_string(), Value::Int(3)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(m, other);
+        let fewer: FieldMap = [("ab".to_string(), Value::Int(3))].into_iter().collect();
+        assert_ne!(m, fewer);
+        assert_ne!(fewer, m);
+        // nested: a struct's members compare the same way
+        assert_eq!(Value::Struct(m.clone()).get_path("ab"), &Value::Int(3));
+        assert_eq!(
+            Value::Struct(m).to_json(),
+            serde_json::json!({"b": 2, "ab": 3})
+        );
+    }
+
     /// The plain formatting the fast one replaced: the reference.
     fn format_decimal_by_text(units: i128, scale: u8) -> String {
         let neg = units < 0;
