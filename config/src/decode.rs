@@ -454,10 +454,8 @@ impl<'de> serde::de::Visitor<'de> for Container<'_> {
         let Some(keep) = of.keep else {
             return Ok(Value::Null);
         };
-        for (name, _) in fields.iter().filter(|_| keep.all) {
-            if !out.contains_key(name.as_str()) {
-                out.insert(name.clone(), Value::Null);
-            }
+        if keep.all {
+            out.fill_absent(fields.iter().map(|(name, _)| name));
         }
         Ok(Value::Struct(out))
     }
@@ -670,11 +668,7 @@ impl Source {
         // a whole event has every declared field (absent ones null); a partial one need not
         // (what is absent reads as null all the same)
         if keep.all {
-            for name in self.fields.keys() {
-                if !fields.contains_key(name) {
-                    fields.insert(name.clone(), Value::Null);
-                }
-            }
+            fields.fill_absent(self.fields.keys());
         }
         let event = Event {
             id: String::new(),

@@ -574,6 +574,15 @@ impl FieldMap {
         }
     }
 
+    /// Adds each of `names` not there yet, as `Null` (one scan for each name).
+    pub fn fill_absent<'n>(&mut self, names: impl IntoIterator<Item = &'n String>) {
+        for name in names {
+            if !self.contains_key(name) {
+                self.0.push((name.clone(), Value::Null));
+            }
+        }
+    }
+
     /// The fields and their values, in the order they were first set.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
         self.0.iter().map(|(n, v)| (n, v))
@@ -640,6 +649,12 @@ mod tests {
             (2, Some(&Value::Int(3)), None)
         );
         assert!(m.contains_key("b") && !m.contains_key("bb"));
+        let mut filled = m.clone();
+        filled.fill_absent(&["b".to_string(), "c".to_string()]);
+        assert_eq!(
+            (filled.len(), filled.get("b"), filled.get("c")),
+            (3, Some(&Value::Int(2)), Some(&Value::Null))
+        );
         let names: Vec<&String> = m.iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["ab", "b"]);
         let other: FieldMap = [

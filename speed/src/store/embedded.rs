@@ -1058,6 +1058,13 @@ mod tests {
     use crate::store::{PartitionKey, Release, SeenId, StateKey};
     use duet_config::{Num, State};
 
+    /// Commits a batch that only says `view` is sealed until `until`.
+    async fn seal(store: &EmbeddedStore, view: &str, until: i64) {
+        let mut b = SpeedBatch::default();
+        b.sealed_until.insert(view.into(), until);
+        store.commit(b).await.unwrap();
+    }
+
     fn anywhere() -> PartitionKey {
         PartitionKey {
             group: String::new(),
@@ -1206,9 +1213,7 @@ mod tests {
         };
 
         // view a sealed to minute 5: ids still needed by view b stay
-        let mut b = SpeedBatch::default();
-        b.sealed_until.insert("a".into(), 300_000);
-        store.commit(b).await.unwrap();
+        seal(&store, "a", 300_000).await;
         assert!(check(&store).await.iter().all(|s| *s));
         assert_eq!(
             store
@@ -1343,9 +1348,7 @@ mod tests {
                 .unwrap(),
             vec![true, true, false]
         );
-        let mut b = SpeedBatch::default();
-        b.sealed_until.insert("a".into(), 60_000);
-        store.commit(b).await.unwrap();
+        seal(&store, "a", 60_000).await;
         assert_eq!(
             store
                 .seen(&anywhere(), "s", &["old", "both"])
@@ -1377,9 +1380,7 @@ mod tests {
         assert!(tx.open_table(SEEN).unwrap().is_empty().unwrap());
         drop(tx);
         // held by the block of view b still
-        let mut b = SpeedBatch::default();
-        b.sealed_until.insert("a".into(), 60_000);
-        store.commit(b).await.unwrap();
+        seal(&store, "a", 60_000).await;
         assert_eq!(
             store.seen(&anywhere(), "s", &["old"]).await.unwrap(),
             vec![true]
@@ -1389,9 +1390,7 @@ mod tests {
             store.seen(&anywhere(), "s", &["old"]).await.unwrap(),
             vec![true]
         );
-        let mut b = SpeedBatch::default();
-        b.sealed_until.insert("b".into(), 60_000);
-        store.commit(b).await.unwrap();
+        seal(&store, "b", 60_000).await;
         assert_eq!(
             store.seen(&anywhere(), "s", &["old"]).await.unwrap(),
             vec![false]
