@@ -347,26 +347,20 @@ impl Aggregator {
         now_ms: i64,
         sealed_until: &BTreeMap<String, i64>,
     ) -> Result<(SpeedBatch, BatchStats)> {
-        self.build_after(msgs, store, now_ms, sealed_until, &PendingIds::new())
-            .await
-    }
-
-    /// [`Aggregator::build`] while the batch that remembers `pending` is still being committed:
-    /// its ids count as seen.
-    pub async fn build_after(
-        &self,
-        msgs: &[Msg],
-        store: &dyn ViewStore,
-        now_ms: i64,
-        sealed_until: &BTreeMap<String, i64>,
-        pending: &PendingIds,
-    ) -> Result<(SpeedBatch, BatchStats)> {
         let decoded = self.decode_all(msgs, now_ms);
-        self.build_from(msgs, decoded, store, now_ms, sealed_until, pending)
-            .await
+        self.build_from(
+            msgs,
+            decoded,
+            store,
+            now_ms,
+            sealed_until,
+            &PendingIds::new(),
+        )
+        .await
     }
 
-    /// [`Aggregator::build_after`] of messages decoded already.
+    /// [`Aggregator::build`] of messages decoded already, while the batch that remembers
+    /// `pending` is still being committed: its ids count as seen.
     pub async fn build_decoded(
         &self,
         decoded: Decoded,
