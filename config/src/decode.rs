@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use compact_str::CompactString;
 use serde_json::value::RawValue;
 
 use crate::types::{FieldMap, FieldType, Value, parse_decimal, same_name};
@@ -128,7 +129,11 @@ fn decode_scalar(path: &Path<'_>, t: &FieldType, text: &str) -> Result<Value, De
             if !text.starts_with('"') {
                 return Err(mismatch());
             }
-            Value::Str(serde_json::from_str(text).map_err(|_| mismatch())?)
+            Value::Str(
+                serde_json::from_str::<String>(text)
+                    .map_err(|_| mismatch())?
+                    .into(),
+            )
         }
         FieldType::Bool => match text {
             "true" => Value::Bool(true),
@@ -162,9 +167,9 @@ fn decode_scalar(path: &Path<'_>, t: &FieldType, text: &str) -> Result<Value, De
             let units = if is_number(text) {
                 parse_decimal(text, *scale)
             } else if text.starts_with('"') {
-                serde_json::from_str::<std::borrow::Cow<'_, str>>(text)
+                serde_json::from_str::<Text<'_>>(text)
                     .ok()
-                    .and_then(|digits| parse_decimal(&digits, *scale))
+                    .and_then(|Text(digits)| parse_decimal(&digits, *scale))
             } else {
                 None
             };
@@ -235,12 +240,14 @@ impl Keep {
 }
 
 /// A string's JSON text (quoted, valid JSON) as the string it stands for.
-fn json_string(text: &str) -> Option<String> {
+fn json_string(text: &str) -> Option<CompactString> {
     let body = text.get(1..text.len().saturating_sub(1))?;
     if body.contains('\\') {
-        serde_json::from_str(text).ok()
+        serde_json::from_str::<String>(text)
+            .ok()
+            .map(CompactString::from)
     } else {
-        Some(body.to_string())
+        Some(CompactString::new(body))
     }
 }
 
@@ -496,11 +503,11 @@ fn read_object<'de, 'f, A: serde::de::MapAccess<'de>>(
     mut decode: impl FnMut(&'f String, &'f FieldType, &mut A) -> Result<Option<Value>, A::Error>,
 ) -> Result<FieldMap, A::Error> {
     let mut out = FieldMap::default();
-    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+    while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
         match find(key.as_ref()) {
             Some((name, t)) => {
                 if let Some(v) = decode(name, t, &mut map)? {
-                    out.insert(name.clone(), v);
+                    out.insert(name, v);
                 }
             }
             None => {
@@ -509,6 +516,36 @@ fn read_object<'de, 'f, A: serde::de::MapAccess<'de>>(
         }
     }
     Ok(out)
+}
+
+/// A JSON string: borrowed from the text unless it holds escapes. (Serde's own `Cow<str>`
+/// always copies: a member name cost an allocation.)
+struct Text<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(v.to_string())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
 }
 
 /// A JSON object's members in the order of the text, values unparsed (duplicates kept).
@@ -529,8 +566,8 @@ impl<'de> serde::Deserialize<'de> for RawMembers<'de> {
                 mut map: A,
             ) -> Result<RawMembers<'de>, A::Error> {
                 let mut out = Vec::new();
-                while let Some(member) = map.next_entry()? {
-                    out.push(member);
+                while let Some((Text(name), value)) = map.next_entry()? {
+                    out.push((name, value));
                 }
                 Ok(RawMembers(out))
             }

@@ -1,5 +1,6 @@
 //! Field types of source events and the values decoded from them.
 
+use compact_str::CompactString;
 use std::fmt;
 
 use crate::error::{Error, Result};
@@ -196,8 +197,8 @@ pub enum NumType {
 pub enum Value {
     /// Absent or JSON null.
     Null,
-    /// A string.
-    Str(String),
+    /// A string (up to 24 bytes kept inline, without an allocation).
+    Str(CompactString),
     /// An integer.
     Int(i64),
     /// A float.
@@ -264,15 +265,17 @@ impl Value {
         use serde_json::Value as J;
         match self {
             Value::Null => J::Null,
-            Value::Str(s) => J::String(s.clone()),
+            Value::Str(s) => J::String(s.to_string()),
             Value::Int(i) => J::from(*i),
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
             Value::Bool(b) => J::Bool(*b),
             Value::Decimal { units, scale } => J::String(format_decimal(*units, *scale)),
             Value::Array(a) => J::Array(a.iter().map(Value::to_json).collect()),
-            Value::Struct(m) => {
-                J::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
-            }
+            Value::Struct(m) => J::Object(
+                m.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_json()))
+                    .collect(),
+            ),
         }
     }
 }
@@ -547,10 +550,11 @@ pub fn parse_decimal(text: &str, scale: u8) -> Option<i128> {
 /// Values by field name, each name once: an event's declared fields, a struct value's
 /// members. A handful each: kept in a list in the order they were decoded and found by a
 /// scan that compares lengths and end bytes before the names themselves, which costs less
-/// than a tree's inserts and string comparisons on the speed layer's hot path. Equal when
-/// they hold the same names with the same values, whatever the order.
+/// than a tree's inserts and string comparisons on the speed layer's hot path. Names of up to
+/// 24 bytes are kept inline, without an allocation. Equal when they hold the same names with
+/// the same values, whatever the order.
 #[derive(Debug, Clone, Default)]
-pub struct FieldMap(Vec<(String, Value)>);
+pub struct FieldMap(Vec<(CompactString, Value)>);
 
 impl FieldMap {
     /// The value of field `name`, if there is one.
@@ -567,10 +571,10 @@ impl FieldMap {
     }
 
     /// Sets field `name` to `value`, replacing the value it had.
-    pub fn insert(&mut self, name: String, value: Value) {
-        match self.0.iter_mut().find(|(n, _)| same_name(n, &name)) {
+    pub fn insert(&mut self, name: &str, value: Value) {
+        match self.0.iter_mut().find(|(n, _)| same_name(n, name)) {
             Some((_, v)) => *v = value,
-            None => self.0.push((name, value)),
+            None => self.0.push((CompactString::new(name), value)),
         }
     }
 
@@ -578,14 +582,14 @@ impl FieldMap {
     pub fn fill_absent<'n>(&mut self, names: impl IntoIterator<Item = &'n String>) {
         for name in names {
             if !self.contains_key(name) {
-                self.0.push((name.clone(), Value::Null));
+                self.0.push((CompactString::new(name), Value::Null));
             }
         }
     }
 
     /// The fields and their values, in the order they were first set.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
-        self.0.iter().map(|(n, v)| (n, v))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v))
     }
 
     /// How many fields there are.
@@ -606,14 +610,14 @@ impl PartialEq for FieldMap {
 }
 
 impl<'a> IntoIterator for &'a FieldMap {
-    type Item = (&'a String, &'a Value);
+    type Item = (&'a str, &'a Value);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, Value)>,
-        fn(&'a (String, Value)) -> (&'a String, &'a Value),
+        std::slice::Iter<'a, (CompactString, Value)>,
+        fn(&'a (CompactString, Value)) -> (&'a str, &'a Value),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(n, v)| (n, v))
+        self.0.iter().map(|(n, v)| (n.as_str(), v))
     }
 }
 
@@ -621,7 +625,7 @@ impl FromIterator<(String, Value)> for FieldMap {
     fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> FieldMap {
         let mut out = FieldMap::default();
         for (n, v) in iter {
-            out.insert(n, v);
+            out.insert(&n, v);
         }
         out
     }
@@ -641,9 +645,9 @@ mod tests {
     #[test]
     fn field_maps_hold_each_name_once_and_compare_by_content() {
         let mut m = FieldMap::default();
-        m.insert("ab".into(), Value::Int(1));
-        m.insert("b".into(), Value::Int(2));
-        m.insert("ab".into(), Value::Int(3));
+        m.insert("ab", Value::Int(1));
+        m.insert("b", Value::Int(2));
+        m.insert("ab", Value::Int(3));
         assert_eq!(
             (m.len(), m.get("ab"), m.get("a")),
             (2, Some(&Value::Int(3)), None)
@@ -655,7 +659,7 @@ mod tests {
             (filled.len(), filled.get("b"), filled.get("c")),
             (3, Some(&Value::Int(2)), Some(&Value::Null))
         );
-        let names: Vec<&String> = m.iter().map(|(n, _)| n).collect();
+        let names: Vec<&str> = m.iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["ab", "b"]);
         let other: FieldMap = [
             ("b".to_string(), Value::Int(2)),

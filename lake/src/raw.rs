@@ -207,7 +207,7 @@ impl RawWriter {
         m.insert("_offset".into(), J::from(r.offset));
         m.insert("_payload".into(), J::from(r.payload.clone()));
         for (name, v) in &r.event.fields {
-            m.insert(name.clone(), v.to_json());
+            m.insert(name.to_string(), v.to_json());
         }
         m.insert("event_date".into(), J::from(date));
         m.insert("event_hour".into(), J::from(hour));

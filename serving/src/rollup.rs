@@ -633,8 +633,8 @@ mod tests {
                 .filter(|e| match &filter {
                     None => true,
                     Some(f) => match (e.get(&f.dimension), f.op) {
-                        (duet_config::Value::Str(v), DimOp::Ne) => !f.values.contains(v),
-                        (duet_config::Value::Str(v), _) => f.values.contains(v),
+                        (duet_config::Value::Str(v), DimOp::Ne) => !f.values.iter().any(|x| x == v),
+                        (duet_config::Value::Str(v), _) => f.values.iter().any(|x| x == v),
                         _ => false,
                     },
                 })
