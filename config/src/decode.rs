@@ -225,6 +225,15 @@ impl Keep {
         Some(k)
     }
 
+    /// How many values of an object of `declared` fields are kept at most.
+    fn capacity(&self, declared: usize) -> usize {
+        if self.all {
+            declared
+        } else {
+            self.members.len()
+        }
+    }
+
     fn member(&self, name: &str) -> Option<&Keep> {
         if self.all {
             Some(self)
@@ -444,8 +453,10 @@ impl<'de> serde::de::Visitor<'de> for Container<'_> {
             return Err(of.refuse("an object".to_string()));
         };
         let parent = of.path;
+        let kept = of.keep.map_or(0, |k| k.capacity(fields.len()));
         let mut out = read_object(
             map,
+            kept,
             |key| lookup(fields.iter().map(|(n, t)| (n, t)), key),
             |name, t, map| {
                 let keep = of.keep.and_then(|k| k.member(name));
@@ -478,6 +489,7 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         read_object(
             map,
+            self.keep.capacity(self.fields.len()),
             |key| lookup(self.fields, key),
             |name, t, map| {
                 let keep = self.keep.member(name);
@@ -496,13 +508,14 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
 
 /// Reads an object's members: the declared ones (`find` gives their name and type) decoded
 /// by `decode` from the map's next value, which returns the value to keep, if any; the
-/// others skipped.
+/// others skipped. Room for `kept` values is made at once.
 fn read_object<'de, 'f, A: serde::de::MapAccess<'de>>(
     mut map: A,
+    kept: usize,
     find: impl Fn(&str) -> Option<(&'f String, &'f FieldType)>,
     mut decode: impl FnMut(&'f String, &'f FieldType, &mut A) -> Result<Option<Value>, A::Error>,
 ) -> Result<FieldMap, A::Error> {
-    let mut out = FieldMap::default();
+    let mut out = FieldMap::with_capacity(kept);
     while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
         match find(key.as_ref()) {
             Some((name, t)) => {
@@ -728,7 +741,12 @@ impl Source {
             }
         };
         // the id fields' keys joined by `|`, written into one string
-        let mut id = String::new();
+        let mut id = String::with_capacity(
+            self.event_id
+                .iter()
+                .map(|f| event.get(f).key_str().map_or(0, |k| k.len()) + 1)
+                .sum(),
+        );
         for (i, f) in self.event_id.iter().enumerate() {
             if i > 0 {
                 id.push('|');

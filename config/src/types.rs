@@ -557,6 +557,11 @@ pub fn parse_decimal(text: &str, scale: u8) -> Option<i128> {
 pub struct FieldMap(Vec<(CompactString, Value)>);
 
 impl FieldMap {
+    /// An empty map with room for `n` fields.
+    pub fn with_capacity(n: usize) -> FieldMap {
+        FieldMap(Vec::with_capacity(n))
+    }
+
     /// The value of field `name`, if there is one.
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.0

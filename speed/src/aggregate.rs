@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher as _;
 
+use compact_str::CompactString;
 use duet_config::DecodeError;
 use duet_config::decode::Keep;
 use duet_config::{Config, Event, Source, State, ViewSpec};
@@ -85,9 +86,13 @@ pub type PendingIds = HashMap<String, HashSet<String>>;
 pub fn pending_ids(batch: &SpeedBatch) -> PendingIds {
     let mut out = PendingIds::new();
     for s in batch.parts.values().flat_map(|p| p.seen.iter()) {
-        out.entry(s.source.clone())
-            .or_default()
-            .insert(s.id.clone());
+        match out.get_mut(s.source.as_str()) {
+            Some(ids) => ids.insert(s.id.clone()),
+            None => out
+                .entry(s.source.to_string())
+                .or_default()
+                .insert(s.id.clone()),
+        };
     }
     out
 }
@@ -308,7 +313,7 @@ impl Aggregator {
                         .get(&view.name)
                         .is_some_and(|sealed| bucket_end <= *sealed);
                     releases.push(Release {
-                        view: view.name.clone(),
+                        view: CompactString::new(&view.name),
                         bucket_end,
                     });
                 }
@@ -317,7 +322,7 @@ impl Aggregator {
             // an event that counts in no bucket needs no dedup: a copy would count in none
             if !releases.is_empty() {
                 out.shares.entry(part).or_default().seen.push(SeenId {
-                    source: source.name.clone(),
+                    source: CompactString::new(&source.name),
                     id: ev.id,
                     releases,
                 });

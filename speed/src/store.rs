@@ -6,6 +6,7 @@ pub mod embedded;
 pub mod local_redis;
 pub mod redis;
 
+use compact_str::CompactString;
 use std::collections::{BTreeMap, HashMap};
 
 use duet_config::{DimKey, Row, State, ViewDefinition, ViewSpec};
@@ -44,8 +45,8 @@ pub struct PartitionKey {
 /// be remembered (for dedup) until the view is sealed past it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Release {
-    /// View name.
-    pub view: String,
+    /// View name (kept inline up to 24 bytes: one per view and event, not allocated).
+    pub view: CompactString,
     /// End of the latest bucket of the view the event contributed to, epoch ms.
     pub bucket_end: i64,
 }
@@ -53,8 +54,8 @@ pub struct Release {
 /// An event id now seen, and the buckets it contributed to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeenId {
-    /// Source name.
-    pub source: String,
+    /// Source name (kept inline up to 24 bytes).
+    pub source: CompactString,
     /// Event id.
     pub id: String,
     /// Per view, the end of the latest bucket it contributed to.

@@ -1088,7 +1088,7 @@ mod tests {
             releases: releases
                 .iter()
                 .map(|(view, end)| Release {
-                    view: view.to_string(),
+                    view: (*view).into(),
                     bucket_end: *end,
                 })
                 .collect(),

@@ -702,7 +702,7 @@ impl RedisStore {
                         .filter(|r| {
                             batch
                                 .sealed_until
-                                .get(&r.view)
+                                .get(r.view.as_str())
                                 .is_none_or(|cut| r.bucket_end > *cut)
                         })
                         .map(|r| (r.view.as_str(), s.id.as_str(), r.bucket_end))
@@ -890,7 +890,7 @@ impl ViewStore for RedisStore {
                         Some(acc) => {
                             duet_config::measure::merge_row(acc, states).map_err(|source| {
                                 Error::Merge {
-                                    view: view.to_string(),
+                                    view: (*view).into(),
                                     source,
                                 }
                             })?
@@ -1131,7 +1131,7 @@ measures = [{ name = "n", kind = "count" }]
             releases: releases
                 .iter()
                 .map(|(view, end)| Release {
-                    view: view.to_string(),
+                    view: (*view).into(),
                     bucket_end: *end,
                 })
                 .collect(),
