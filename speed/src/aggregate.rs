@@ -255,10 +255,26 @@ impl Aggregator {
         let hasher = hashbrown::DefaultHashBuilder::default();
         let mut deltas: hashbrown::HashTable<Delta> = hashbrown::HashTable::new();
         let none = Vec::new();
+        // per view (by index), the end of its sealed range
+        let sealed: Vec<Option<i64>> = self
+            .views
+            .iter()
+            .map(|v| sealed_until.get(&v.name).copied())
+            .collect();
+        // the views of the source of the event before (most events are of the same source)
+        let mut last: Option<(&Source, &Vec<usize>)> = None;
         for (part, source, ev) in events {
             let mut releases = Vec::new();
             let mut late = false;
-            for &vi in self.by_source.get(&source.name).unwrap_or(&none) {
+            let views = match last {
+                Some((s, v)) if std::ptr::eq(s, source) => v,
+                _ => {
+                    let v = self.by_source.get(&source.name).unwrap_or(&none);
+                    last = Some((source, v));
+                    v
+                }
+            };
+            for &vi in views {
                 let view = &self.views[vi];
                 let mut last_end = None;
                 let mut failed = None;
@@ -309,9 +325,7 @@ impl Aggregator {
                     });
                 }
                 if let Some(bucket_end) = last_end {
-                    late |= sealed_until
-                        .get(&view.name)
-                        .is_some_and(|sealed| bucket_end <= *sealed);
+                    late |= sealed[vi].is_some_and(|sealed| bucket_end <= sealed);
                     releases.push(Release {
                         view: CompactString::new(&view.name),
                         bucket_end,
@@ -520,11 +534,12 @@ impl Aggregator {
                 continue;
             }
             stats.applied += 1;
-            let w = batch
-                .watermarks
-                .entry(source.name.clone())
-                .or_insert(ev.time_ms);
-            *w = (*w).max(ev.time_ms);
+            match batch.watermarks.get_mut(&source.name) {
+                Some(w) => *w = (*w).max(ev.time_ms),
+                None => {
+                    batch.watermarks.insert(source.name.clone(), ev.time_ms);
+                }
+            }
             lists[part % threads].push((part, source, ev));
         }
         let folded: Vec<Result<Folded>> = if threads == 1 {
