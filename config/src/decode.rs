@@ -825,6 +825,41 @@ mod tests {
     }
 
     #[test]
+    fn names_and_values_with_escapes_or_past_24_bytes_read_as_their_text() {
+        // member names are borrowed from the text unless they hold escapes; strings of up to
+        // 24 bytes are kept inline, longer ones on the heap
+        let long = "a string value longer than twenty-four bytes";
+        let text = format!(
+            r#"{{"order\u0049d":"o\u00e9 {long}","orderStatus":"paid","user\u0049d":"{long}",
+                "createTime":5,"totalAmount":"\u0036999.00",
+                "items":[{{"product\u0049d":"p\u00e9","quantity":2}},{{"productId":"{long}"}}]}}"#
+        );
+        let e = orders().decode(text.as_bytes()).unwrap();
+        assert_eq!(e.id, format!("o\u{e9} {long}|paid"));
+        assert_eq!(e.get("userId"), &Value::Str(long.into()));
+        assert_eq!(
+            e.get("totalAmount"),
+            &Value::Decimal {
+                units: 699_900,
+                scale: 2
+            }
+        );
+        assert_eq!(
+            e.get("items"),
+            &Value::Array(vec![
+                Value::Struct(FieldMap::from_iter([
+                    ("productId".into(), Value::Str("p\u{e9}".into())),
+                    ("quantity".into(), Value::Int(2)),
+                ])),
+                Value::Struct(FieldMap::from_iter([
+                    ("productId".into(), Value::Str(long.into())),
+                    ("quantity".into(), Value::Null),
+                ])),
+            ])
+        );
+    }
+
+    #[test]
     fn decodes_big_and_exotic_numbers_exactly() {
         let s = orders();
         let e = s
