@@ -246,11 +246,17 @@ impl Aggregator {
     /// Folds applied events (partition index, source, event) into their partitions' deltas
     /// and remembered ids. A row of an event is merged into its delta where it is read,
     /// without building its states or its key (see [`duet_config::RowRef::add_to`]).
+    ///
+    /// With `per_partition` false, the deltas of all the partitions in `events` are folded
+    /// into one set, kept in the share of the first of them (see
+    /// [`ViewStore::states_per_partition`]).
     fn fold(
         &self,
         events: Vec<(usize, &Source, Event)>,
         sealed_until: &BTreeMap<String, i64>,
+        per_partition: bool,
     ) -> Result<Folded> {
+        let merged_into = events.first().map_or(0, |(part, _, _)| *part);
         let mut out = Folded::default();
         let hasher = hashbrown::DefaultHashBuilder::default();
         let mut deltas: hashbrown::HashTable<Delta> = hashbrown::HashTable::new();
@@ -264,6 +270,7 @@ impl Aggregator {
         // the views of the source of the event before (most events are of the same source)
         let mut last: Option<(&Source, &Vec<usize>)> = None;
         for (part, source, ev) in events {
+            let delta_part = if per_partition { part } else { merged_into };
             let mut releases = Vec::new();
             let mut late = false;
             let views = match last {
@@ -283,13 +290,13 @@ impl Aggregator {
                     let dims = view.dimensions.len();
                     let h = delta_hash(
                         &hasher,
-                        part,
+                        delta_part,
                         vi,
                         row.bucket,
                         (0..dims).map(|i| row.dim(i).key_str()),
                     );
                     let found = deltas.find_mut(h, |d| {
-                        d.part == part
+                        d.part == delta_part
                             && d.view == vi
                             && d.bucket == row.bucket
                             && d.dims
@@ -303,7 +310,7 @@ impl Aggregator {
                             deltas.insert_unique(
                                 h,
                                 Delta {
-                                    part,
+                                    part: delta_part,
                                     view: vi,
                                     bucket: row.bucket,
                                     dims: row.dims(),
@@ -497,6 +504,7 @@ impl Aggregator {
         // ids seen by earlier batches, asked per partition and source
         // (one question per source when the store remembers ids across partitions)
         let per_partition = store.dedup_per_partition();
+        let states_per_partition = store.states_per_partition();
         let mut asks: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
         for (i, (part, s, _)) in fresh.iter().enumerate() {
             let part = if per_partition { *part } else { 0 };
@@ -545,13 +553,13 @@ impl Aggregator {
         let folded: Vec<Result<Folded>> = if threads == 1 {
             lists
                 .into_iter()
-                .map(|l| self.fold(l, sealed_until))
+                .map(|l| self.fold(l, sealed_until, states_per_partition))
                 .collect()
         } else {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = lists
                     .into_iter()
-                    .map(|l| scope.spawn(move || self.fold(l, sealed_until)))
+                    .map(|l| scope.spawn(move || self.fold(l, sealed_until, states_per_partition)))
                     .collect();
                 handles
                     .into_iter()

@@ -183,6 +183,13 @@ pub trait ViewStore: Send + Sync {
     async fn commit(&self, batch: SpeedBatch) -> Result<()>;
     /// The next offsets to read for a consumer group and topic, per partition.
     async fn offsets(&self, group: &str, topic: &str) -> Result<HashMap<i32, i64>>;
+    /// Whether states are kept per Kafka partition (Redis, the default) rather than one per
+    /// view, bucket and dimension key (the embedded store, which applies a batch in one
+    /// transaction): the speed layer then folds the deltas of all the partitions a thread
+    /// reads into one, handed to the store with the first of those partitions.
+    fn states_per_partition(&self) -> bool {
+        true
+    }
     /// Whether ids are remembered per Kafka partition (Redis) rather than across all of them
     /// (the embedded store): the speed layer then asks [`ViewStore::seen`] per partition.
     fn dedup_per_partition(&self) -> bool {

@@ -888,6 +888,10 @@ impl EmbeddedStore {
 
 #[async_trait::async_trait]
 impl ViewStore for EmbeddedStore {
+    fn states_per_partition(&self) -> bool {
+        false
+    }
+
     async fn commit(&self, batch: SpeedBatch) -> Result<()> {
         self.blocking("commit a batch", move |s| s.apply(batch))
             .await
