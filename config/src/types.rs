@@ -1,7 +1,8 @@
 //! Field types of source events and the values decoded from them.
 
-use compact_str::CompactString;
 use std::fmt;
+
+use compact_str::CompactString;
 
 use crate::error::{Error, Result};
 

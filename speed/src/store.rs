@@ -6,9 +6,9 @@ pub mod embedded;
 pub mod local_redis;
 pub mod redis;
 
-use compact_str::CompactString;
 use std::collections::{BTreeMap, HashMap};
 
+use compact_str::CompactString;
 use duet_config::{DimKey, Row, State, ViewDefinition, ViewSpec};
 
 use crate::error::{Error, Result, ViewMismatch};
