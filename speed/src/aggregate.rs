@@ -3,7 +3,7 @@
 //! contributions into per-bucket partial states with the shared measure algebra.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher as _;
 
 use compact_str::CompactString;
@@ -80,7 +80,7 @@ pub struct BatchStats {
 }
 
 /// Event ids of batches not committed yet, per source: the next batch counts them as seen.
-pub type PendingIds = HashMap<String, HashSet<String>>;
+pub type PendingIds = hashbrown::HashMap<String, hashbrown::HashSet<String>>;
 
 /// The ids `batch` remembers, per source.
 pub fn pending_ids(batch: &SpeedBatch) -> PendingIds {
@@ -126,7 +126,9 @@ impl Decoded {
 
 /// The speed layer's compiled form of a config.
 pub struct Aggregator {
-    by_topic: HashMap<String, Vec<(Source, Keep)>>,
+    /// Per topic, its sources and what each keeps (a handful of topics: found by a scan,
+    /// cheaper than hashing the topic of every message).
+    by_topic: Vec<(String, Vec<(Source, Keep)>)>,
     /// Every view, in config order.
     views: Vec<ViewSpec>,
     /// Per source, its views (indices into `views`).
@@ -143,13 +145,13 @@ impl Aggregator {
     /// Compiles the sources and views of `cfg` for consumer group `group`.
     pub fn new(cfg: &Config, group: &str) -> Aggregator {
         // each source decodes only what its views read (and checks the rest)
-        let mut by_topic: HashMap<String, Vec<(Source, Keep)>> = HashMap::new();
+        let mut by_topic: Vec<(String, Vec<(Source, Keep)>)> = Vec::new();
         for s in &cfg.sources {
             let keep = s.keep(cfg.views.iter().filter(|v| v.source == s.name));
-            by_topic
-                .entry(s.topic.clone())
-                .or_default()
-                .push((s.clone(), keep));
+            match by_topic.iter_mut().find(|(t, _)| *t == s.topic) {
+                Some((_, list)) => list.push((s.clone(), keep)),
+                None => by_topic.push((s.topic.clone(), vec![(s.clone(), keep)])),
+            }
         }
         let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, v) in cfg.views.iter().enumerate() {
@@ -174,9 +176,17 @@ impl Aggregator {
         self
     }
 
+    /// The sources read from `topic`, with what each keeps (none for a topic not consumed).
+    fn sources_of(&self, topic: &str) -> &[(Source, Keep)] {
+        self.by_topic
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map_or(&[], |(_, list)| list.as_slice())
+    }
+
     /// The topics to consume.
     pub fn topics(&self) -> Vec<String> {
-        let mut t: Vec<String> = self.by_topic.keys().cloned().collect();
+        let mut t: Vec<String> = self.by_topic.iter().map(|(t, _)| t.clone()).collect();
         t.sort();
         t
     }
@@ -197,7 +207,7 @@ impl Aggregator {
         };
         let mut events = decoded.events.into_iter();
         for m in decoded.msgs {
-            let n = self.by_topic.get(&m.topic).map_or(0, Vec::len);
+            let n = self.sources_of(&m.topic).len();
             if keep(&m) {
                 out.events.extend(events.by_ref().take(n));
                 out.msgs.push(m);
@@ -218,7 +228,7 @@ impl Aggregator {
         let decode = |part: &[Msg]| -> Vec<_> {
             let mut out = Vec::with_capacity(part.len());
             for m in part {
-                for (source, keep) in self.by_topic.get(&m.topic).into_iter().flatten() {
+                for (source, keep) in self.sources_of(&m.topic) {
                     out.push(source.decode_keeping(&m.payload, m.produced_ms(now_ms), keep));
                 }
             }
@@ -452,7 +462,7 @@ impl Aggregator {
                 }
             };
             parts[part].1 = parts[part].1.max(m.offset + 1);
-            for (source, _) in self.by_topic.get(&m.topic).into_iter().flatten() {
+            for (source, _) in self.sources_of(&m.topic) {
                 let Some(result) = decoded.next() else {
                     break;
                 };
