@@ -86,13 +86,10 @@ pub type PendingIds = hashbrown::HashMap<String, hashbrown::HashSet<String>>;
 pub fn pending_ids(batch: &SpeedBatch) -> PendingIds {
     let mut out = PendingIds::new();
     for s in batch.parts.values().flat_map(|p| p.seen.iter()) {
-        match out.get_mut(s.source.as_str()) {
-            Some(ids) => ids.insert(s.id.clone()),
-            None => out
-                .entry(s.source.to_string())
-                .or_default()
-                .insert(s.id.clone()),
-        };
+        // the source name is copied only for its first id
+        out.entry_ref(s.source.as_str())
+            .or_default()
+            .insert(s.id.clone());
     }
     out
 }
@@ -124,15 +121,21 @@ impl Decoded {
     }
 }
 
+/// A source as the speed layer reads it: what it keeps of an event, and the views it feeds.
+struct Reader {
+    source: Source,
+    keep: Keep,
+    /// Indices into [`Aggregator::views`].
+    views: Vec<usize>,
+}
+
 /// The speed layer's compiled form of a config.
 pub struct Aggregator {
-    /// Per topic, its sources and what each keeps (a handful of topics: found by a scan,
-    /// cheaper than hashing the topic of every message).
-    by_topic: Vec<(String, Vec<(Source, Keep)>)>,
+    /// Per topic, the sources read from it (a handful of topics: found by a scan, cheaper
+    /// than hashing the topic of every message).
+    by_topic: Vec<(String, Vec<Reader>)>,
     /// Every view, in config order.
     views: Vec<ViewSpec>,
-    /// Per source, its views (indices into `views`).
-    by_source: HashMap<String, Vec<usize>>,
     /// Threads a large batch is decoded and folded on (the machine's cores).
     threads: usize,
     group: String,
@@ -145,22 +148,23 @@ impl Aggregator {
     /// Compiles the sources and views of `cfg` for consumer group `group`.
     pub fn new(cfg: &Config, group: &str) -> Aggregator {
         // each source decodes only what its views read (and checks the rest)
-        let mut by_topic: Vec<(String, Vec<(Source, Keep)>)> = Vec::new();
+        let mut by_topic: Vec<(String, Vec<Reader>)> = Vec::new();
         for s in &cfg.sources {
-            let keep = s.keep(cfg.views.iter().filter(|v| v.source == s.name));
+            let reader = Reader {
+                source: s.clone(),
+                keep: s.keep(cfg.views.iter().filter(|v| v.source == s.name)),
+                views: (0..cfg.views.len())
+                    .filter(|&i| cfg.views[i].source == s.name)
+                    .collect(),
+            };
             match by_topic.iter_mut().find(|(t, _)| *t == s.topic) {
-                Some((_, list)) => list.push((s.clone(), keep)),
-                None => by_topic.push((s.topic.clone(), vec![(s.clone(), keep)])),
+                Some((_, list)) => list.push(reader),
+                None => by_topic.push((s.topic.clone(), vec![reader])),
             }
-        }
-        let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, v) in cfg.views.iter().enumerate() {
-            by_source.entry(v.source.clone()).or_default().push(i);
         }
         Aggregator {
             by_topic,
             views: cfg.views.clone(),
-            by_source,
             threads: std::thread::available_parallelism().map_or(1, usize::from),
             group: group.to_string(),
             sealed_retention_ms: cfg.sealed_retention_ms,
@@ -176,8 +180,8 @@ impl Aggregator {
         self
     }
 
-    /// The sources read from `topic`, with what each keeps (none for a topic not consumed).
-    fn sources_of(&self, topic: &str) -> &[(Source, Keep)] {
+    /// The sources read from `topic` (none for a topic not consumed).
+    fn sources_of(&self, topic: &str) -> &[Reader] {
         self.by_topic
             .iter()
             .find(|(t, _)| t == topic)
@@ -228,8 +232,11 @@ impl Aggregator {
         let decode = |part: &[Msg]| -> Vec<_> {
             let mut out = Vec::with_capacity(part.len());
             for m in part {
-                for (source, keep) in self.sources_of(&m.topic) {
-                    out.push(source.decode_keeping(&m.payload, m.produced_ms(now_ms), keep));
+                for r in self.sources_of(&m.topic) {
+                    out.push(
+                        r.source
+                            .decode_keeping(&m.payload, m.produced_ms(now_ms), &r.keep),
+                    );
                 }
             }
             out
@@ -262,7 +269,7 @@ impl Aggregator {
     /// [`ViewStore::states_per_partition`]).
     fn fold(
         &self,
-        events: Vec<(usize, &Source, Event)>,
+        events: Vec<(usize, &Reader, Event)>,
         sealed_until: &BTreeMap<String, i64>,
         per_partition: bool,
     ) -> Result<Folded> {
@@ -270,28 +277,17 @@ impl Aggregator {
         let mut out = Folded::default();
         let hasher = hashbrown::DefaultHashBuilder::default();
         let mut deltas: hashbrown::HashTable<Delta> = hashbrown::HashTable::new();
-        let none = Vec::new();
         // per view (by index), the end of its sealed range
         let sealed: Vec<Option<i64>> = self
             .views
             .iter()
             .map(|v| sealed_until.get(&v.name).copied())
             .collect();
-        // the views of the source of the event before (most events are of the same source)
-        let mut last: Option<(&Source, &Vec<usize>)> = None;
-        for (part, source, ev) in events {
+        for (part, reader, ev) in events {
             let delta_part = if per_partition { part } else { merged_into };
             let mut releases = Vec::new();
             let mut late = false;
-            let views = match last {
-                Some((s, v)) if std::ptr::eq(s, source) => v,
-                _ => {
-                    let v = self.by_source.get(&source.name).unwrap_or(&none);
-                    last = Some((source, v));
-                    v
-                }
-            };
-            for &vi in views {
+            for &vi in &reader.views {
                 let view = &self.views[vi];
                 let mut last_end = None;
                 let mut failed = None;
@@ -353,7 +349,7 @@ impl Aggregator {
             // an event that counts in no bucket needs no dedup: a copy would count in none
             if !releases.is_empty() {
                 out.shares.entry(part).or_default().seen.push(SeenId {
-                    source: CompactString::new(&source.name),
+                    source: CompactString::new(&reader.source.name),
                     id: ev.id,
                     releases,
                 });
@@ -436,7 +432,7 @@ impl Aggregator {
         let mut stats = BatchStats::default();
         // the partitions of this batch, in the order first met; messages refer to them by index
         let mut parts: Vec<(PartitionKey, i64)> = Vec::new();
-        let mut fresh: Vec<(usize, &Source, Event)> = Vec::with_capacity(msgs.len());
+        let mut fresh: Vec<(usize, &Reader, Event)> = Vec::with_capacity(msgs.len());
         // the ids of `fresh`, as indices into it (nothing copied)
         let hasher = hashbrown::DefaultHashBuilder::default();
         let id_hash = |source: &str, id: &str| hasher.hash_one((source, id));
@@ -462,7 +458,8 @@ impl Aggregator {
                 }
             };
             parts[part].1 = parts[part].1.max(m.offset + 1);
-            for (source, _) in self.sources_of(&m.topic) {
+            for reader in self.sources_of(&m.topic) {
+                let source = &reader.source;
                 let Some(result) = decoded.next() else {
                     break;
                 };
@@ -489,15 +486,15 @@ impl Aggregator {
                         let again = committing
                             || in_batch
                                 .find(h, |&i| {
-                                    fresh[i].1.name == source.name && fresh[i].2.id == ev.id
+                                    fresh[i].1.source.name == source.name && fresh[i].2.id == ev.id
                                 })
                                 .is_some();
                         if again {
                             stats.duplicates += 1;
                         } else {
-                            fresh.push((part, source, ev));
+                            fresh.push((part, reader, ev));
                             in_batch.insert_unique(h, fresh.len() - 1, |&i| {
-                                id_hash(&fresh[i].1.name, &fresh[i].2.id)
+                                id_hash(&fresh[i].1.source.name, &fresh[i].2.id)
                             });
                         }
                     }
@@ -518,7 +515,9 @@ impl Aggregator {
         let mut asks: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
         for (i, (part, s, _)) in fresh.iter().enumerate() {
             let part = if per_partition { *part } else { 0 };
-            asks.entry((part, s.name.as_str())).or_default().push(i);
+            asks.entry((part, s.source.name.as_str()))
+                .or_default()
+                .push(i);
         }
         // all questions at once (a Redis store pipelines them into one round trip)
         let lists: Vec<Vec<&str>> = asks
@@ -543,22 +542,23 @@ impl Aggregator {
         } else {
             1
         };
-        let mut lists: Vec<Vec<(usize, &Source, Event)>> = (0..threads)
+        let mut lists: Vec<Vec<(usize, &Reader, Event)>> = (0..threads)
             .map(|_| Vec::with_capacity(fresh.len() / threads + 1))
             .collect();
-        for ((part, source, ev), dup) in fresh.into_iter().zip(dup) {
+        for ((part, reader, ev), dup) in fresh.into_iter().zip(dup) {
             if dup {
                 stats.duplicates += 1;
                 continue;
             }
             stats.applied += 1;
-            match batch.watermarks.get_mut(&source.name) {
+            let name = &reader.source.name;
+            match batch.watermarks.get_mut(name) {
                 Some(w) => *w = (*w).max(ev.time_ms),
                 None => {
-                    batch.watermarks.insert(source.name.clone(), ev.time_ms);
+                    batch.watermarks.insert(name.clone(), ev.time_ms);
                 }
             }
-            lists[part % threads].push((part, source, ev));
+            lists[part % threads].push((part, reader, ev));
         }
         let folded: Vec<Result<Folded>> = if threads == 1 {
             lists
