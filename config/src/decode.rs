@@ -129,11 +129,7 @@ fn decode_scalar(path: &Path<'_>, t: &FieldType, text: &str) -> Result<Value, De
             if !text.starts_with('"') {
                 return Err(mismatch());
             }
-            Value::Str(
-                serde_json::from_str::<String>(text)
-                    .map_err(|_| mismatch())?
-                    .into(),
-            )
+            Value::Str(json_string(text).ok_or_else(mismatch)?)
         }
         FieldType::Bool => match text {
             "true" => Value::Bool(true),
@@ -740,18 +736,18 @@ impl Source {
                 });
             }
         };
-        // the id fields' keys joined by `|`, written into one string
-        let mut id = String::with_capacity(
-            self.event_id
-                .iter()
-                .map(|f| event.get(f).key_str().map_or(0, |k| k.len()) + 1)
-                .sum(),
-        );
-        for (i, f) in self.event_id.iter().enumerate() {
-            if i > 0 {
-                id.push('|');
-            }
-            id.push_str(event.get(f).key_str().as_deref().unwrap_or_default());
+        // the id fields' keys joined by `|` (one field: its key, copied once)
+        let mut keys = self
+            .event_id
+            .iter()
+            .map(|f| event.get(f).key_str().unwrap_or_default());
+        let mut id = keys
+            .next()
+            .map(std::borrow::Cow::into_owned)
+            .unwrap_or_default();
+        for k in keys {
+            id.push('|');
+            id.push_str(&k);
         }
         if let Some((check, text)) = &self.check
             && check.eval(&|p: &str| event.get(p)) != Some(true)
