@@ -86,14 +86,23 @@ impl MeasureKind {
 
 impl MeasureKind {
     /// Appends the JSON of [`MeasureKind::render`] of `state` to `out`: the bytes serde_json
-    /// writes for the rendered value, without building it for counts, sums, minima, maxima
-    /// and distinct counts (the per-row values of most answers).
+    /// writes for the rendered value, without building it for counts, sums, averages, minima,
+    /// maxima and distinct counts (the per-row values of most answers).
     pub fn write_json(&self, state: &State, out: &mut Vec<u8>) {
         match (self, state) {
             (MeasureKind::Count, State::Count(c)) => {
-                out.extend_from_slice(c.to_string().as_bytes())
+                let _ = serde_json::to_writer(&mut *out, c);
             }
             (MeasureKind::Sum(t), State::Sum(n)) => n.write_json(*t, out),
+            // as render's `Number::from_f64`: a finite float, or null
+            (MeasureKind::Avg(t), State::Avg { sum, count }) => {
+                match sum.to_f64(*t).map(|s| s / *count as f64) {
+                    Some(avg) if *count != 0 && !sum.out_of_range() && avg.is_finite() => {
+                        let _ = serde_json::to_writer(&mut *out, &avg);
+                    }
+                    _ => out.extend_from_slice(b"null"),
+                }
+            }
             (MeasureKind::Min(t), State::Min(Some(n)))
             | (MeasureKind::Max(t), State::Max(Some(n))) => n.write_json(*t, out),
             (MeasureKind::DistinctCount, State::Distinct(d)) => {
@@ -253,6 +262,7 @@ mod tests {
             MeasureKind::Min(NumType::Int),
             MeasureKind::Max(NumType::Decimal(2)),
             MeasureKind::Avg(NumType::Int),
+            MeasureKind::Avg(NumType::Decimal(2)),
             MeasureKind::DistinctCount,
             MeasureKind::TopK {
                 k: 3,
@@ -269,6 +279,10 @@ mod tests {
             MeasureKind::Sum(_) => State::Sum(Num::Int(v)),
             MeasureKind::Min(_) => State::Min(Some(Num::Int(v))),
             MeasureKind::Max(_) => State::Max(Some(Num::Dec(i128::from(v)))),
+            MeasureKind::Avg(NumType::Decimal(_)) => State::Avg {
+                sum: Num::Dec(i128::from(v) * 13),
+                count: 1,
+            },
             MeasureKind::Avg(_) => State::Avg {
                 sum: Num::Int(v),
                 count: 1,
@@ -299,6 +313,7 @@ mod tests {
             for kind in kinds() {
                 let overflowed = match &kind {
                     MeasureKind::Sum(_) => Some(State::Sum(Num::Overflow)),
+                    MeasureKind::Avg(_) => Some(State::Avg { sum: Num::Overflow, count: 2 }),
                     _ => None,
                 };
                 for state in [fold(&kind, &vals), kind.identity()].into_iter().chain(overflowed) {

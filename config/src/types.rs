@@ -379,7 +379,9 @@ impl Num {
             return;
         }
         match (self, t) {
-            (Num::Int(i), _) => out.extend_from_slice(i.to_string().as_bytes()),
+            (Num::Int(i), _) => {
+                let _ = serde_json::to_writer(&mut *out, &i);
+            }
             (Num::Dec(d), NumType::Decimal(s)) => {
                 // digits, a sign and a point: nothing to escape
                 out.push(b'"');
