@@ -458,7 +458,32 @@ impl Rollup {
     }
 
     /// Orders the groups, keeps those after the cursor and cuts them at the limit.
-    fn page(&self, grouped: Vec<RolledRow>) -> Result<Rolled> {
+    fn page(&self, mut grouped: Vec<RolledRow>) -> Result<Rolled> {
+        // by bucket ascending, the order the groups come in already (strictly increasing
+        // bucket and dimensions, checked): no cursor per row and no sort
+        if matches!(self.order, Order::Bucket)
+            && !self.descending
+            && grouped
+                .windows(2)
+                .all(|w| (w[0].bucket, &w[0].dims) < (w[1].bucket, &w[1].dims))
+        {
+            if let Some(after) = &self.after {
+                let seen =
+                    grouped.partition_point(|r| self.compare(&self.cursor(r), after).is_le());
+                grouped.drain(..seen);
+            }
+            let next = match self.limit {
+                Some(n) if grouped.len() > n => {
+                    grouped.truncate(n);
+                    grouped.last().map(|r| self.cursor(r))
+                }
+                _ => None,
+            };
+            return Ok(Rolled {
+                rows: grouped,
+                next,
+            });
+        }
         let mut keyed: Vec<(Cursor, RolledRow)> = grouped
             .into_iter()
             .map(|r| (self.cursor(&r), r))
