@@ -457,16 +457,18 @@ impl Rollup {
         Ok(out.into_values().collect())
     }
 
-    /// Orders the groups, keeps those after the cursor and cuts them at the limit.
+    /// Orders the groups (given in bucket and dimension order), keeps those after the cursor
+    /// and cuts them at the limit.
     fn page(&self, mut grouped: Vec<RolledRow>) -> Result<Rolled> {
-        // by bucket ascending, the order the groups come in already (strictly increasing
-        // bucket and dimensions, checked): no cursor per row and no sort
-        if matches!(self.order, Order::Bucket)
-            && !self.descending
-            && grouped
+        // by bucket ascending, the order the groups come in already (`apply` hands them in
+        // strictly increasing bucket and dimensions: the identity path checks it, `group`
+        // builds them in that order): no cursor per row and no sort
+        debug_assert!(
+            grouped
                 .windows(2)
                 .all(|w| (w[0].bucket, &w[0].dims) < (w[1].bucket, &w[1].dims))
-        {
+        );
+        if matches!(self.order, Order::Bucket) && !self.descending {
             if let Some(after) = &self.after {
                 let seen =
                     grouped.partition_point(|r| self.compare(&self.cursor(r), after).is_le());

@@ -150,12 +150,13 @@ impl Aggregator {
         // each source decodes only what its views read (and checks the rest)
         let mut by_topic: Vec<(String, Vec<Reader>)> = Vec::new();
         for s in &cfg.sources {
+            let views: Vec<usize> = (0..cfg.views.len())
+                .filter(|&i| cfg.views[i].source == s.name)
+                .collect();
             let reader = Reader {
                 source: s.clone(),
-                keep: s.keep(cfg.views.iter().filter(|v| v.source == s.name)),
-                views: (0..cfg.views.len())
-                    .filter(|&i| cfg.views[i].source == s.name)
-                    .collect(),
+                keep: s.keep(views.iter().map(|&i| &cfg.views[i])),
+                views,
             };
             match by_topic.iter_mut().find(|(t, _)| *t == s.topic) {
                 Some((_, list)) => list.push(reader),
