@@ -14,6 +14,7 @@ and prints {name: rows} as JSON (values as text), for the Rust test to compare.
 
 import datetime
 import json
+import re
 import sys
 
 import psycopg
@@ -117,6 +118,24 @@ METABASE = [
     "show timezone"
 ]
 
+# Metabase's field sync (describe-fields), as Metabase 0.62 sends it to PostgreSQL, with its
+# bound parameters ($1 = 'ALWAYS', $2 = $3 = 'public')
+METABASE_FIELDS = (
+    'SELECT "c"."column_name" AS "name", CASE WHEN "c"."udt_schema" IN (\'public\', \'pg_catalog\') THEN FORMAT(\'%s\', "c"."udt_name") ELSE FORMAT(\'"%s"."%s"\', "c"."udt_schema", "c"."udt_name") END AS "database-type", "c"."ordinal_position" - 1 AS "database-position", "c"."table_schema" AS "table-schema", "c"."table_name" AS "table-name", "pk"."column_name" IS NOT NULL AS "pk?", COL_DESCRIPTION(CAST(CAST(FORMAT(\'%I.%I\', CAST("c"."table_schema" AS TEXT), CAST("c"."table_name" AS TEXT)) AS REGCLASS) AS OID), "c"."ordinal_position") AS "field-comment", (("column_default" IS NULL) OR (LOWER("column_default") = \'null\')) AND ("is_nullable" = \'NO\') AND NOT ((("column_default" IS NOT NULL) AND ("column_default" LIKE \'%nextval(%\')) OR ("is_identity" <> \'NO\')) AS "database-required", "column_default" AS "database-default", (("column_default" IS NOT NULL) AND ("column_default" LIKE \'%nextval(%\')) OR ("is_identity" <> \'NO\') AS "database-is-auto-increment", "is_generated" = $1 AS "database-is-generated", "is_nullable" = \'YES\' AS "database-is-nullable" '
+    'FROM "information_schema"."columns" AS "c" LEFT JOIN (SELECT "tc"."table_schema", "tc"."table_name", "kc"."column_name" FROM "information_schema"."table_constraints" AS "tc" INNER JOIN "information_schema"."key_column_usage" AS "kc" ON ("tc"."constraint_name" = "kc"."constraint_name") AND ("tc"."table_schema" = "kc"."table_schema") AND ("tc"."table_name" = "kc"."table_name") WHERE "tc"."constraint_type" = \'PRIMARY KEY\') AS "pk" ON ("c"."table_schema" = "pk"."table_schema") AND ("c"."table_name" = "pk"."table_name") AND ("c"."column_name" = "pk"."column_name") '
+    'WHERE c.table_schema !~ \'^information_schema|catalog_history|pg_\' AND ("c"."table_schema" IN ($2)) '
+    'UNION ALL SELECT "pa"."attname" AS "name", CASE WHEN "ptn"."nspname" IN (\'public\', \'pg_catalog\') THEN FORMAT(\'%s\', "pt"."typname") ELSE FORMAT(\'"%s"."%s"\', "ptn"."nspname", "pt"."typname") END AS "database-type", "pa"."attnum" - 1 AS "database-position", "pn"."nspname" AS "table-schema", "pc"."relname" AS "table-name", FALSE AS "pk?", NULL AS "field-comment", FALSE AS "database-required", NULL AS "database-default", FALSE AS "database-is-auto-increment", FALSE AS "database-is-generated", FALSE AS "database-is-nullable" '
+    'FROM "pg_catalog"."pg_class" AS "pc" INNER JOIN "pg_catalog"."pg_namespace" AS "pn" ON "pn"."oid" = "pc"."relnamespace" INNER JOIN "pg_catalog"."pg_attribute" AS "pa" ON "pa"."attrelid" = "pc"."oid" INNER JOIN "pg_catalog"."pg_type" AS "pt" ON "pt"."oid" = "pa"."atttypid" INNER JOIN "pg_catalog"."pg_namespace" AS "ptn" ON "ptn"."oid" = "pt"."typnamespace" '
+    'WHERE ("pc"."relkind" = \'m\') AND ("pa"."attnum" >= 1) AND ("pn"."nspname" IN ($3)) ORDER BY "table-schema" ASC, "table-name" ASC, "database-position" ASC'
+)
+METABASE_FIELDS_PARAMS = ("ALWAYS", "public", "public")
+
+
+def psycopg_params(sql):
+    """A statement written with $1, $2… as psycopg takes it: %s placeholders, % doubled."""
+    return re.sub(r"\$\d+", "%s", sql.replace("%", "%%"))
+
+
 
 def rows(cur):
     return [[None if v is None else str(v) for v in r] for r in cur.fetchall()]
@@ -153,6 +172,9 @@ def main():
             for sql in METABASE:
                 cur.execute(sql)
                 out["metabase"].append(rows(cur) if cur.description else None)
+            # Metabase's field sync: every column of every view, with its PostgreSQL type
+            cur.execute(psycopg_params(METABASE_FIELDS), METABASE_FIELDS_PARAMS)
+            out["metabase_fields"] = rows(cur)
             # a refused statement raises with its SQLSTATE, and the connection goes on
             try:
                 cur.execute("DELETE FROM gmv")

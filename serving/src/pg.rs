@@ -33,9 +33,11 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement, visit_relations};
 use datafusion_postgres::DfSessionService;
 use datafusion_postgres::QueryHook;
+use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
 use datafusion_postgres::auth::AuthManager;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::HookClient;
@@ -47,12 +49,14 @@ use datafusion_postgres::pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
 use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use datafusion_postgres::pgwire::api::portal::Format;
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::Response;
 use datafusion_postgres::pgwire::api::{ClientInfo, ConnectionManager, PgWireServerHandlers};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::pgwire::tokio::TlsAcceptor;
+use datafusion_postgres::pgwire::types::format::FormatOptions;
 use duet_config::measure::MeasureKind;
 use duet_config::time::MAX_TIME_MS;
 use duet_config::{State, ViewSpec};
@@ -70,6 +74,12 @@ use crate::sql_limits::SqlGuard;
 #[cfg(test)]
 use crate::sql_limits::SqlLimits;
 use crate::table;
+
+pub mod functions;
+pub mod information_schema;
+
+use functions::RelationOids;
+use information_schema::InformationSchema;
 
 /// The catalog (database) name the views are served under.
 pub const CATALOG: &str = "duet";
@@ -549,9 +559,12 @@ pub fn session_with(
     store: Arc<dyn ViewStore>,
     guard: SqlGuard,
 ) -> Result<SessionContext> {
+    // DataFusion's own information schema is off: ours (PostgreSQL's names and columns) is
+    // registered below in its place
     let config = SessionConfig::new()
-        .with_information_schema(true)
-        .with_default_catalog_and_schema(CATALOG, "public");
+        .with_information_schema(false)
+        .with_default_catalog_and_schema(CATALOG, "public")
+        .with_extension(Arc::new(RelationOids::default()));
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
@@ -569,6 +582,25 @@ pub fn session_with(
         ctx.register_udaf(f);
     }
     setup_pg_catalog(&ctx, CATALOG, Arc::new(AuthManager::default())).map_err(Error::Sql)?;
+    let catalog = ctx.catalog(CATALOG).ok_or_else(|| {
+        Error::Sql(Box::new(DataFusionError::Configuration(format!(
+            "catalog `{CATALOG}` is missing"
+        ))))
+    })?;
+    catalog
+        .register_schema(
+            information_schema::NAME,
+            Arc::new(InformationSchema::new(ctx.state().catalog_list().clone())),
+        )
+        .map_err(|e| Error::Sql(Box::new(e)))?;
+    let oids = ctx
+        .state()
+        .config()
+        .get_extension::<RelationOids>()
+        .unwrap_or_default();
+    for f in functions::functions(&oids) {
+        ctx.register_udf(f);
+    }
     Ok(ctx)
 }
 
@@ -703,23 +735,42 @@ impl QueryHook for Guard {
     async fn handle_simple_query(
         &self,
         statement: &Statement,
-        _ctx: &SessionContext,
+        ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        self.check(statement, &user_of(client)).map(Err)
+        if let Some(refused) = self.check(statement, &user_of(client)) {
+            return Some(Err(refused));
+        }
+        match regclass_ready(statement, ctx).await {
+            Err(e) => Some(Err(e)),
+            Ok(None) => None,
+            Ok(Some(rewritten)) => Some(run_simple(&rewritten, ctx, client).await),
+        }
     }
 
     async fn handle_extended_parse_query(
         &self,
         statement: &Statement,
-        _ctx: &SessionContext,
+        ctx: &SessionContext,
         client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         let scoped = || {
             let grant = self.tokens.grant_of(&user_of(client))?;
             self.scope(statement, &grant)
         };
-        refusal(statement).or_else(scoped).map(Err)
+        if let Some(refused) = refusal(statement).or_else(scoped) {
+            return Some(Err(refused));
+        }
+        match regclass_ready(statement, ctx).await {
+            Err(e) => Some(Err(e)),
+            Ok(None) => None,
+            Ok(Some(rewritten)) => Some(
+                ctx.state()
+                    .statement_to_plan(DfStatement::Statement(Box::new(rewritten)))
+                    .await
+                    .map_err(|e| PgWireError::ApiError(Box::new(e))),
+            ),
+        }
     }
 
     async fn handle_extended_query(
@@ -732,6 +783,43 @@ impl QueryHook for Guard {
     ) -> Option<PgWireResult<Response>> {
         self.check(statement, &user_of(client)).map(Err)
     }
+}
+
+/// Makes `statement` ready to run when it names `regclass`: reads the relations' oids (for
+/// `to_regclass` and casts to `regclass`), and returns the statement with its casts of computed
+/// names rewritten ([`functions::rewrite_regclass_casts`]) when it has any. `None` when it runs
+/// as it is.
+async fn regclass_ready(
+    statement: &Statement,
+    ctx: &SessionContext,
+) -> PgWireResult<Option<Statement>> {
+    if !functions::mentions_regclass(statement) {
+        return Ok(None);
+    }
+    if let Some(oids) = ctx.state().config().get_extension::<RelationOids>() {
+        oids.refresh(ctx)
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    }
+    let mut rewritten = statement.clone();
+    Ok((functions::rewrite_regclass_casts(&mut rewritten) > 0).then_some(rewritten))
+}
+
+/// Runs a rewritten statement of the simple protocol and encodes its rows as
+/// `datafusion-postgres` does for the statements it runs itself.
+async fn run_simple(
+    statement: &Statement,
+    ctx: &SessionContext,
+    client: &mut dyn HookClient,
+) -> PgWireResult<Response> {
+    let df = ctx
+        .sql(&statement.to_string())
+        .await
+        .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+    let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+    encode_dataframe(df, &Format::UnifiedText, Some(options))
+        .await
+        .map(Response::Query)
 }
 
 /// The stored passwords, for SCRAM-SHA-256. An unknown user gets a made-up salt and secret,
@@ -1047,6 +1135,36 @@ mod tests {
         ] {
             assert!(columns.contains(c), "{c} missing from {columns}");
         }
+        // information_schema speaks PostgreSQL's type names, the same ones pg_catalog gives
+        assert_eq!(
+            psql(port, "SELECT column_name, data_type, udt_name, is_nullable, numeric_scale FROM information_schema.columns WHERE table_name = 'gmv' AND ordinal_position <= 3 ORDER BY ordinal_position").await.unwrap(),
+            "bucket|timestamp with time zone|timestamptz|NO|\ncity|text|text|YES|\ngmv|numeric|numeric|YES|2\n"
+        );
+        assert_eq!(
+            psql(port, "SELECT count(*) FROM information_schema.columns c JOIN pg_catalog.pg_class k ON k.relname = c.table_name JOIN pg_catalog.pg_attribute a ON a.attrelid = k.oid AND a.attname = c.column_name JOIN pg_catalog.pg_type t ON t.oid = a.atttypid WHERE c.table_schema = 'public' AND c.udt_name <> t.typname").await.unwrap(),
+            "0\n"
+        );
+        assert_eq!(
+            psql(port, "SELECT table_name, table_type, is_insertable_into FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1").await.unwrap(),
+            "buyers|BASE TABLE|NO\ngmv|BASE TABLE|NO\n"
+        );
+        assert_eq!(
+            psql(port, "SELECT count(*) FROM information_schema.table_constraints").await.unwrap(),
+            "0\n"
+        );
+        // a computed name cast to regclass is the relation's pg_class oid; format() quotes
+        assert_eq!(
+            psql(port, "SELECT c.relname, format('%I.%I|%s|%L', 'public', 'Gmv', NULL, 'it''s') FROM pg_catalog.pg_class c WHERE c.oid = CAST(format('%I.%I', 'public', 'gmv') AS regclass)").await.unwrap(),
+            "gmv|public.\"Gmv\"||'it''s'\n"
+        );
+        assert_eq!(
+            psql(port, "SELECT to_regclass('nope') IS NULL, to_regclass('public.gmv') = CAST(concat('g', 'mv') AS regclass), col_description(CAST(CAST(format('%I.%I', 'public', 'gmv') AS regclass) AS oid), 1) IS NULL").await.unwrap(),
+            "t|t|t\n"
+        );
+        let err = psql(port, "SELECT CAST(format('%s', 'nope') AS regclass)")
+            .await
+            .unwrap_err();
+        assert!(err.contains("relation \"nope\" does not exist"), "{err}");
         // a range outside every bucket reads nothing, and says so with no rows
         assert_eq!(
             psql(
@@ -1177,6 +1295,44 @@ mod tests {
             tables,
             [("public", "buyers", "TABLE"), ("public", "gmv", "TABLE")],
             "{got}"
+        );
+        // Metabase's field sync: every column of both views, with PostgreSQL's type names
+        let fields = got["metabase_fields"].as_array().unwrap();
+        assert_eq!(fields.len(), 18, "{got}");
+        assert_eq!(
+            fields[0],
+            serde_json::json!([
+                "bucket",
+                "timestamptz",
+                "0",
+                "public",
+                "buyers",
+                "False",
+                null,
+                "True",
+                null,
+                "False",
+                "False",
+                "False"
+            ])
+        );
+        let gmv: Vec<(&str, &str)> = fields
+            .iter()
+            .filter(|r| r[4] == "gmv")
+            .map(|r| (r[0].as_str().unwrap(), r[1].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            gmv,
+            [
+                ("bucket", "timestamptz"),
+                ("city", "text"),
+                ("gmv", "numeric"),
+                ("n", "int8"),
+                ("_source", "text"),
+                ("_batch_version", "int8"),
+                ("gmv_state", "bytea"),
+                ("n_state", "bytea")
+            ]
         );
     }
 

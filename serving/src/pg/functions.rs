@@ -1,0 +1,798 @@
+//! PostgreSQL functions BI tools' catalog queries call that neither DataFusion nor
+//! `datafusion-postgres` provide: `format`, `col_description`, `to_regclass`, and the cast of a
+//! computed name to `regclass`.
+//!
+//! Metabase's field sync describes each column with
+//! `col_description(CAST(CAST(format('%I.%I', table_schema, table_name) AS regclass) AS oid),
+//! ordinal_position)`. `datafusion-postgres` resolves a cast to `regclass` only when its operand
+//! is a literal (`'pg_class'::regclass`); a computed name reached DataFusion as a cast of text to
+//! an integer and failed. [`rewrite_regclass_casts`] turns such a cast into a call of
+//! [`REGCLASS_CAST`], which looks the name up in `pg_class` the way PostgreSQL does (one part:
+//! `pg_catalog`, then `public`; two parts: schema and relation), from a table of oids that
+//! [`RelationOids::refresh`] reads from the emulated `pg_class` before the statement runs.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Array, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int32Type};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::physical_plan::collect;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement, VisitMut, VisitorMut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+/// The function a cast of a computed name to `regclass` becomes: like the cast in PostgreSQL,
+/// an error for a relation that does not exist.
+pub const REGCLASS_CAST: &str = "duet_regclass_cast";
+
+/// Every function this module registers.
+pub fn functions(oids: &Arc<RelationOids>) -> Vec<ScalarUDF> {
+    vec![
+        ScalarUDF::new_from_impl(Format::new()),
+        ScalarUDF::new_from_impl(ColDescription::new()),
+        ScalarUDF::new_from_impl(Regclass::new("to_regclass", false, oids.clone())),
+        ScalarUDF::new_from_impl(Regclass::new(REGCLASS_CAST, true, oids.clone())),
+    ]
+}
+
+fn exec(message: String) -> DataFusionError {
+    DataFusionError::Execution(message)
+}
+
+/// Arguments as arrays of one length, text ones cast to `Utf8`.
+fn arrays(args: &ScalarFunctionArgs) -> Result<Vec<ArrayRef>> {
+    ColumnarValue::values_to_arrays(&args.args)
+}
+
+fn as_text(a: &ArrayRef) -> Result<ArrayRef> {
+    cast(a, &DataType::Utf8).map_err(|e| DataFusionError::ArrowError(Box::new(e), None))
+}
+
+// ---------------------------------------------------------------------------------------------
+// format
+
+/// `format(formatstr, args…)`: PostgreSQL's, with `%s` (text; NULL is empty), `%I` (an
+/// identifier, quoted where needed), `%L` (a literal, quoted; NULL unquoted), `%%`, an argument
+/// position (`%2$s`) and a width (`%-10s`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Format {
+    signature: Signature,
+}
+
+impl Format {
+    fn new() -> Format {
+        Format {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Format {
+    fn name(&self) -> &str {
+        "format"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = arrays(&args)?;
+        let texts = arrays.iter().map(as_text).collect::<Result<Vec<_>>>()?;
+        let texts: Vec<&StringArray> = texts.iter().map(|a| a.as_string::<i32>()).collect();
+        let Some((fmt, rest)) = texts.split_first() else {
+            return Err(exec("format() needs a format string".to_string()));
+        };
+        let mut out = Vec::with_capacity(args.number_rows);
+        let mut row_args = Vec::with_capacity(rest.len());
+        for row in 0..args.number_rows {
+            if fmt.is_null(row) {
+                out.push(None);
+                continue;
+            }
+            row_args.clear();
+            row_args.extend(rest.iter().map(|a| (!a.is_null(row)).then(|| a.value(row))));
+            out.push(Some(render_format(fmt.value(row), &row_args).map_err(exec)?));
+        }
+        Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))))
+    }
+}
+
+/// `format`'s output for one row: `args[i]` is argument `i + 1`, `None` for NULL.
+pub fn render_format(fmt: &str, args: &[Option<&str>]) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(fmt.len());
+    let mut chars = fmt.chars().peekable();
+    let mut next_arg = 0usize;
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let unterminated = || "unterminated format() type specifier".to_string();
+        if chars.peek() == Some(&'%') {
+            chars.next();
+            out.push('%');
+            continue;
+        }
+        // an argument position (`2$`) or a width: digits, then `$` or the rest
+        let mut digits = String::new();
+        let mut left = false;
+        if chars.peek() == Some(&'-') {
+            left = true;
+            chars.next();
+        }
+        while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+            digits.push(d);
+            chars.next();
+        }
+        let mut width = None;
+        if !left && !digits.is_empty() && chars.peek() == Some(&'$') {
+            chars.next();
+            let position: usize = digits
+                .parse()
+                .map_err(|_| "argument number is out of range".to_string())?;
+            if position == 0 {
+                return Err("format specifies argument 0, but arguments are numbered from 1".into());
+            }
+            next_arg = position - 1;
+            digits.clear();
+            if chars.peek() == Some(&'-') {
+                left = true;
+                chars.next();
+            }
+            while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                digits.push(d);
+                chars.next();
+            }
+        }
+        if chars.peek() == Some(&'*') {
+            return Err("format() widths taken from an argument (`*`) are not supported".into());
+        }
+        if !digits.is_empty() {
+            width = Some(
+                digits
+                    .parse::<usize>()
+                    .map_err(|_| "number is out of range".to_string())?,
+            );
+        }
+        let kind = chars.next().ok_or_else(unterminated)?;
+        if !matches!(kind, 's' | 'I' | 'L') {
+            return Err(format!("unrecognized format() type specifier \"{kind}\""));
+        }
+        let arg = *args
+            .get(next_arg)
+            .ok_or_else(|| "too few arguments for format()".to_string())?;
+        next_arg += 1;
+        let text = match (kind, arg) {
+            ('s', v) => v.unwrap_or_default().to_string(),
+            ('I', Some(v)) => quote_ident(v),
+            ('I', None) => return Err("null values cannot be formatted as an SQL identifier".into()),
+            (_, Some(v)) => quote_literal(v),
+            (_, None) => "NULL".to_string(),
+        };
+        let pad = width
+            .unwrap_or(0)
+            .saturating_sub(text.chars().count())
+            .min(1 << 20);
+        if left {
+            out.push_str(&text);
+            out.extend(std::iter::repeat_n(' ', pad));
+        } else {
+            out.extend(std::iter::repeat_n(' ', pad));
+            out.push_str(&text);
+        }
+    }
+    Ok(out)
+}
+
+/// Keywords PostgreSQL's `quote_ident` quotes: every keyword that is not unreserved
+/// (reserved, type and function names, column names).
+const QUOTED_KEYWORDS: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "between",
+    "bigint",
+    "binary",
+    "bit",
+    "boolean",
+    "both",
+    "case",
+    "cast",
+    "char",
+    "character",
+    "check",
+    "coalesce",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "dec",
+    "decimal",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "exists",
+    "extract",
+    "false",
+    "fetch",
+    "float",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "greatest",
+    "group",
+    "grouping",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "inout",
+    "int",
+    "integer",
+    "intersect",
+    "interval",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "json",
+    "lateral",
+    "leading",
+    "least",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "national",
+    "natural",
+    "nchar",
+    "none",
+    "normalize",
+    "not",
+    "notnull",
+    "null",
+    "nullif",
+    "numeric",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "out",
+    "outer",
+    "overlaps",
+    "overlay",
+    "placing",
+    "position",
+    "precision",
+    "primary",
+    "real",
+    "references",
+    "returning",
+    "right",
+    "row",
+    "select",
+    "session_user",
+    "setof",
+    "similar",
+    "smallint",
+    "some",
+    "substring",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "time",
+    "timestamp",
+    "to",
+    "trailing",
+    "treat",
+    "trim",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "values",
+    "varchar",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// PostgreSQL's `quote_ident`: the name as is when it is a lower-case identifier that is not a
+/// keyword, else in double quotes with inner double quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    let mut chars = name.chars();
+    let plain = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !QUOTED_KEYWORDS.contains(&name);
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// PostgreSQL's `quote_literal`: in single quotes with inner ones doubled; as an `E'…'` string
+/// with backslashes doubled when it has any.
+pub fn quote_literal(text: &str) -> String {
+    let quoted = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// col_description
+
+/// `col_description(table_oid, column_number)`: a column's comment. Duet's catalog holds no
+/// comments (a view's description is in `GET /v1/views`), so it is NULL, as PostgreSQL's is for
+/// a column nobody commented on.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ColDescription {
+    signature: Signature,
+}
+
+impl ColDescription {
+    fn new() -> ColDescription {
+        ColDescription {
+            signature: Signature::any(2, Volatility::Stable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for ColDescription {
+    fn name(&self) -> &str {
+        "col_description"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Array(Arc::new(StringArray::new_null(
+            args.number_rows,
+        ))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// regclass
+
+/// The oid `pg_class` gives each relation, by schema and name.
+#[derive(Debug, Default)]
+pub struct RelationOids {
+    by_name: RwLock<HashMap<(String, String), i32>>,
+}
+
+impl RelationOids {
+    /// Reads every relation's oid from `ctx`'s `pg_catalog.pg_class` and `pg_namespace`
+    /// (the emulation gives a relation the same oid for the life of the session).
+    pub async fn refresh(&self, ctx: &SessionContext) -> Result<()> {
+        let mut schema_of = HashMap::new();
+        for columns in read_pg_catalog(ctx, "pg_namespace", &["oid", "nspname"]).await? {
+            let (oids, names) = (int32s(&columns[0])?, as_text(&columns[1])?);
+            let (oids, names) = (oids.as_primitive::<Int32Type>(), names.as_string::<i32>());
+            for (oid, name) in oids.iter().zip(names.iter()) {
+                if let (Some(oid), Some(name)) = (oid, name) {
+                    schema_of.insert(oid, name.to_string());
+                }
+            }
+        }
+        let mut by_name = HashMap::new();
+        let classes = ["oid", "relname", "relnamespace"];
+        for columns in read_pg_catalog(ctx, "pg_class", &classes).await? {
+            let (oids, names, namespaces) = (
+                int32s(&columns[0])?,
+                as_text(&columns[1])?,
+                int32s(&columns[2])?,
+            );
+            let rows = oids
+                .as_primitive::<Int32Type>()
+                .iter()
+                .zip(names.as_string::<i32>().iter())
+                .zip(namespaces.as_primitive::<Int32Type>().iter());
+            for ((oid, name), namespace) in rows {
+                let schema = namespace.and_then(|n| schema_of.get(&n));
+                if let (Some(oid), Some(name), Some(schema)) = (oid, name, schema) {
+                    by_name.insert((schema.clone(), name.to_string()), oid);
+                }
+            }
+        }
+        if let Ok(mut guard) = self.by_name.write() {
+            *guard = by_name;
+        }
+        Ok(())
+    }
+
+    fn get(&self, schema: &str, name: &str) -> Option<i32> {
+        let guard = self.by_name.read().ok()?;
+        guard.get(&(schema.to_string(), name.to_string())).copied()
+    }
+
+    /// The oid of a relation named as PostgreSQL's `regclass` input reads it: `name` is looked
+    /// up in `pg_catalog`, then in `public`; `schema.name` in `schema`;
+    /// `catalog.schema.name` in `schema`. `Err` for a malformed name.
+    pub fn resolve(&self, text: &str) -> std::result::Result<Option<i32>, String> {
+        let parts = parse_name(text)
+            .ok_or_else(|| format!("invalid name syntax: \"{text}\""))?;
+        Ok(match parts.as_slice() {
+            [name] => self
+                .get("pg_catalog", name)
+                .or_else(|| self.get("public", name)),
+            [schema, name] | [_, schema, name] => self.get(schema, name),
+            _ => return Err(format!("improper relation name (too many dotted names): {text}")),
+        })
+    }
+}
+
+/// The rows of `columns` of table `table` in `ctx`'s `pg_catalog`, scanned directly (not
+/// planned as a statement, which the limits would count as one).
+async fn read_pg_catalog(
+    ctx: &SessionContext,
+    table: &str,
+    columns: &[&str],
+) -> Result<Vec<Vec<ArrayRef>>> {
+    let state = ctx.state();
+    let catalog_name = state.config_options().catalog.default_catalog.clone();
+    let provider = ctx
+        .catalog(&catalog_name)
+        .and_then(|c| c.schema("pg_catalog"));
+    let Some(schema) = provider else {
+        return Ok(Vec::new());
+    };
+    let Some(table) = schema.table(table).await? else {
+        return Ok(Vec::new());
+    };
+    let fields = table.schema();
+    let projection = columns
+        .iter()
+        .map(|c| fields.index_of(c))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
+    let plan = table.scan(&state, Some(&projection), &[], None).await?;
+    Ok(collect(plan, ctx.task_ctx())
+        .await?
+        .into_iter()
+        .map(|b| b.columns().to_vec())
+        .collect())
+}
+
+fn int32s(a: &ArrayRef) -> Result<ArrayRef> {
+    cast(a, &DataType::Int32).map_err(|e| DataFusionError::ArrowError(Box::new(e), None))
+}
+
+/// A dotted name split as PostgreSQL's `parse_ident` splits it: unquoted parts lower-cased,
+/// quoted ones as written with `""` read as `"`. `None` when malformed.
+pub fn parse_name(text: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+            if part.is_empty() {
+                return None;
+            }
+        } else {
+            while let Some(c) = chars.peek().copied().filter(|c| *c != '.') {
+                if c == '"' || c.is_whitespace() {
+                    return None;
+                }
+                part.extend(c.to_lowercase());
+                chars.next();
+            }
+            if part.is_empty() {
+                return None;
+            }
+        }
+        parts.push(part);
+        match chars.next() {
+            None => return Some(parts),
+            Some('.') => {}
+            Some(_) => return None,
+        }
+    }
+}
+
+/// `to_regclass(name)` (NULL for a relation that does not exist) and [`REGCLASS_CAST`] (an
+/// error then, like PostgreSQL's cast). An integer argument is already an oid and is returned
+/// as it is.
+#[derive(Debug)]
+struct Regclass {
+    name: &'static str,
+    strict: bool,
+    signature: Signature,
+    oids: Arc<RelationOids>,
+}
+
+impl PartialEq for Regclass {
+    fn eq(&self, other: &Regclass) -> bool {
+        self.name == other.name && Arc::ptr_eq(&self.oids, &other.oids)
+    }
+}
+
+impl Eq for Regclass {}
+
+impl std::hash::Hash for Regclass {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl Regclass {
+    fn new(name: &'static str, strict: bool, oids: Arc<RelationOids>) -> Regclass {
+        Regclass {
+            name,
+            strict,
+            signature: Signature::any(1, Volatility::Stable),
+            oids,
+        }
+    }
+}
+
+impl ScalarUDFImpl for Regclass {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = arrays(&args)?;
+        let Some(arg) = arrays.first() else {
+            return Err(exec(format!("{}() needs a relation name", self.name)));
+        };
+        if arg.data_type().is_integer() {
+            let oids = cast(arg, &DataType::Int32)
+                .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
+            return Ok(ColumnarValue::Array(oids));
+        }
+        let names = as_text(arg)?;
+        let names = names.as_string::<i32>();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names.iter() {
+            let Some(name) = name else {
+                out.push(None);
+                continue;
+            };
+            let oid = self.oids.resolve(name).map_err(exec)?;
+            if oid.is_none() && self.strict {
+                return Err(exec(format!("relation \"{name}\" does not exist")));
+            }
+            out.push(oid);
+        }
+        Ok(ColumnarValue::Array(Arc::new(Int32Array::from(out))))
+    }
+}
+
+/// Whether `data_type` is `regclass` (`REGCLASS`, `pg_catalog.regclass`).
+fn is_regclass(data_type: &impl ToString) -> bool {
+    let name = data_type.to_string().to_lowercase();
+    name.strip_prefix("pg_catalog.").unwrap_or(&name) == "regclass"
+}
+
+struct RegclassCasts {
+    call: Expr,
+    rewritten: usize,
+}
+
+impl VisitorMut for RegclassCasts {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Cast {
+            expr: operand,
+            data_type,
+            ..
+        } = expr
+            && is_regclass(data_type)
+            // a literal is resolved by datafusion-postgres; a column is an oid already
+            && !matches!(
+                operand.as_ref(),
+                Expr::Value(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_)
+            )
+        {
+            let mut call = self.call.clone();
+            if let Expr::Function(f) = &mut call
+                && let FunctionArguments::List(list) = &mut f.args
+                && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))) =
+                    list.args.first_mut()
+            {
+                *arg = operand.as_ref().clone();
+                *expr = call;
+                self.rewritten += 1;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Turns every cast of a computed name to `regclass` in `statement`
+/// (`CAST(format('%I.%I', s, t) AS regclass)`) into a call of [`REGCLASS_CAST`]; casts of a
+/// literal or a column are left alone. Returns how many it rewrote.
+pub fn rewrite_regclass_casts(statement: &mut Statement) -> usize {
+    let call = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&format!("{REGCLASS_CAST}(NULL)"))
+        .and_then(|mut p| p.parse_expr());
+    let Ok(call) = call else {
+        return 0;
+    };
+    let mut visitor = RegclassCasts { call, rewritten: 0 };
+    let _ = statement.visit(&mut visitor);
+    visitor.rewritten
+}
+
+/// Whether `statement` names `regclass` anywhere (a cast or `to_regclass`), so that the oids
+/// must be read before it runs.
+pub fn mentions_regclass(statement: &Statement) -> bool {
+    statement.to_string().to_lowercase().contains("regclass")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn format_renders_as_postgres_does() {
+        let f = |fmt: &str, args: &[Option<&str>]| render_format(fmt, args);
+        assert_eq!(
+            f("%I.%I", &[Some("public"), Some("gmv")]).unwrap(),
+            "public.gmv"
+        );
+        assert_eq!(
+            f("%I.%I", &[Some("Mixed"), Some("my table")]).unwrap(),
+            "\"Mixed\".\"my table\""
+        );
+        assert_eq!(f("%I", &[Some("user")]).unwrap(), "\"user\"");
+        assert_eq!(f("%I", &[Some("a\"b")]).unwrap(), "\"a\"\"b\"");
+        assert_eq!(f("%s", &[Some("int8")]).unwrap(), "int8");
+        assert_eq!(
+            f("\"%s\".\"%s\"", &[Some("s"), Some("t")]).unwrap(),
+            "\"s\".\"t\""
+        );
+        assert_eq!(f("%s|%L", &[None, None]).unwrap(), "|NULL");
+        assert_eq!(f("%L", &[Some("O'Reilly")]).unwrap(), "'O''Reilly'");
+        assert_eq!(f("%L", &[Some("a\\b")]).unwrap(), "E'a\\\\b'");
+        assert_eq!(f("100%%", &[]).unwrap(), "100%");
+        assert_eq!(
+            f("%2$s %1$s %s", &[Some("a"), Some("b"), Some("c")]).unwrap(),
+            "b a b"
+        );
+        assert_eq!(f("[%5s][%-5s]", &[Some("ab"), Some("cd")]).unwrap(), "[   ab][cd   ]");
+        assert_eq!(
+            f("%s %s", &[Some("a")]).unwrap_err(),
+            "too few arguments for format()"
+        );
+        assert!(f("%I", &[None]).unwrap_err().contains("identifier"));
+        assert!(f("%x", &[Some("a")]).unwrap_err().contains("\"x\""));
+        assert!(f("abc%", &[]).unwrap_err().contains("unterminated"));
+        assert!(f("%0$s", &[Some("a")]).unwrap_err().contains("argument 0"));
+    }
+
+    #[test]
+    fn names_parse_as_parse_ident_reads_them() {
+        assert_eq!(
+            parse_name("public.gmv"),
+            Some(vec!["public".into(), "gmv".into()])
+        );
+        assert_eq!(parse_name("GMV"), Some(vec!["gmv".into()]));
+        assert_eq!(
+            parse_name("\"My \"\"x\"\"\".t"),
+            Some(vec!["My \"x\"".into(), "t".into()])
+        );
+        assert_eq!(parse_name(""), None);
+        assert_eq!(parse_name("a..b"), None);
+        assert_eq!(parse_name("\"open"), None);
+        assert_eq!(parse_name("a b"), None);
+    }
+
+    #[test]
+    fn only_casts_of_computed_names_are_rewritten() {
+        let parse = |sql: &str| {
+            Parser::parse_sql(&PostgreSqlDialect {}, sql)
+                .unwrap()
+                .remove(0)
+        };
+        let mut s = parse(
+            "SELECT col_description(CAST(CAST(format('%I.%I', CAST(s AS TEXT), t) AS REGCLASS) AS OID), 1), c.oid::regclass, 'x'::regclass FROM c",
+        );
+        assert_eq!(rewrite_regclass_casts(&mut s), 1);
+        let text = s.to_string();
+        assert!(
+            text.contains(&format!("CAST({REGCLASS_CAST}(format('%I.%I', CAST(s AS TEXT), t)) AS OID)")),
+            "{text}"
+        );
+        assert!(text.contains("c.oid::REGCLASS"), "{text}");
+        assert!(text.contains("'x'::REGCLASS"), "{text}");
+    }
+
+    proptest! {
+        /// A name `format('%I.%I')` writes reads back as the same two parts, whatever they hold.
+        #[test]
+        fn quoted_names_parse_back(schema in "[a-zA-Z_ .\"$0-9]{1,12}", name in "[a-zA-Z_ .\"$0-9]{1,12}") {
+            let text = render_format("%I.%I", &[Some(&schema), Some(&name)]).unwrap();
+            let parts = parse_name(&text).unwrap();
+            prop_assert_eq!(parts, vec![schema, name]);
+        }
+
+        /// format() never panics, whatever the format string and arguments.
+        #[test]
+        fn format_takes_any_input(fmt in ".{0,40}", args in proptest::collection::vec(proptest::option::of(".{0,10}"), 0..4)) {
+            let args: Vec<Option<&str>> = args.iter().map(|a| a.as_deref()).collect();
+            let _ = render_format(&fmt, &args);
+        }
+    }
+}
