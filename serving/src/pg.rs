@@ -77,6 +77,7 @@ use crate::table;
 
 pub mod functions;
 pub mod information_schema;
+pub mod typed_arrays;
 
 use functions::RelationOids;
 use information_schema::InformationSchema;
@@ -587,6 +588,14 @@ pub fn session_with(
             "catalog `{CATALOG}` is missing"
         ))))
     })?;
+    if let Some(pg_catalog) = catalog.schema("pg_catalog") {
+        catalog
+            .register_schema(
+                "pg_catalog",
+                Arc::new(typed_arrays::TypedArrays::new(pg_catalog)),
+            )
+            .map_err(|e| Error::Sql(Box::new(e)))?;
+    }
     catalog
         .register_schema(
             information_schema::NAME,
@@ -741,7 +750,7 @@ impl QueryHook for Guard {
         if let Some(refused) = self.check(statement, &user_of(client)) {
             return Some(Err(refused));
         }
-        match regclass_ready(statement, ctx).await {
+        match prepared(statement, ctx).await {
             Err(e) => Some(Err(e)),
             Ok(None) => None,
             Ok(Some(rewritten)) => Some(run_simple(&rewritten, ctx, client).await),
@@ -761,7 +770,7 @@ impl QueryHook for Guard {
         if let Some(refused) = refusal(statement).or_else(scoped) {
             return Some(Err(refused));
         }
-        match regclass_ready(statement, ctx).await {
+        match prepared(statement, ctx).await {
             Err(e) => Some(Err(e)),
             Ok(None) => None,
             Ok(Some(rewritten)) => Some(
@@ -785,24 +794,23 @@ impl QueryHook for Guard {
     }
 }
 
-/// Makes `statement` ready to run when it names `regclass`: reads the relations' oids (for
-/// `to_regclass` and casts to `regclass`), and returns the statement with its casts of computed
-/// names rewritten ([`functions::rewrite_regclass_casts`]) when it has any. `None` when it runs
-/// as it is.
-async fn regclass_ready(
-    statement: &Statement,
-    ctx: &SessionContext,
-) -> PgWireResult<Option<Statement>> {
-    if !functions::mentions_regclass(statement) {
-        return Ok(None);
-    }
-    if let Some(oids) = ctx.state().config().get_extension::<RelationOids>() {
+/// Makes `statement` ready to run: when it names `regclass`, reads the relations' oids (for
+/// `to_regclass` and casts to `regclass`); returns the statement rewritten where DataFusion
+/// could not plan it ([`functions::rewrite`]), or `None` when it runs as it is.
+async fn prepared(statement: &Statement, ctx: &SessionContext) -> PgWireResult<Option<Statement>> {
+    if functions::mentions_regclass(statement)
+        && let Some(oids) = ctx.state().config().get_extension::<RelationOids>()
+    {
         oids.refresh(ctx)
             .await
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
     }
+    if !functions::needs_rewrite(statement) {
+        return Ok(None);
+    }
     let mut rewritten = statement.clone();
-    Ok((functions::rewrite_regclass_casts(&mut rewritten) > 0).then_some(rewritten))
+    functions::rewrite(&mut rewritten);
+    Ok(Some(rewritten))
 }
 
 /// Runs a rewritten statement of the simple protocol and encodes its rows as
@@ -1149,7 +1157,12 @@ mod tests {
             "buyers|BASE TABLE|NO\ngmv|BASE TABLE|NO\n"
         );
         assert_eq!(
-            psql(port, "SELECT count(*) FROM information_schema.table_constraints").await.unwrap(),
+            psql(
+                port,
+                "SELECT count(*) FROM information_schema.table_constraints"
+            )
+            .await
+            .unwrap(),
             "0\n"
         );
         // a computed name cast to regclass is the relation's pg_class oid; format() quotes
@@ -1160,6 +1173,20 @@ mod tests {
         assert_eq!(
             psql(port, "SELECT to_regclass('nope') IS NULL, to_regclass('public.gmv') = CAST(concat('g', 'mv') AS regclass), col_description(CAST(CAST(format('%I.%I', 'public', 'gmv') AS regclass) AS oid), 1) IS NULL").await.unwrap(),
             "t|t|t\n"
+        );
+        // pgjdbc's key queries: _pg_expandarray is a row per element; (composite).field reads it
+        assert_eq!(
+            psql(port, "SELECT (information_schema._pg_expandarray(ARRAY[10, 20, 30])).n, (information_schema._pg_expandarray(ARRAY[10, 20, 30])).x").await.unwrap(),
+            "1|10\n2|20\n3|30\n"
+        );
+        assert_eq!(
+            psql(port, "SELECT (k).x FROM (SELECT information_schema._pg_expandarray('3 1') AS k) s ORDER BY (k).n DESC").await.unwrap(),
+            "1\n3\n"
+        );
+        // pg_constraint's key columns are arrays: ANY over them plans and answers
+        assert_eq!(
+            psql(port, "SELECT count(*) > 0, max(cardinality(conkey)) > 1 FROM pg_catalog.pg_constraint WHERE 1 = ANY(conkey)").await.unwrap(),
+            "t|t\n"
         );
         let err = psql(port, "SELECT CAST(format('%s', 'nope') AS regclass)")
             .await
@@ -1296,8 +1323,36 @@ mod tests {
             [("public", "buyers", "TABLE"), ("public", "gmv", "TABLE")],
             "{got}"
         );
-        // Metabase's field sync: every column of both views, with PostgreSQL's type names
-        let fields = got["metabase_fields"].as_array().unwrap();
+        // Metabase 0.62's sync: every statement answers
+        let sync = got["metabase_sync"].as_array().unwrap();
+        assert_eq!(sync.len(), 12, "{got}");
+        assert_eq!(sync[0], serde_json::json!([["1"]]));
+        assert_eq!(sync[1], serde_json::json!([["duet"]]));
+        let tables: Vec<&str> = sync[2]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[1].as_str().unwrap())
+            .collect();
+        assert_eq!(tables, ["buyers", "gmv"], "{got}");
+        // no enums, no primary keys, no foreign keys: the views declare none
+        for (i, what) in [(3, "enums"), (6, "primary keys"), (7, "foreign keys")] {
+            assert_eq!(sync[i], serde_json::json!([]), "{what}: {got}");
+        }
+        // pgjdbc's columns, the fingerprint samples, the columns by oid and number, the count
+        assert_eq!(sync[5].as_array().unwrap().len(), 8, "{got}");
+        assert_eq!(sync[8].as_array().unwrap().len(), 17, "{got}");
+        assert_eq!(sync[9].as_array().unwrap().len(), 17, "{got}");
+        let by_number: Vec<&str> = sync[10]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[2].as_str().unwrap())
+            .collect();
+        assert_eq!(by_number, ["city", "gmv", "n"], "{got}");
+        assert_eq!(sync[11], serde_json::json!([["17"]]), "{got}");
+        // its field sync: every column of both views, with PostgreSQL's type names
+        let fields = sync[4].as_array().unwrap();
         assert_eq!(fields.len(), 18, "{got}");
         assert_eq!(
             fields[0],

@@ -15,9 +15,12 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::{Arc, RwLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Array, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int32Array, ListArray, StringArray, StructArray,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int32Type};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Int32Type};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -25,7 +28,8 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement, VisitMut, VisitorMut,
+    AccessExpr, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement, Value, Visit,
+    VisitMut, Visitor, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -34,6 +38,10 @@ use datafusion::sql::sqlparser::parser::Parser;
 /// an error for a relation that does not exist.
 pub const REGCLASS_CAST: &str = "duet_regclass_cast";
 
+/// The function `information_schema._pg_expandarray(a)` becomes the `unnest` of: the list of
+/// `(x, n)` pairs of `a`'s elements and their positions from 1.
+pub const EXPAND_ARRAY: &str = "duet_expand_array";
+
 /// Every function this module registers.
 pub fn functions(oids: &Arc<RelationOids>) -> Vec<ScalarUDF> {
     vec![
@@ -41,6 +49,7 @@ pub fn functions(oids: &Arc<RelationOids>) -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(ColDescription::new()),
         ScalarUDF::new_from_impl(Regclass::new("to_regclass", false, oids.clone())),
         ScalarUDF::new_from_impl(Regclass::new(REGCLASS_CAST, true, oids.clone())),
+        ScalarUDF::new_from_impl(ExpandArray::new()),
     ]
 }
 
@@ -105,7 +114,9 @@ impl ScalarUDFImpl for Format {
             }
             row_args.clear();
             row_args.extend(rest.iter().map(|a| (!a.is_null(row)).then(|| a.value(row))));
-            out.push(Some(render_format(fmt.value(row), &row_args).map_err(exec)?));
+            out.push(Some(
+                render_format(fmt.value(row), &row_args).map_err(exec)?,
+            ));
         }
         Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))))
     }
@@ -145,7 +156,9 @@ pub fn render_format(fmt: &str, args: &[Option<&str>]) -> std::result::Result<St
                 .parse()
                 .map_err(|_| "argument number is out of range".to_string())?;
             if position == 0 {
-                return Err("format specifies argument 0, but arguments are numbered from 1".into());
+                return Err(
+                    "format specifies argument 0, but arguments are numbered from 1".into(),
+                );
             }
             next_arg = position - 1;
             digits.clear();
@@ -179,7 +192,9 @@ pub fn render_format(fmt: &str, args: &[Option<&str>]) -> std::result::Result<St
         let text = match (kind, arg) {
             ('s', v) => v.unwrap_or_default().to_string(),
             ('I', Some(v)) => quote_ident(v),
-            ('I', None) => return Err("null values cannot be formatted as an SQL identifier".into()),
+            ('I', None) => {
+                return Err("null values cannot be formatted as an SQL identifier".into());
+            }
             (_, Some(v)) => quote_literal(v),
             (_, None) => "NULL".to_string(),
         };
@@ -412,6 +427,107 @@ impl ScalarUDFImpl for ColDescription {
 }
 
 // ---------------------------------------------------------------------------------------------
+// _pg_expandarray
+
+/// [`EXPAND_ARRAY`]: an array (or an `int2vector` kept as text, `"1 2"`) as the list of
+/// `(x, n)` structs of its elements and their positions from 1.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ExpandArray {
+    signature: Signature,
+}
+
+impl ExpandArray {
+    fn new() -> ExpandArray {
+        ExpandArray {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+/// The element type of an array argument; text holds integers.
+fn element_type(t: &DataType) -> DataType {
+    match t {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            f.data_type().clone()
+        }
+        _ => DataType::Int32,
+    }
+}
+
+fn pair_fields(element: &DataType) -> Fields {
+    Fields::from(vec![
+        Field::new("x", element.clone(), true),
+        Field::new("n", DataType::Int32, false),
+    ])
+}
+
+impl ScalarUDFImpl for ExpandArray {
+    fn name(&self) -> &str {
+        EXPAND_ARRAY
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        let element = element_type(args.first().unwrap_or(&DataType::Null));
+        Ok(DataType::List(Arc::new(Field::new(
+            "item",
+            DataType::Struct(pair_fields(&element)),
+            true,
+        ))))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = arrays(&args)?;
+        let Some(arg) = arrays.first() else {
+            return Err(exec("_pg_expandarray() needs an array".to_string()));
+        };
+        let list: ArrayRef = match arg.data_type() {
+            DataType::List(_) => arg.clone(),
+            DataType::LargeList(_) | DataType::FixedSizeList(_, _) => {
+                let element = element_type(arg.data_type());
+                cast(
+                    arg,
+                    &DataType::List(Arc::new(Field::new("item", element, true))),
+                )
+                .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?
+            }
+            _ => {
+                let text = as_text(arg)?;
+                super::typed_arrays::parse_lists(text.as_string::<i32>(), &DataType::Int32)
+            }
+        };
+        let list = list.as_list::<i32>();
+        let offsets = list.value_offsets();
+        let (first, last) = (offsets[0], offsets[offsets.len() - 1]);
+        let values = list.values().slice(first as usize, (last - first) as usize);
+        let positions: Int32Array = offsets
+            .windows(2)
+            .flat_map(|w| 1..=(w[1] - w[0]))
+            .map(Some)
+            .collect();
+        let fields = pair_fields(values.data_type());
+        let pairs = StructArray::try_new(
+            fields.clone(),
+            vec![values, Arc::new(positions) as ArrayRef],
+            None,
+        )
+        .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
+        let rebased = OffsetBuffer::new(offsets.iter().map(|o| o - first).collect());
+        let out = ListArray::try_new(
+            Arc::new(Field::new("item", DataType::Struct(fields), true)),
+            rebased,
+            Arc::new(pairs),
+            list.nulls().cloned(),
+        )
+        .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // regclass
 
 /// The oid `pg_class` gives each relation, by schema and name.
@@ -469,14 +585,17 @@ impl RelationOids {
     /// up in `pg_catalog`, then in `public`; `schema.name` in `schema`;
     /// `catalog.schema.name` in `schema`. `Err` for a malformed name.
     pub fn resolve(&self, text: &str) -> std::result::Result<Option<i32>, String> {
-        let parts = parse_name(text)
-            .ok_or_else(|| format!("invalid name syntax: \"{text}\""))?;
+        let parts = parse_name(text).ok_or_else(|| format!("invalid name syntax: \"{text}\""))?;
         Ok(match parts.as_slice() {
             [name] => self
                 .get("pg_catalog", name)
                 .or_else(|| self.get("public", name)),
             [schema, name] | [_, schema, name] => self.get(schema, name),
-            _ => return Err(format!("improper relation name (too many dotted names): {text}")),
+            _ => {
+                return Err(format!(
+                    "improper relation name (too many dotted names): {text}"
+                ));
+            }
         })
     }
 }
@@ -643,55 +762,126 @@ fn is_regclass(data_type: &impl ToString) -> bool {
     name.strip_prefix("pg_catalog.").unwrap_or(&name) == "regclass"
 }
 
-struct RegclassCasts {
-    call: Expr,
+/// `name(args…)` as a parsed expression.
+fn call(name: &str, args: Vec<Expr>) -> Option<Expr> {
+    let nulls = vec!["NULL"; args.len()].join(", ");
+    let mut expr = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&format!("{name}({nulls})"))
+        .and_then(|mut p| p.parse_expr())
+        .ok()?;
+    if let Expr::Function(f) = &mut expr
+        && let FunctionArguments::List(list) = &mut f.args
+        && list.args.len() == args.len()
+    {
+        for (slot, arg) in list.args.iter_mut().zip(args) {
+            *slot = FunctionArg::Unnamed(FunctionArgExpr::Expr(arg));
+        }
+        return Some(expr);
+    }
+    None
+}
+
+/// The one argument of a call, if it has exactly one plain argument.
+fn only_arg(f: &datafusion::sql::sqlparser::ast::Function) -> Option<&Expr> {
+    match &f.args {
+        FunctionArguments::List(list) if list.args.len() == 1 => match &list.args[0] {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+struct Rewrites {
     rewritten: usize,
 }
 
-impl VisitorMut for RegclassCasts {
+impl Rewrites {
+    fn rewrite(&self, expr: &Expr) -> Option<Expr> {
+        match expr {
+            // a computed name cast to regclass
+            Expr::Cast {
+                expr: operand,
+                data_type,
+                ..
+            } if is_regclass(data_type)
+                // a literal is resolved by datafusion-postgres; a column is an oid already
+                && !matches!(
+                    operand.as_ref(),
+                    Expr::Value(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_)
+                ) =>
+            {
+                call(REGCLASS_CAST, vec![operand.as_ref().clone()])
+            }
+            // information_schema._pg_expandarray(a): one row per element, as (x, n)
+            Expr::Function(f)
+                if f.name.0.last().is_some_and(|p| {
+                    p.to_string()
+                        .trim_matches('"')
+                        .eq_ignore_ascii_case("_pg_expandarray")
+                }) =>
+            {
+                let expanded = call(EXPAND_ARRAY, vec![only_arg(f)?.clone()])?;
+                call("unnest", vec![expanded])
+            }
+            // (composite).field
+            Expr::CompoundFieldAccess { root, access_chain } => {
+                let mut out = root.as_ref().clone();
+                for access in access_chain {
+                    let AccessExpr::Dot(Expr::Identifier(field)) = access else {
+                        return None;
+                    };
+                    let name =
+                        Expr::Value(Value::SingleQuotedString(field.value.to_lowercase()).into());
+                    out = call("get_field", vec![out, name])?;
+                }
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl VisitorMut for Rewrites {
     type Break = ();
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-        if let Expr::Cast {
-            expr: operand,
-            data_type,
-            ..
-        } = expr
-            && is_regclass(data_type)
-            // a literal is resolved by datafusion-postgres; a column is an oid already
-            && !matches!(
-                operand.as_ref(),
-                Expr::Value(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_)
-            )
-        {
-            let mut call = self.call.clone();
-            if let Expr::Function(f) = &mut call
-                && let FunctionArguments::List(list) = &mut f.args
-                && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))) =
-                    list.args.first_mut()
-            {
-                *arg = operand.as_ref().clone();
-                *expr = call;
-                self.rewritten += 1;
-            }
+        if let Some(new) = self.rewrite(expr) {
+            *expr = new;
+            self.rewritten += 1;
         }
         ControlFlow::Continue(())
     }
 }
 
-/// Turns every cast of a computed name to `regclass` in `statement`
-/// (`CAST(format('%I.%I', s, t) AS regclass)`) into a call of [`REGCLASS_CAST`]; casts of a
-/// literal or a column are left alone. Returns how many it rewrote.
-pub fn rewrite_regclass_casts(statement: &mut Statement) -> usize {
-    let call = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&format!("{REGCLASS_CAST}(NULL)"))
-        .and_then(|mut p| p.parse_expr());
-    let Ok(call) = call else {
-        return 0;
-    };
-    let mut visitor = RegclassCasts { call, rewritten: 0 };
+/// Rewrites in `statement` what DataFusion cannot plan into calls it can, and returns how many
+/// it rewrote:
+/// - a cast of a computed name to `regclass` (`CAST(format('%I.%I', s, t) AS regclass)`)
+///   becomes a call of [`REGCLASS_CAST`] (casts of a literal or a column are left alone);
+/// - `information_schema._pg_expandarray(a)` (a set of `(x, n)` rows, one per element, which
+///   pgjdbc's key queries select) becomes `unnest(`[`EXPAND_ARRAY`]`(a))`;
+/// - a field of a composite, `(expr).field`, becomes `get_field(expr, 'field')`.
+pub fn rewrite(statement: &mut Statement) -> usize {
+    let mut visitor = Rewrites { rewritten: 0 };
     let _ = statement.visit(&mut visitor);
     visitor.rewritten
+}
+
+/// Whether [`rewrite`] would change `statement`.
+pub fn needs_rewrite(statement: &Statement) -> bool {
+    struct Finds<'a>(&'a Rewrites);
+    impl Visitor for Finds<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if self.0.rewrite(expr).is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+    }
+    let rewrites = Rewrites { rewritten: 0 };
+    statement.visit(&mut Finds(&rewrites)).is_break()
 }
 
 /// Whether `statement` names `regclass` anywhere (a cast or `to_regclass`), so that the oids
@@ -731,7 +921,10 @@ mod tests {
             f("%2$s %1$s %s", &[Some("a"), Some("b"), Some("c")]).unwrap(),
             "b a b"
         );
-        assert_eq!(f("[%5s][%-5s]", &[Some("ab"), Some("cd")]).unwrap(), "[   ab][cd   ]");
+        assert_eq!(
+            f("[%5s][%-5s]", &[Some("ab"), Some("cd")]).unwrap(),
+            "[   ab][cd   ]"
+        );
         assert_eq!(
             f("%s %s", &[Some("a")]).unwrap_err(),
             "too few arguments for format()"
@@ -769,10 +962,12 @@ mod tests {
         let mut s = parse(
             "SELECT col_description(CAST(CAST(format('%I.%I', CAST(s AS TEXT), t) AS REGCLASS) AS OID), 1), c.oid::regclass, 'x'::regclass FROM c",
         );
-        assert_eq!(rewrite_regclass_casts(&mut s), 1);
+        assert_eq!(rewrite(&mut s), 1);
         let text = s.to_string();
         assert!(
-            text.contains(&format!("CAST({REGCLASS_CAST}(format('%I.%I', CAST(s AS TEXT), t)) AS OID)")),
+            text.contains(&format!(
+                "CAST({REGCLASS_CAST}(format('%I.%I', CAST(s AS TEXT), t)) AS OID)"
+            )),
             "{text}"
         );
         assert!(text.contains("c.oid::REGCLASS"), "{text}");

@@ -144,7 +144,11 @@ fn schema_of(kind: Kind) -> SchemaRef {
         columns_of(kind)
             .iter()
             .map(|(name, int)| {
-                let t = if *int { DataType::Int32 } else { DataType::Utf8 };
+                let t = if *int {
+                    DataType::Int32
+                } else {
+                    DataType::Utf8
+                };
                 Field::new(*name, t, true)
             })
             .collect::<Vec<_>>(),
@@ -226,9 +230,7 @@ pub fn pg_type(t: &DataType) -> PgType {
             PgType::numeric("numeric", "numeric", i32::from(*p), 10, i32::from(*s))
         }
         DataType::UInt64 => PgType::numeric("numeric", "numeric", 20, 10, 0),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            PgType::named("text", "text")
-        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => PgType::named("text", "text"),
         DataType::Binary
         | DataType::LargeBinary
         | DataType::BinaryView
@@ -252,7 +254,10 @@ pub fn pg_type(t: &DataType) -> PgType {
         | DataType::LargeListView(f)
         | DataType::FixedSizeList(f, _) => PgType::named(
             "ARRAY",
-            &format!("_{}", pg_type(f.data_type()).udt_name.trim_start_matches('_')),
+            &format!(
+                "_{}",
+                pg_type(f.data_type()).udt_name.trim_start_matches('_')
+            ),
         ),
         DataType::Dictionary(_, value) => pg_type(value),
         DataType::Null => PgType::named("text", "text"),
