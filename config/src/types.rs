@@ -451,43 +451,51 @@ pub fn format_decimal(units: i128, scale: u8) -> String {
     out.iter().map(|&c| char::from(c)).collect()
 }
 
-/// Appends [`format_decimal`]'s text to `out`, without allocating.
+/// Appends [`format_decimal`]'s text to `out`: the digits are written from the last into a
+/// buffer on the stack (on the heap for scales above 56), then appended at once.
 pub fn write_decimal(units: i128, scale: u8, out: &mut Vec<u8>) {
+    // at most max(39 digits of an i128, scale + 1) digits, a point and a sign
     let s = usize::from(scale);
-    let start = out.len();
-    // digits from the last, the point after `s` of them, at least one before it; reversed
-    // in place at the end
+    if s <= 56 {
+        let mut buf = [0u8; 64];
+        let at = decimal_into(&mut buf, units, s);
+        out.extend_from_slice(&buf[at..]);
+    } else {
+        let mut buf = vec![0u8; s + 48];
+        let at = decimal_into(&mut buf, units, s);
+        out.extend_from_slice(&buf[at..]);
+    }
+}
+
+/// Writes the text of `units` at scale `s` at the end of `buf`; returns where it starts.
+fn decimal_into(buf: &mut [u8], units: i128, s: usize) -> usize {
+    let mut at = buf.len();
     let mut wide = units.unsigned_abs();
-    let mut narrow = u64::try_from(wide).ok();
     let mut n = 0usize;
-    loop {
-        let more = narrow.map_or(wide != 0, |w| w != 0);
-        if !more && n > s {
-            break;
+    let digit = |buf: &mut [u8], at: &mut usize, d: u8, n: &mut usize| {
+        if *n == s && s > 0 {
+            *at -= 1;
+            buf[*at] = b'.';
         }
-        if n == s && s > 0 {
-            out.push(b'.');
-        }
-        let digit = match &mut narrow {
-            Some(w) => {
-                let d = *w % 10;
-                *w /= 10;
-                d as u8
-            }
-            None => {
-                let d = (wide % 10) as u8;
-                wide /= 10;
-                narrow = u64::try_from(wide).ok();
-                d
-            }
-        };
-        out.push(b'0' + digit);
-        n += 1;
+        *at -= 1;
+        buf[*at] = b'0' + d;
+        *n += 1;
+    };
+    // above u64, 128-bit divisions; below, the cheap 64-bit ones
+    while wide > u128::from(u64::MAX) {
+        digit(buf, &mut at, (wide % 10) as u8, &mut n);
+        wide /= 10;
+    }
+    let mut narrow = wide as u64;
+    while narrow != 0 || n <= s {
+        digit(buf, &mut at, (narrow % 10) as u8, &mut n);
+        narrow /= 10;
     }
     if units < 0 {
-        out.push(b'-');
+        at -= 1;
+        buf[at] = b'-';
     }
-    out[start..].reverse();
+    at
 }
 
 /// Parses decimal text exactly into units at `scale`: `6999.00`, `-1.5`, `12`, `1.2e3`,
@@ -728,6 +736,15 @@ mod tests {
                 Num::Dec(units).to_f64(NumType::Decimal(scale)).map(f64::to_bits),
                 Some(parsed.to_bits())
             );
+        }
+
+        /// Scales too large for the stack buffer print as their text too.
+        #[test]
+        fn decimals_at_any_scale_print_as_their_text(
+            units in proptest::num::i128::ANY,
+            scale in 39u8..=255,
+        ) {
+            proptest::prop_assert_eq!(format_decimal(units, scale), format_decimal_by_text(units, scale));
         }
     }
 

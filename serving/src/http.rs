@@ -526,7 +526,8 @@ impl Answer<'_> {
         else {
             return serde_json::to_vec(&self.json()).unwrap_or_default();
         };
-        let mut out = Vec::with_capacity(envelope.len() + 160 * self.rolled.rows.len());
+        // the rows reserve their room after the first (`write_rows`)
+        let mut out = Vec::with_capacity(envelope.len() + 256);
         out.extend_from_slice(&envelope[..at]);
         out.extend_from_slice(b"\"rows\":");
         self.write_rows(&mut out);
@@ -546,8 +547,22 @@ impl Answer<'_> {
         dim_order.sort_by_key(|&i| dims[i]);
         let mut measure_order: Vec<usize> = (0..spec.measures.len()).collect();
         measure_order.sort_by_key(|&i| spec.measures[i].name.as_str());
+        // each name's JSON key (`"gmv":`), escaped once per answer, not once per row
+        let key = |name: &str| {
+            let mut k = serde_json::to_vec(name).unwrap_or_default();
+            k.push(b':');
+            k
+        };
+        let dim_keys: Vec<(usize, Vec<u8>)> =
+            dim_order.iter().map(|&i| (i, key(dims[i]))).collect();
+        let measure_keys: Vec<(usize, Vec<u8>)> = measure_order
+            .iter()
+            .map(|&i| (i, key(&spec.measures[i].name)))
+            .collect();
+        let mut times = duet_config::time::IsoWriter::default();
         out.push(b'[');
         for (n, r) in self.rolled.rows.iter().enumerate() {
+            let row_start = out.len();
             if n > 0 {
                 out.push(b',');
             }
@@ -558,7 +573,7 @@ impl Answer<'_> {
                 out.push(b',');
             }
             out.extend_from_slice(b"\"bucket\":");
-            match duet_config::time::iso_bytes(r.bucket) {
+            match times.bytes(r.bucket) {
                 Some(b) => {
                     out.push(b'"');
                     out.extend_from_slice(&b);
@@ -570,21 +585,20 @@ impl Answer<'_> {
             put(out, &r.bucket);
             out.extend_from_slice(b",\"dims\":{");
             let mut first = true;
-            for &i in &dim_order {
-                let (Some(d), Some(v)) = (dims.get(i), r.dims.get(i)) else {
+            for (i, k) in &dim_keys {
+                let Some(v) = r.dims.get(*i) else {
                     continue;
                 };
                 if !std::mem::take(&mut first) {
                     out.push(b',');
                 }
-                put(out, *d);
-                out.push(b':');
+                out.extend_from_slice(k);
                 put(out, v);
             }
             out.push(b'}');
             let mut first = true;
-            for &i in &measure_order {
-                let (Some(measure), Some(state)) = (spec.measures.get(i), r.states.get(i)) else {
+            for (i, k) in &measure_keys {
+                let (Some(measure), Some(state)) = (spec.measures.get(*i), r.states.get(*i)) else {
                     continue;
                 };
                 if let Some(p) = measure.kind.problem(state) {
@@ -593,8 +607,7 @@ impl Answer<'_> {
                     } else {
                         b","
                     });
-                    put(out, &measure.name);
-                    out.push(b':');
+                    out.extend_from_slice(k);
                     put(out, &p);
                 }
             }
@@ -608,22 +621,27 @@ impl Answer<'_> {
                     put(out, &late);
                 }
             }
-            out.extend_from_slice(b",\"source\":");
-            put(out, r.source());
-            out.extend_from_slice(b",\"values\":{");
+            // the sources are fixed words: nothing to escape
+            out.extend_from_slice(b",\"source\":\"");
+            out.extend_from_slice(r.source().as_bytes());
+            out.extend_from_slice(b"\",\"values\":{");
             let mut first = true;
-            for &i in &measure_order {
-                let (Some(measure), Some(state)) = (spec.measures.get(i), r.states.get(i)) else {
+            for (i, k) in &measure_keys {
+                let (Some(measure), Some(state)) = (spec.measures.get(*i), r.states.get(*i)) else {
                     continue;
                 };
                 if !std::mem::take(&mut first) {
                     out.push(b',');
                 }
-                put(out, &measure.name);
-                out.push(b':');
+                out.extend_from_slice(k);
                 measure.kind.write_json(state, out);
             }
             out.extend_from_slice(b"}}");
+            if n == 0 {
+                // the rest at about the first row's size, with room to spare: one allocation
+                let rest = self.rolled.rows.len() - 1;
+                out.reserve((out.len() - row_start + 16) * rest);
+            }
         }
         out.push(b']');
     }
