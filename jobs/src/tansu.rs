@@ -40,16 +40,29 @@ impl LocalTansu {
     /// `partitions` partitions each.
     pub fn start(dir: &Path, topics: &[String], partitions: i32) -> Result<LocalTansu> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("find a free port")?
-            .port();
-        let mut broker = LocalTansu {
-            child: None,
-            port,
-            dir: dir.to_path_buf(),
+        // a free port found here may be taken by another process before tansu binds it: then
+        // tansu exits at once, and another port is tried
+        let mut attempt = 0;
+        let broker = loop {
+            attempt += 1;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .context("find a free port")?
+                .port();
+            let mut broker = LocalTansu {
+                child: None,
+                port,
+                dir: dir.to_path_buf(),
+            };
+            match broker.spawn() {
+                Ok(()) => break broker,
+                Err(e) if attempt < 3 && broker.exited() => {
+                    tracing::warn!(port, error = %e, "tansu did not start; trying another port");
+                }
+                Err(e) => return Err(e),
+            }
         };
-        broker.spawn()?;
+        let port = broker.port;
         for t in topics {
             let out = Command::new(binary())
                 .args(["topic", "create", t, "--partitions"])
@@ -88,16 +101,34 @@ impl LocalTansu {
         self.child = Some(child);
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if start.elapsed() > Duration::from_secs(10) {
+            let log = self.dir.join("tansu.log");
+            if self.exited() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: String = text.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
                 bail!(
-                    "tansu on port {} did not listen within 10 s (log: {})",
+                    "tansu on port {} exited before it listened (log: {}): {tail}",
                     self.port,
-                    self.dir.join("tansu.log").display()
+                    log.display()
+                );
+            }
+            // a loaded machine (the test suite on two cores) can take seconds to start it
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "tansu on port {} did not listen within 30 s (log: {})",
+                    self.port,
+                    log.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Whether the broker process was started and has exited.
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
     }
 
     /// `bootstrap.servers` of the broker.
