@@ -1166,6 +1166,25 @@ mod tests {
             .unwrap(),
             "0\n"
         );
+        assert_eq!(
+            psql(
+                port,
+                "SELECT catalog_name, schema_name FROM information_schema.schemata"
+            )
+            .await
+            .unwrap(),
+            "duet|information_schema\nduet|pg_catalog\nduet|public\n"
+        );
+        assert_eq!(
+            psql(
+                port,
+                "SELECT table_schema, count(*) FROM information_schema.views GROUP BY 1 ORDER BY 1"
+            )
+            .await
+            .unwrap(),
+            "information_schema|6\npg_catalog|8\n",
+            "Duet's views are tables: none is listed among the views"
+        );
         // a computed name cast to regclass is the relation's pg_class oid; format() quotes
         assert_eq!(
             psql(port, "SELECT c.relname, format('%I.%I|%s|%L', 'public', 'Gmv', NULL, 'it''s') FROM pg_catalog.pg_class c WHERE c.oid = CAST(format('%I.%I', 'public', 'gmv') AS regclass)").await.unwrap(),

@@ -321,45 +321,51 @@ struct Described {
 }
 
 impl InfoTable {
-    /// Every table of every catalog, ordered by catalog, schema and name.
-    async fn described(&self) -> Result<Vec<Described>> {
+    /// Every schema of every catalog, ordered by catalog and schema: (catalog, schema, its
+    /// provider).
+    fn schemas(&self) -> Vec<(String, String, Arc<dyn SchemaProvider>)> {
         let mut out = Vec::new();
-        let mut catalogs = self.catalogs.catalog_names();
-        catalogs.sort();
-        for catalog_name in catalogs {
+        for catalog_name in self.catalogs.catalog_names() {
             let Some(catalog) = self.catalogs.catalog(&catalog_name) else {
                 continue;
             };
-            let mut schemas = catalog.schema_names();
-            schemas.sort();
-            for schema_name in schemas {
-                let Some(schema) = catalog.schema(&schema_name) else {
-                    continue;
-                };
-                let mut names = schema.table_names();
-                names.sort();
-                for name in names {
-                    // this schema's own tables are described without a catalog round trip
-                    let (table_type, fields) = if schema_name == NAME {
-                        let kind = KINDS.iter().find(|(n, _)| *n == name).map(|(_, k)| *k);
-                        match kind {
-                            Some(k) => (TableType::View, schema_of(k)),
-                            None => continue,
-                        }
-                    } else {
-                        match schema.table(&name).await? {
-                            Some(t) => (t.table_type(), t.schema()),
-                            None => continue,
-                        }
-                    };
-                    out.push(Described {
-                        catalog: catalog_name.clone(),
-                        schema: schema_name.clone(),
-                        name,
-                        table_type,
-                        fields,
-                    });
+            for schema_name in catalog.schema_names() {
+                if let Some(schema) = catalog.schema(&schema_name) {
+                    out.push((catalog_name.clone(), schema_name, schema));
                 }
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+
+    /// Every table of every catalog, ordered by catalog, schema and name.
+    async fn described(&self) -> Result<Vec<Described>> {
+        let mut out = Vec::new();
+        for (catalog_name, schema_name, schema) in self.schemas() {
+            let mut names = schema.table_names();
+            names.sort();
+            for name in names {
+                // this schema's own tables are described without a catalog round trip
+                let (table_type, fields) = if schema_name == NAME {
+                    let kind = KINDS.iter().find(|(n, _)| *n == name).map(|(_, k)| *k);
+                    match kind {
+                        Some(k) => (TableType::View, schema_of(k)),
+                        None => continue,
+                    }
+                } else {
+                    match schema.table(&name).await? {
+                        Some(t) => (t.table_type(), t.schema()),
+                        None => continue,
+                    }
+                };
+                out.push(Described {
+                    catalog: catalog_name.clone(),
+                    schema: schema_name.clone(),
+                    name,
+                    table_type,
+                    fields,
+                });
             }
         }
         Ok(out)
@@ -370,23 +376,14 @@ impl InfoTable {
         let mut rows = Rows::new(columns_of(self.kind));
         match self.kind {
             Kind::Schemata => {
-                let mut catalogs = self.catalogs.catalog_names();
-                catalogs.sort();
-                for c in catalogs {
-                    let Some(catalog) = self.catalogs.catalog(&c) else {
-                        continue;
-                    };
-                    let mut schemas = catalog.schema_names();
-                    schemas.sort();
-                    for s in schemas {
-                        rows.text(Some(&c))
-                            .text(Some(&s))
-                            .text(Some("duet"))
-                            .text(None)
-                            .text(None)
-                            .text(Some("UTF8"))
-                            .text(None);
-                    }
+                for (c, schema, _) in self.schemas() {
+                    rows.text(Some(&c))
+                        .text(Some(&schema))
+                        .text(Some("duet"))
+                        .text(None)
+                        .text(None)
+                        .text(Some("UTF8"))
+                        .text(None);
                 }
             }
             Kind::Tables => {

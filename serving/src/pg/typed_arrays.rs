@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Int16Builder, Int32Builder, ListBuilder, RecordBatch,
+    ArrayRef, AsArray, ListBuilder, PrimitiveBuilder, RecordBatch, StringArray,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Field, Int16Type, Int32Type, Schema,
+};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::physical_plan::collect;
@@ -106,47 +108,40 @@ fn typed_batch(batch: &RecordBatch, schema: &Arc<Schema>) -> Result<RecordBatch>
     RecordBatch::try_new(schema.clone(), columns).map_err(arrow)
 }
 
-/// Integer arrays written as text (`[1, 2]`, `{1,2}`, `1 2`) as lists; an empty text or NULL is
-/// NULL, an element that is not an integer is a NULL element.
-pub fn parse_lists(text: &datafusion::arrow::array::StringArray, element: &DataType) -> ArrayRef {
-    let items = |s: &str| -> Vec<Option<i64>> {
-        s.trim_matches(|c| matches!(c, '[' | ']' | '{' | '}'))
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|p| !p.is_empty())
-            .map(|p| p.parse().ok())
-            .collect()
-    };
+/// Integer arrays written as text (`[1, 2]`, `{1,2}`, `1 2`) as lists of `element` (`Int16`,
+/// else `Int32`); an empty text or NULL is NULL, an element that is not such an integer is a
+/// NULL element.
+pub fn parse_lists(text: &StringArray, element: &DataType) -> ArrayRef {
     if element == &DataType::Int16 {
-        let mut b = ListBuilder::new(Int16Builder::new());
-        for s in text.iter() {
-            match s.filter(|s| !s.trim().is_empty()) {
-                Some(s) => {
-                    for v in items(s) {
-                        b.values()
-                            .append_option(v.and_then(|v| i16::try_from(v).ok()));
-                    }
-                    b.append(true);
-                }
-                None => b.append_null(),
-            }
-        }
-        Arc::new(b.finish())
+        lists::<Int16Type>(text)
     } else {
-        let mut b = ListBuilder::new(Int32Builder::new());
-        for s in text.iter() {
-            match s.filter(|s| !s.trim().is_empty()) {
-                Some(s) => {
-                    for v in items(s) {
-                        b.values()
-                            .append_option(v.and_then(|v| i32::try_from(v).ok()));
-                    }
-                    b.append(true);
-                }
-                None => b.append_null(),
-            }
-        }
-        Arc::new(b.finish())
+        lists::<Int32Type>(text)
     }
+}
+
+fn lists<T: ArrowPrimitiveType>(text: &StringArray) -> ArrayRef
+where
+    T::Native: TryFrom<i64>,
+{
+    let mut b = ListBuilder::new(PrimitiveBuilder::<T>::new());
+    for s in text.iter() {
+        match s.filter(|s| !s.trim().is_empty()) {
+            Some(s) => {
+                let items = s
+                    .trim_matches(|c| matches!(c, '[' | ']' | '{' | '}'))
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|p| !p.is_empty());
+                for p in items {
+                    let v = p.parse::<i64>().ok();
+                    b.values()
+                        .append_option(v.and_then(|v| T::Native::try_from(v).ok()));
+                }
+                b.append(true);
+            }
+            None => b.append_null(),
+        }
+    }
+    Arc::new(b.finish())
 }
 
 #[async_trait]
@@ -170,8 +165,7 @@ impl SchemaProvider for TypedArrays {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Array, StringArray};
-    use datafusion::arrow::datatypes::Int16Type;
+    use datafusion::arrow::array::Array;
 
     #[test]
     fn text_arrays_become_lists() {
