@@ -1185,6 +1185,14 @@ mod tests {
             "information_schema|6\npg_catalog|8\n",
             "Duet's views are tables: none is listed among the views"
         );
+        // DataFusion's SHOW TABLES and SHOW COLUMNS read it too
+        let shown = psql(port, "SHOW TABLES").await.unwrap();
+        assert!(shown.contains("duet|public|gmv|BASE TABLE|"), "{shown}");
+        let shown = psql(port, "SHOW COLUMNS FROM gmv").await.unwrap();
+        assert!(
+            shown.contains("duet|public|gmv|bucket|timestamp with time zone|NO"),
+            "{shown}"
+        );
         // a computed name cast to regclass is the relation's pg_class oid; format() quotes
         assert_eq!(
             psql(port, "SELECT c.relname, format('%I.%I|%s|%L', 'public', 'Gmv', NULL, 'it''s') FROM pg_catalog.pg_class c WHERE c.oid = CAST(format('%I.%I', 'public', 'gmv') AS regclass)").await.unwrap(),
