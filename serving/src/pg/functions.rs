@@ -28,8 +28,8 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
-    AccessExpr, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement, Value, Visit,
-    VisitMut, Visitor, VisitorMut,
+    AccessExpr, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectNamePart, Statement,
+    Value, Visit, VisitMut, Visitor, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -63,7 +63,7 @@ fn arrays(args: &ScalarFunctionArgs) -> Result<Vec<ArrayRef>> {
 }
 
 fn as_text(a: &ArrayRef) -> Result<ArrayRef> {
-    cast(a, &DataType::Utf8).map_err(|e| DataFusionError::ArrowError(Box::new(e), None))
+    cast(a, &DataType::Utf8).map_err(DataFusionError::from)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -492,7 +492,7 @@ impl ScalarUDFImpl for ExpandArray {
                     arg,
                     &DataType::List(Arc::new(Field::new("item", element, true))),
                 )
-                .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?
+                .map_err(DataFusionError::from)?
             }
             _ => {
                 let text = as_text(arg)?;
@@ -514,7 +514,7 @@ impl ScalarUDFImpl for ExpandArray {
             vec![values, Arc::new(positions) as ArrayRef],
             None,
         )
-        .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
+        .map_err(DataFusionError::from)?;
         let rebased = OffsetBuffer::new(offsets.iter().map(|o| o - first).collect());
         let out = ListArray::try_new(
             Arc::new(Field::new("item", DataType::Struct(fields), true)),
@@ -522,7 +522,7 @@ impl ScalarUDFImpl for ExpandArray {
             Arc::new(pairs),
             list.nulls().cloned(),
         )
-        .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
+        .map_err(DataFusionError::from)?;
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
@@ -623,7 +623,7 @@ async fn read_pg_catalog(
         .iter()
         .map(|c| fields.index_of(c))
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
+        .map_err(DataFusionError::from)?;
     let plan = table.scan(&state, Some(&projection), &[], None).await?;
     Ok(collect(plan, ctx.task_ctx())
         .await?
@@ -633,7 +633,7 @@ async fn read_pg_catalog(
 }
 
 fn int32s(a: &ArrayRef) -> Result<ArrayRef> {
-    cast(a, &DataType::Int32).map_err(|e| DataFusionError::ArrowError(Box::new(e), None))
+    cast(a, &DataType::Int32).map_err(DataFusionError::from)
 }
 
 /// A dotted name split as PostgreSQL's `parse_ident` splits it: unquoted parts lower-cased,
@@ -734,8 +734,7 @@ impl ScalarUDFImpl for Regclass {
             return Err(exec(format!("{}() needs a relation name", self.name)));
         };
         if arg.data_type().is_integer() {
-            let oids = cast(arg, &DataType::Int32)
-                .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))?;
+            let oids = cast(arg, &DataType::Int32).map_err(DataFusionError::from)?;
             return Ok(ColumnarValue::Array(oids));
         }
         let names = as_text(arg)?;
@@ -814,13 +813,7 @@ impl Rewrites {
                 call(REGCLASS_CAST, vec![operand.as_ref().clone()])
             }
             // information_schema._pg_expandarray(a): one row per element, as (x, n)
-            Expr::Function(f)
-                if f.name.0.last().is_some_and(|p| {
-                    p.to_string()
-                        .trim_matches('"')
-                        .eq_ignore_ascii_case("_pg_expandarray")
-                }) =>
-            {
+            Expr::Function(f) if named(f, "_pg_expandarray") => {
                 let expanded = call(EXPAND_ARRAY, vec![only_arg(f)?.clone()])?;
                 call("unnest", vec![expanded])
             }
@@ -884,10 +877,29 @@ pub fn needs_rewrite(statement: &Statement) -> bool {
     statement.visit(&mut Finds(&rewrites)).is_break()
 }
 
-/// Whether `statement` names `regclass` anywhere (a cast or `to_regclass`), so that the oids
-/// must be read before it runs.
+/// Whether the last part of a call's name is `name` (any case).
+fn named(f: &datafusion::sql::sqlparser::ast::Function, name: &str) -> bool {
+    matches!(
+        f.name.0.last(),
+        Some(ObjectNamePart::Identifier(ident)) if ident.value.eq_ignore_ascii_case(name)
+    )
+}
+
+/// Whether `statement` names `regclass` anywhere (a cast to it or a call of `to_regclass`), so
+/// that the oids must be read before it runs. A walk of its expressions: nothing is printed.
 pub fn mentions_regclass(statement: &Statement) -> bool {
-    statement.to_string().to_lowercase().contains("regclass")
+    struct Finds;
+    impl Visitor for Finds {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Cast { data_type, .. } if is_regclass(data_type) => ControlFlow::Break(()),
+                Expr::Function(f) if named(f, "to_regclass") => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    statement.visit(&mut Finds).is_break()
 }
 
 #[cfg(test)]
@@ -972,6 +984,11 @@ mod tests {
         );
         assert!(text.contains("c.oid::REGCLASS"), "{text}");
         assert!(text.contains("'x'::REGCLASS"), "{text}");
+        assert!(mentions_regclass(&parse("SELECT TO_REGCLASS('x')")));
+        assert!(mentions_regclass(&parse(
+            "SELECT 1 WHERE c.oid = 'x'::pg_catalog.regclass"
+        )));
+        assert!(!mentions_regclass(&parse("SELECT regclass_col FROM t")));
     }
 
     proptest! {

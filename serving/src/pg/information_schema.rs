@@ -466,8 +466,7 @@ impl InfoTable {
         }
         let columns = rows.finish();
         debug_assert_eq!(columns.len(), width);
-        RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(DataFusionError::from)
     }
 }
 

@@ -95,7 +95,7 @@ fn typed_schema(schema: &Schema) -> Arc<Schema> {
 }
 
 fn typed_batch(batch: &RecordBatch, schema: &Arc<Schema>) -> Result<RecordBatch> {
-    let arrow = |e| DataFusionError::ArrowError(Box::new(e), None);
+    let arrow = DataFusionError::from;
     let mut columns = Vec::with_capacity(batch.num_columns());
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
         let Some(element) = element_of(field.name()) else {
