@@ -675,7 +675,7 @@ mod tests {
                 ]
             };
             (
-                0i64..300_000,
+                1i64..300_000, // event times are > 0: the decoder refuses 0
                 opt("\"[a-c]\""),
                 int(-999, 999),
                 opt("\"[1-9][0-9]{0,2}\\.[0-9]{2}\""),
