@@ -262,7 +262,19 @@ fn lookup<'f>(
     fields: impl IntoIterator<Item = (&'f String, &'f FieldType)>,
     key: &str,
 ) -> Option<(&'f String, &'f FieldType)> {
-    fields.into_iter().find(|(n, _)| same_name(n, key))
+    lookup_at(fields, key).map(|(_, n, t)| (n, t))
+}
+
+/// [`lookup`], with the field's position among `fields`.
+fn lookup_at<'f>(
+    fields: impl IntoIterator<Item = (&'f String, &'f FieldType)>,
+    key: &str,
+) -> Option<(usize, &'f String, &'f FieldType)> {
+    fields
+        .into_iter()
+        .enumerate()
+        .find(|(_, (n, _))| same_name(n, key))
+        .map(|(i, (n, t))| (i, n, t))
 }
 
 /// Parses a JSON object with `visitor`, and checks that nothing follows it.
@@ -453,7 +465,7 @@ impl<'de> serde::de::Visitor<'de> for Container<'_> {
         let mut out = read_object(
             map,
             kept,
-            |key| lookup(fields.iter().map(|(n, t)| (n, t)), key),
+            |key| lookup_at(fields.iter().map(|(n, t)| (n, t)), key),
             |name, t, map| {
                 let keep = of.keep.and_then(|k| k.member(name));
                 let v = map.next_value_seed(Typed {
@@ -486,7 +498,7 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
         read_object(
             map,
             self.keep.capacity(self.fields.len()),
-            |key| lookup(self.fields, key),
+            |key| lookup_at(self.fields, key),
             |name, t, map| {
                 let keep = self.keep.member(name);
                 let v = map.next_value_seed(Typed {
@@ -508,15 +520,25 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
 fn read_object<'de, 'f, A: serde::de::MapAccess<'de>>(
     mut map: A,
     kept: usize,
-    find: impl Fn(&str) -> Option<(&'f String, &'f FieldType)>,
+    find: impl Fn(&str) -> Option<(usize, &'f String, &'f FieldType)>,
     mut decode: impl FnMut(&'f String, &'f FieldType, &mut A) -> Result<Option<Value>, A::Error>,
 ) -> Result<FieldMap, A::Error> {
     let mut out = FieldMap::with_capacity(kept);
+    // the declared fields kept so far, by position (the first 64): a field met for the first
+    // time is added without a scan of those before it; one met again replaces its value
+    let mut kept_so_far = 0u64;
     while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
         match find(key.as_ref()) {
-            Some((name, t)) => {
+            Some((i, name, t)) => {
                 if let Some(v) = decode(name, t, &mut map)? {
-                    out.insert(name, v);
+                    let bit = u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i));
+                    match bit {
+                        Some(b) if kept_so_far & b == 0 => {
+                            kept_so_far |= b;
+                            out.push_new(name, v);
+                        }
+                        _ => out.insert(name, v),
+                    }
                 }
             }
             None => {
@@ -817,6 +839,33 @@ mod tests {
                 units: 699_900,
                 scale: 2
             }
+        );
+    }
+
+    #[test]
+    fn a_name_given_twice_keeps_its_last_value_once() {
+        let e = orders()
+            .decode(
+                br#"{"orderId":"o1","userId":"u1","orderStatus":"created","userId":"u2",
+                         "createTime":5,"totalAmount":1,"orderStatus":"paid",
+                         "items":[{"productId":"p","quantity":1,"productId":"q"}]}"#,
+            )
+            .unwrap();
+        assert_eq!(e.id, "o1|paid");
+        assert_eq!(e.get("userId"), &Value::Str("u2".into()));
+        assert_eq!(
+            e.fields.iter().filter(|(n, _)| *n == "userId").count(),
+            1,
+            "{:?}",
+            e.fields
+        );
+        assert_eq!(e.fields.len(), 6);
+        assert_eq!(
+            e.get("items"),
+            &Value::Array(vec![Value::Struct(FieldMap::from_iter([
+                ("productId".into(), Value::Str("q".into())),
+                ("quantity".into(), Value::Int(1)),
+            ]))])
         );
     }
 

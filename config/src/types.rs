@@ -594,6 +594,12 @@ impl FieldMap {
         }
     }
 
+    /// Adds field `name`, which the caller knows is not there yet (no scan).
+    pub(crate) fn push_new(&mut self, name: &str, value: Value) {
+        debug_assert!(!self.contains_key(name), "field {name} is there already");
+        self.0.push((CompactString::new(name), value));
+    }
+
     /// Adds each of `names` not there yet, as `Null` (one scan for each name).
     pub fn fill_absent<'n>(&mut self, names: impl IntoIterator<Item = &'n String>) {
         for name in names {
