@@ -33,20 +33,27 @@ pub fn iso_bytes(ms: i64) -> Option<[u8; 24]> {
         return None;
     }
     let mut b = *b"0000-00-00T00:00:00.000Z";
-    let put = |b: &mut [u8; 24], at: usize, width: usize, mut v: i64| {
-        for i in (at..at + width).rev() {
-            b[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(&mut b, 0, 4, y);
-    put(&mut b, 5, 2, i64::from(m));
-    put(&mut b, 8, 2, i64::from(d));
-    put(&mut b, 11, 2, in_day / 3_600_000);
-    put(&mut b, 14, 2, in_day / 60_000 % 60);
-    put(&mut b, 17, 2, in_day / 1_000 % 60);
-    put(&mut b, 20, 3, in_day % 1_000);
+    put_digits(&mut b, 0, 4, y);
+    put_digits(&mut b, 5, 2, i64::from(m));
+    put_digits(&mut b, 8, 2, i64::from(d));
+    put_time_of_day(&mut b, in_day);
     Some(b)
+}
+
+/// Writes the last `width` decimal digits of `v` (not negative) at `b[at..at + width]`.
+fn put_digits(b: &mut [u8; 24], at: usize, width: usize, mut v: i64) {
+    for i in (at..at + width).rev() {
+        b[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// Writes `HH:MM:SS.mmm` of `in_day` (milliseconds since midnight) into an ISO time's bytes.
+fn put_time_of_day(b: &mut [u8; 24], in_day: i64) {
+    put_digits(b, 11, 2, in_day / 3_600_000);
+    put_digits(b, 14, 2, in_day / 60_000 % 60);
+    put_digits(b, 17, 2, in_day / 1_000 % 60);
+    put_digits(b, 20, 3, in_day % 1_000);
 }
 
 /// [`iso_bytes`] for times that come in runs within a day (the rows of an answer, in bucket
@@ -74,20 +81,9 @@ impl IsoWriter {
                 date
             }
         }?;
-        let in_day = ms.rem_euclid(86_400_000);
         let mut b = *b"0000-00-00T00:00:00.000Z";
         b[..10].copy_from_slice(&date);
-        let two = |b: &mut [u8; 24], at: usize, v: i64| {
-            b[at] = b'0' + (v / 10) as u8;
-            b[at + 1] = b'0' + (v % 10) as u8;
-        };
-        two(&mut b, 11, in_day / 3_600_000);
-        two(&mut b, 14, in_day / 60_000 % 60);
-        two(&mut b, 17, in_day / 1_000 % 60);
-        let milli = in_day % 1_000;
-        b[20] = b'0' + (milli / 100) as u8;
-        b[21] = b'0' + (milli / 10 % 10) as u8;
-        b[22] = b'0' + (milli % 10) as u8;
+        put_time_of_day(&mut b, ms.rem_euclid(86_400_000));
         Some(b)
     }
 }

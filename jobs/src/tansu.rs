@@ -100,15 +100,15 @@ impl LocalTansu {
             })?;
         self.child = Some(child);
         let start = Instant::now();
+        let log_path = self.dir.join("tansu.log");
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            let log = self.dir.join("tansu.log");
             if self.exited() {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
                 let tail: String = text.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
                 bail!(
                     "tansu on port {} exited before it listened (log: {}): {tail}",
                     self.port,
-                    log.display()
+                    log_path.display()
                 );
             }
             // a loaded machine (the test suite on two cores) can take seconds to start it
@@ -116,7 +116,7 @@ impl LocalTansu {
                 bail!(
                     "tansu on port {} did not listen within 30 s (log: {})",
                     self.port,
-                    log.display()
+                    log_path.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
