@@ -19,7 +19,9 @@ use duet_config::codec;
 use duet_config::{DimKey, Row, State, ViewDefinition};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Marked, PartitionKey, Quarantined, SpeedBatch, StateKey, StoreStats, ViewStore};
+use super::{
+    Marked, PartitionKey, Quarantined, Release, SpeedBatch, StateKey, StoreStats, ViewStore,
+};
 use crate::error::{Error, Result};
 
 /// (view, bucket, dims as JSON) → states in the binary encoding ([`duet_config::codec`]).
@@ -138,14 +140,18 @@ impl IdIndex {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Applies a committed write's changes (per id, blocks added minus released).
+    /// Applies a committed write's changes (per id, blocks added minus released). The
+    /// caller has held [`IdIndex::lock_writer`] since the change's counts were read.
     fn apply(&self, change: IdChange) {
         let mut held = self
             .held
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (k, d) in change.by_key {
-            let now = i64::from(held.get(&k).copied().unwrap_or(0)) + d;
+        for (k, c) in change.by_key {
+            if c.delta == 0 {
+                continue;
+            }
+            let now = c.after();
             if now > 0 {
                 held.insert(k, u32::try_from(now).unwrap_or(u32::MAX));
             } else {
@@ -159,32 +165,49 @@ impl IdIndex {
 /// would pad each table entry from 24 to 32 bytes).
 type IdKey = [u64; 2];
 
-/// What one write changes in the [`IdIndex`]: per id, the blocks that hold it added minus
-/// those released.
+/// What one write changes in the [`IdIndex`]: per id, how many blocks held it before the
+/// write and how many the write adds minus releases. The index is read once per id, when the
+/// write first meets it (the one index lookup of a new id until the change is applied).
 #[derive(Default)]
 struct IdChange {
-    by_key: hashbrown::HashMap<IdKey, i64>,
+    by_key: hashbrown::HashMap<IdKey, IdCount>,
+}
+
+/// How many blocks hold one id: before a write, and the write's change.
+#[derive(Debug, Clone, Copy)]
+struct IdCount {
+    before: u32,
+    delta: i64,
+}
+
+impl IdCount {
+    /// How many blocks hold the id once the write is applied.
+    fn after(self) -> i64 {
+        i64::from(self.before) + self.delta
+    }
 }
 
 impl IdChange {
-    /// How many blocks will hold `k` once this change is applied over `held`.
-    fn holds(&self, held: &hashbrown::HashMap<IdKey, u32>, k: IdKey) -> i64 {
-        i64::from(held.get(&k).copied().unwrap_or(0)) + self.by_key.get(&k).copied().unwrap_or(0)
+    /// The count of `k`, its `before` read from `held` when the change first meets it.
+    fn count(&mut self, held: &hashbrown::HashMap<IdKey, u32>, k: IdKey) -> &mut IdCount {
+        self.by_key.entry(k).or_insert_with(|| IdCount {
+            before: held.get(&k).copied().unwrap_or(0),
+            delta: 0,
+        })
     }
 
     /// Records `n` more blocks holding `k`.
-    fn add(&mut self, k: IdKey, n: i64) {
-        *self.by_key.entry(k).or_default() += n;
+    fn add(&mut self, held: &hashbrown::HashMap<IdKey, u32>, k: IdKey, n: i64) {
+        self.count(held, k).delta += n;
     }
 
-    /// The ids this change forgets (held now, held by no block after it) minus those it
+    /// The ids this change forgets (held before, held by no block after it) minus those it
     /// remembers anew.
-    fn forgotten(&self, held: &hashbrown::HashMap<IdKey, u32>) -> i64 {
+    fn forgotten(&self) -> i64 {
         let mut n = 0;
-        for (k, d) in &self.by_key {
-            let before = i64::from(held.get(k).copied().unwrap_or(0));
-            let after = before + d;
-            n += i64::from(before > 0 && after <= 0) - i64::from(before <= 0 && after > 0);
+        for c in self.by_key.values() {
+            let (before, after) = (c.before > 0, c.after() > 0);
+            n += i64::from(before && !after) - i64::from(!before && after);
         }
         n
     }
@@ -344,9 +367,10 @@ fn pack_ids(ids: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// Removes the dedup blocks of `view` whose bucket end is at or before `until`, and records
-/// in `change` the release of every id they held.
+/// in `change` (over the index `held`) the release of every id they held.
 fn release_blocks(
     blocks: &mut redb::Table<(&str, i64, u64), &[u8]>,
+    held: &hashbrown::HashMap<IdKey, u32>,
     change: &mut IdChange,
     view: &str,
     until: i64,
@@ -360,7 +384,7 @@ fn release_blocks(
         .ctx(e)?;
     for ((end, seq), bytes) in found {
         blocks.remove((view, end, seq)).ctx(e)?;
-        for_each_key(&bytes, |k| change.add(k, -1))?;
+        for_each_key(&bytes, |k| change.add(held, k, -1))?;
     }
     Ok(())
 }
@@ -530,10 +554,14 @@ impl EmbeddedStore {
     fn load_ids(&self) -> Result<()> {
         let e = self.err("read dedup ids");
         let tx = self.read_tx("read dedup ids")?;
+        let _writer = self.ids.lock_writer();
         let mut change = IdChange::default();
-        for item in tx.open_table(SEEN_KEYS).ctx(&e)?.iter().ctx(&e)? {
-            let (_, v) = item.ctx(&e)?;
-            for_each_key(v.value(), |k| change.add(k, 1))?;
+        {
+            let held = self.ids.read();
+            for item in tx.open_table(SEEN_KEYS).ctx(&e)?.iter().ctx(&e)? {
+                let (_, v) = item.ctx(&e)?;
+                for_each_key(v.value(), |k| change.add(&held, k, 1))?;
+            }
         }
         self.ids.apply(change);
         Ok(())
@@ -727,6 +755,7 @@ impl EmbeddedStore {
                     .ctx(&e)?;
             }
             // dedup ids: forget what sealed buckets no longer need, then remember the new
+            let held = self.ids.read();
             let mut blocks = tx.open_table(SEEN_KEYS).ctx(&e)?;
             let mut frontiers = tx.open_table(FRONTIERS).ctx(&e)?;
             for (view, until) in &batch.sealed_until {
@@ -737,38 +766,36 @@ impl EmbeddedStore {
                 if *until <= old {
                     continue;
                 }
-                release_blocks(&mut blocks, &mut change, view, *until, &e)?;
+                release_blocks(&mut blocks, &held, &mut change, view, *until, &e)?;
                 frontiers.insert(view.as_str(), *until).ctx(&e)?;
             }
-            let mut frontier_of: HashMap<String, i64> = HashMap::new();
+            // a handful of views: found by a scan
+            let mut frontier_of: Vec<(String, i64)> = Vec::new();
             for item in frontiers.iter().ctx(&e)? {
                 let (k, v) = item.ctx(&e)?;
-                frontier_of.insert(k.value().to_string(), v.value());
+                frontier_of.push((k.value().to_string(), v.value()));
             }
-            let held = self.ids.read();
+            let live = |r: &&Release| {
+                r.bucket_end
+                    > frontier_of
+                        .iter()
+                        .find(|(v, _)| v.as_str() == r.view.as_str())
+                        .map_or(i64::MIN, |(_, f)| *f)
+            };
             let mut groups: BTreeMap<(&str, i64), Vec<IdKey>> = BTreeMap::new();
             for s in batch.parts.values().flat_map(|p| p.seen.iter()) {
-                let live: Vec<_> = s
-                    .releases
-                    .iter()
-                    .filter(|r| {
-                        r.bucket_end
-                            > frontier_of
-                                .get(r.view.as_str())
-                                .copied()
-                                .unwrap_or(i64::MIN)
-                    })
-                    .collect();
-                if live.is_empty() {
+                let n = s.releases.iter().filter(live).count();
+                if n == 0 {
                     continue;
                 }
-                // an id already remembered keeps its blocks
                 let k = self.ids.key(&s.source, &s.id);
-                if change.holds(&held, k) > 0 {
+                let count = change.count(&held, k);
+                // an id already remembered keeps its blocks
+                if count.after() > 0 {
                     continue;
                 }
-                change.add(k, live.len() as i64);
-                for r in live {
+                count.delta += n as i64;
+                for r in s.releases.iter().filter(live) {
                     groups
                         .entry((r.view.as_str(), r.bucket_end))
                         .or_default()
@@ -778,7 +805,7 @@ impl EmbeddedStore {
             for ((view, end), ids) in &groups {
                 append_block(&mut blocks, view, *end, ids, &e)?;
             }
-            let forgotten = change.forgotten(&held);
+            let forgotten = change.forgotten();
             drop(held);
             if forgotten != 0 {
                 counter("seen_ids", -forgotten)?;
@@ -872,8 +899,15 @@ impl EmbeddedStore {
                 views.remove((view, bucket, dims.as_str())).ctx(&e)?;
             }
             let mut blocks = tx.open_table(SEEN_KEYS).ctx(&e)?;
-            release_blocks(&mut blocks, &mut change, view, i64::MAX, &e)?;
-            let forgotten = change.forgotten(&self.ids.read());
+            release_blocks(
+                &mut blocks,
+                &self.ids.read(),
+                &mut change,
+                view,
+                i64::MAX,
+                &e,
+            )?;
+            let forgotten = change.forgotten();
             let mut meta = tx.open_table(META).ctx(&e)?;
             let old = meta.get("seen_ids").ctx(&e)?.map_or(0, |v| v.value());
             meta.insert("seen_ids", old - forgotten).ctx(&e)?;
