@@ -5,6 +5,17 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use duet_config::Config;
+use duet_config::time::iso;
+use duet_lake::Lake;
+
+use duet_jobs::REFERENCE_CONFIG as REFERENCE;
+
 /// mimalloc's `mi_option_purge_delay` (mimalloc v3's option number 15, which
 /// `libmimalloc-sys` 0.1.49 does not name): how long freed memory waits before it is returned
 /// to the OS, in milliseconds, `-1` for never.
@@ -26,17 +37,6 @@ fn keep_freed_memory() {
         libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, -1);
     }
 }
-
-use std::path::PathBuf;
-use std::process::ExitCode;
-
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use duet_config::Config;
-use duet_config::time::iso;
-use duet_lake::Lake;
-
-use duet_jobs::REFERENCE_CONFIG as REFERENCE;
 
 #[derive(Parser)]
 #[command(
