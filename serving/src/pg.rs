@@ -1097,6 +1097,25 @@ mod tests {
 
     const HOUR2: &str = "bucket >= '1970-01-01T01:00:00Z' AND bucket < '1970-01-01T02:00:00Z'";
 
+    /// psql's verbose `\d+ VIEW`, every query it sends: the one of the storage options builds
+    /// an array from a subquery, which DataFusion does not plan (it failed with "Invalid
+    /// function 'array'").
+    #[tokio::test]
+    async fn psql_describes_a_view_verbosely() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, _stop) = server(dir.path()).await;
+        let out = psql(port, "\\d+ gmv").await.unwrap();
+        for c in [
+            "bucket|timestamp with time zone||not null||plain|",
+            "city|text||||extended|",
+            "gmv|numeric||||main|",
+            "_batch_version|bigint||||plain|",
+            "gmv_state|bytea||not null||extended|",
+        ] {
+            assert!(out.contains(c), "{c} missing from {out}");
+        }
+    }
+
     #[tokio::test]
     async fn psql_reads_views_as_tables() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! PostgreSQL functions BI tools' catalog queries call that neither DataFusion nor
 //! `datafusion-postgres` provide: `format`, `col_description`, `to_regclass`, and the cast of a
-//! computed name to `regclass`.
+//! computed name to `regclass`; and the rewrites of what DataFusion cannot plan (see
+//! [`rewrite`]).
 //!
 //! Metabase's field sync describes each column with
 //! `col_description(CAST(CAST(format('%I.%I', table_schema, table_name) AS regclass) AS oid),
@@ -817,6 +818,16 @@ impl Rewrites {
                 let expanded = call(EXPAND_ARRAY, vec![only_arg(f)?.clone()])?;
                 call("unnest", vec![expanded])
             }
+            // psql's `\d+`: `array_to_string(c.reloptions || array(select 'toast.' || x from
+            // unnest(tc.reloptions) x), ', ')`, the relation's storage options as text. The
+            // emulated `pg_class` has no `reloptions` (no view has storage options), and
+            // DataFusion plans no `ARRAY(subquery)`: the text is empty, as PostgreSQL's is for a
+            // relation without options.
+            Expr::Function(f)
+                if named(f, "array_to_string") && names_column(expr, "reloptions") =>
+            {
+                Some(Expr::Value(Value::SingleQuotedString(String::new()).into()))
+            }
             // (composite).field
             Expr::CompoundFieldAccess { root, access_chain } => {
                 let mut out = root.as_ref().clone();
@@ -853,7 +864,10 @@ impl VisitorMut for Rewrites {
 ///   becomes a call of [`REGCLASS_CAST`] (casts of a literal or a column are left alone);
 /// - `information_schema._pg_expandarray(a)` (a set of `(x, n)` rows, one per element, which
 ///   pgjdbc's key queries select) becomes `unnest(`[`EXPAND_ARRAY`]`(a))`;
-/// - a field of a composite, `(expr).field`, becomes `get_field(expr, 'field')`.
+/// - a field of a composite, `(expr).field`, becomes `get_field(expr, 'field')`;
+/// - the text of a relation's storage options that psql's `\d+` selects
+///   (`array_to_string(c.reloptions || array(select …), ', ')`) becomes `''`: the emulated
+///   `pg_class` has no `reloptions`, and no view has storage options.
 pub fn rewrite(statement: &mut Statement) -> usize {
     let mut visitor = Rewrites { rewritten: 0 };
     let _ = statement.visit(&mut visitor);
@@ -875,6 +889,26 @@ pub fn needs_rewrite(statement: &Statement) -> bool {
     }
     let rewrites = Rewrites { rewritten: 0 };
     statement.visit(&mut Finds(&rewrites)).is_break()
+}
+
+/// Whether `expr` reads a column named `column` (any case, qualified or not).
+fn names_column(expr: &Expr, column: &str) -> bool {
+    struct Finds<'a>(&'a str);
+    impl Visitor for Finds<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            let last = match expr {
+                Expr::Identifier(ident) => Some(ident),
+                Expr::CompoundIdentifier(parts) => parts.last(),
+                _ => None,
+            };
+            match last {
+                Some(ident) if ident.value.eq_ignore_ascii_case(self.0) => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    expr.visit(&mut Finds(column)).is_break()
 }
 
 /// Whether the last part of a call's name is `name` (any case).
@@ -989,6 +1023,22 @@ mod tests {
             "SELECT 1 WHERE c.oid = 'x'::pg_catalog.regclass"
         )));
         assert!(!mentions_regclass(&parse("SELECT regclass_col FROM t")));
+    }
+
+    #[test]
+    fn only_the_storage_options_text_is_rewritten() {
+        let mut s = Parser::parse_sql(
+            &PostgreSqlDialect {},
+            "SELECT pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', '), array_to_string(c.names, ',') FROM c",
+        )
+        .unwrap()
+        .remove(0);
+        assert!(needs_rewrite(&s));
+        assert_eq!(rewrite(&mut s), 1);
+        assert_eq!(
+            s.to_string(),
+            "SELECT '', array_to_string(c.names, ',') FROM c"
+        );
     }
 
     proptest! {
