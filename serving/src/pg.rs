@@ -1097,13 +1097,24 @@ mod tests {
 
     const HOUR2: &str = "bucket >= '1970-01-01T01:00:00Z' AND bucket < '1970-01-01T02:00:00Z'";
 
-    /// psql's verbose `\d+ VIEW`, every query it sends: the one of the storage options builds
-    /// an array from a subquery, which DataFusion does not plan (it failed with "Invalid
-    /// function 'array'").
+    /// psql's verbose `\d+ VIEW` and `\dt+`, every query they send: the one of the storage
+    /// options builds an array from a subquery, which DataFusion does not plan (it failed with
+    /// "Invalid function 'array'"), and the list's sizes and descriptions call
+    /// `pg_size_pretty`, `pg_table_size` and `obj_description` ("Invalid function
+    /// 'pg_size_pretty'").
     #[tokio::test]
-    async fn psql_describes_a_view_verbosely() {
+    async fn psql_describes_views_verbosely() {
         let dir = tempfile::tempdir().unwrap();
         let (port, _stop) = server(dir.path()).await;
+        // schema, name, type, owner, persistence; access method, size and description empty
+        assert_eq!(
+            psql(port, "\\dt+").await.unwrap(),
+            "public|buyers|table|postgres|permanent|||\npublic|gmv|table|postgres|permanent|||\n"
+        );
+        assert_eq!(
+            psql(port, "SELECT pg_size_pretty(123456789::bigint), pg_size_pretty(pg_table_size('gmv'::regclass)) IS NULL, obj_description(1, 'pg_class') IS NULL").await.unwrap(),
+            "118 MB|t|t\n"
+        );
         let out = psql(port, "\\d+ gmv").await.unwrap();
         for c in [
             "bucket|timestamp with time zone||not null||plain|",

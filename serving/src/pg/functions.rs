@@ -51,6 +51,16 @@ pub fn functions(oids: &Arc<RelationOids>) -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(Regclass::new("to_regclass", false, oids.clone())),
         ScalarUDF::new_from_impl(Regclass::new(REGCLASS_CAST, true, oids.clone())),
         ScalarUDF::new_from_impl(ExpandArray::new()),
+        ScalarUDF::new_from_impl(SizePretty::new()),
+        // comments: Duet's catalog holds none (a view's description is in `GET /v1/views`)
+        ScalarUDF::new_from_impl(NullOf::new("obj_description", &[1, 2], DataType::Utf8)),
+        ScalarUDF::new_from_impl(NullOf::new("shobj_description", &[2], DataType::Utf8)),
+        // sizes: a view is computed from the speed store and the lake, not kept in a relation
+        // of its own, so its size is unknown
+        ScalarUDF::new_from_impl(NullOf::new("pg_table_size", &[1], DataType::Int64)),
+        ScalarUDF::new_from_impl(NullOf::new("pg_relation_size", &[1, 2], DataType::Int64)),
+        ScalarUDF::new_from_impl(NullOf::new("pg_total_relation_size", &[1], DataType::Int64)),
+        ScalarUDF::new_from_impl(NullOf::new("pg_indexes_size", &[1], DataType::Int64)),
     ]
 }
 
@@ -424,6 +434,132 @@ impl ScalarUDFImpl for ColDescription {
         Ok(ColumnarValue::Array(Arc::new(StringArray::new_null(
             args.number_rows,
         ))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// functions that answer NULL
+
+/// A function of Duet's catalog that answers NULL of type `returns` for any arguments (of the
+/// counts in `arities`): what PostgreSQL answers for an object without a comment, here also for
+/// the size of a relation that has none of its own.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NullOf {
+    name: &'static str,
+    returns: DataType,
+    signature: Signature,
+}
+
+impl NullOf {
+    fn new(name: &'static str, arities: &[usize], returns: DataType) -> NullOf {
+        let signature = Signature::one_of(
+            arities
+                .iter()
+                .map(|n| datafusion::logical_expr::TypeSignature::Any(*n))
+                .collect(),
+            Volatility::Stable,
+        );
+        NullOf {
+            name,
+            returns,
+            signature,
+        }
+    }
+}
+
+impl ScalarUDFImpl for NullOf {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(self.returns.clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Array(
+            datafusion::arrow::array::new_null_array(&self.returns, args.number_rows),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pg_size_pretty
+
+/// `pg_size_pretty(bytes)`: a size as PostgreSQL 15 writes it: bytes below 10 kB, then the
+/// largest of kB, MB, GB, TB and PB that keeps the number below 20 480, rounded half away
+/// from zero.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SizePretty {
+    signature: Signature,
+}
+
+impl SizePretty {
+    fn new() -> SizePretty {
+        SizePretty {
+            signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
+        }
+    }
+}
+
+/// PostgreSQL's `pg_size_pretty(bigint)` (`dbsize.c`, its table of units and its shifts).
+fn size_pretty(bytes: i64) -> String {
+    // name, limit below which it is used, half-rounded, bits of its divisor
+    const UNITS: [(&str, i64, bool, u32); 6] = [
+        ("bytes", 10 * 1024, false, 0),
+        ("kB", 20 * 1024 - 1, true, 10),
+        ("MB", 20 * 1024 - 1, true, 20),
+        ("GB", 20 * 1024 - 1, true, 30),
+        ("TB", 20 * 1024 - 1, true, 40),
+        ("PB", 20 * 1024 - 1, true, 50),
+    ];
+    let half_rounded = |x: i64| (x + if x < 0 { -1 } else { 1 }) / 2;
+    let mut size = bytes;
+    let mut i = 0;
+    loop {
+        let (name, limit, round, bits) = UNITS[i];
+        match UNITS.get(i + 1) {
+            // a larger unit, and this one's limit reached
+            Some(&(_, _, next_round, next_bits)) if size.unsigned_abs() >= limit.unsigned_abs() => {
+                size /= 1i64 << (next_bits - bits - u32::from(next_round) + u32::from(round));
+                i += 1;
+            }
+            _ => {
+                let size = if round { half_rounded(size) } else { size };
+                return format!("{size} {name}");
+            }
+        }
+    }
+}
+
+impl ScalarUDFImpl for SizePretty {
+    fn name(&self) -> &str {
+        "pg_size_pretty"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [bytes] = arrays(&args)?
+            .try_into()
+            .map_err(|_| exec("pg_size_pretty() takes one argument".to_string()))?;
+        let bytes = cast(&bytes, &DataType::Int64)?;
+        let out: StringArray = bytes
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .iter()
+            .map(|b| b.map(size_pretty))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
 
@@ -1023,6 +1159,25 @@ mod tests {
             "SELECT 1 WHERE c.oid = 'x'::pg_catalog.regclass"
         )));
         assert!(!mentions_regclass(&parse("SELECT regclass_col FROM t")));
+    }
+
+    #[test]
+    fn sizes_are_written_as_postgres_writes_them() {
+        // PostgreSQL 15's answers
+        for (bytes, text) in [
+            (0, "0 bytes"),
+            (10_239, "10239 bytes"),
+            (10_240, "10 kB"),
+            (1_048_576, "1024 kB"),
+            (123_456_789, "118 MB"),
+            (-123_456_789, "-118 MB"),
+            (10_737_418_240, "10 GB"),
+            (1_099_511_627_776, "1024 GB"),
+            (i64::MAX, "8192 PB"),
+            (i64::MIN, "-8192 PB"),
+        ] {
+            assert_eq!(size_pretty(bytes), text, "{bytes}");
+        }
     }
 
     #[test]
