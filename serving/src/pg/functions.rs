@@ -47,12 +47,13 @@ pub const EXPAND_ARRAY: &str = "duet_expand_array";
 pub fn functions(oids: &Arc<RelationOids>) -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::new_from_impl(Format::new()),
-        ScalarUDF::new_from_impl(ColDescription::new()),
         ScalarUDF::new_from_impl(Regclass::new("to_regclass", false, oids.clone())),
         ScalarUDF::new_from_impl(Regclass::new(REGCLASS_CAST, true, oids.clone())),
         ScalarUDF::new_from_impl(ExpandArray::new()),
         ScalarUDF::new_from_impl(SizePretty::new()),
-        // comments: Duet's catalog holds none (a view's description is in `GET /v1/views`)
+        // comments: Duet's catalog holds none (a view's description is in `GET /v1/views`),
+        // so they are NULL, as PostgreSQL's are for an object nobody commented on
+        ScalarUDF::new_from_impl(NullOf::new("col_description", &[2], DataType::Utf8)),
         ScalarUDF::new_from_impl(NullOf::new("obj_description", &[1, 2], DataType::Utf8)),
         ScalarUDF::new_from_impl(NullOf::new("shobj_description", &[2], DataType::Utf8)),
         // sizes: a view is computed from the speed store and the lake, not kept in a relation
@@ -395,45 +396,6 @@ pub fn quote_literal(text: &str) -> String {
         format!("E'{}'", quoted.replace('\\', "\\\\"))
     } else {
         format!("'{quoted}'")
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// col_description
-
-/// `col_description(table_oid, column_number)`: a column's comment. Duet's catalog holds no
-/// comments (a view's description is in `GET /v1/views`), so it is NULL, as PostgreSQL's is for
-/// a column nobody commented on.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct ColDescription {
-    signature: Signature,
-}
-
-impl ColDescription {
-    fn new() -> ColDescription {
-        ColDescription {
-            signature: Signature::any(2, Volatility::Stable),
-        }
-    }
-}
-
-impl ScalarUDFImpl for ColDescription {
-    fn name(&self) -> &str {
-        "col_description"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        Ok(ColumnarValue::Array(Arc::new(StringArray::new_null(
-            args.number_rows,
-        ))))
     }
 }
 
