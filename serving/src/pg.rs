@@ -1097,11 +1097,12 @@ mod tests {
 
     const HOUR2: &str = "bucket >= '1970-01-01T01:00:00Z' AND bucket < '1970-01-01T02:00:00Z'";
 
-    /// psql's verbose `\d+ VIEW` and `\dt+`, every query they send: the one of the storage
-    /// options builds an array from a subquery, which DataFusion does not plan (it failed with
-    /// "Invalid function 'array'"), and the list's sizes and descriptions call
+    /// psql's verbose `\d+ VIEW`, `\dt+` and `\dn+`, every query they send: the one of the
+    /// storage options builds an array from a subquery, which DataFusion does not plan (it
+    /// failed with "Invalid function 'array'"); the list's sizes and descriptions call
     /// `pg_size_pretty`, `pg_table_size` and `obj_description` ("Invalid function
-    /// 'pg_size_pretty'").
+    /// 'pg_size_pretty'"); a schema's privileges are `array_to_string` of a column the
+    /// emulation keeps as text (`nspacl`).
     #[tokio::test]
     async fn psql_describes_views_verbosely() {
         let dir = tempfile::tempdir().unwrap();
@@ -1111,6 +1112,8 @@ mod tests {
             psql(port, "\\dt+").await.unwrap(),
             "public|buyers|table|postgres|permanent|||\npublic|gmv|table|postgres|permanent|||\n"
         );
+        // name, owner; no grants, no description
+        assert_eq!(psql(port, "\\dn+").await.unwrap(), "public|postgres||\n");
         assert_eq!(
             psql(port, "SELECT pg_size_pretty(123456789::bigint), pg_size_pretty(pg_table_size('gmv'::regclass)) IS NULL, obj_description(1, 'pg_class') IS NULL").await.unwrap(),
             "118 MB|t|t\n"

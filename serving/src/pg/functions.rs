@@ -879,6 +879,27 @@ fn call(name: &str, args: Vec<Expr>) -> Option<Expr> {
     None
 }
 
+/// The first argument of a call, if it is a plain one.
+fn first_arg(f: &datafusion::sql::sqlparser::ast::Function) -> Option<&Expr> {
+    match &f.args {
+        FunctionArguments::List(list) => match list.args.first()? {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether `expr` is the column `column` (any case, qualified or not).
+fn is_column(expr: &Expr, column: &str) -> bool {
+    let last = match expr {
+        Expr::Identifier(ident) => Some(ident),
+        Expr::CompoundIdentifier(parts) => parts.last(),
+        _ => None,
+    };
+    last.is_some_and(|ident| ident.value.eq_ignore_ascii_case(column))
+}
+
 /// The one argument of a call, if it has exactly one plain argument.
 fn only_arg(f: &datafusion::sql::sqlparser::ast::Function) -> Option<&Expr> {
     match &f.args {
@@ -926,6 +947,13 @@ impl Rewrites {
             {
                 Some(Expr::Value(Value::SingleQuotedString(String::new()).into()))
             }
+            // psql's `\dn+`: `array_to_string(n.nspacl, E'\n')`, a schema's access privileges.
+            // The emulated `pg_namespace` keeps `nspacl` as text (NULL: Duet keeps no grants),
+            // which `array_to_string` does not take: the column is its own text.
+            Expr::Function(f) if named(f, "array_to_string") => {
+                let acl = first_arg(f)?;
+                is_column(acl, "nspacl").then(|| acl.clone())
+            }
             // (composite).field
             Expr::CompoundFieldAccess { root, access_chain } => {
                 let mut out = root.as_ref().clone();
@@ -966,6 +994,8 @@ impl VisitorMut for Rewrites {
 /// - the text of a relation's storage options that psql's `\d+` selects
 ///   (`array_to_string(c.reloptions || array(select …), ', ')`) becomes `''`: the emulated
 ///   `pg_class` has no `reloptions`, and no view has storage options.
+/// - `array_to_string(nspacl, …)` (psql's `\dn+`) becomes `nspacl`, which the emulated
+///   `pg_namespace` keeps as text.
 pub fn rewrite(statement: &mut Statement) -> usize {
     let mut visitor = Rewrites { rewritten: 0 };
     let _ = statement.visit(&mut visitor);
@@ -995,14 +1025,10 @@ fn names_column(expr: &Expr, column: &str) -> bool {
     impl Visitor for Finds<'_> {
         type Break = ();
         fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            let last = match expr {
-                Expr::Identifier(ident) => Some(ident),
-                Expr::CompoundIdentifier(parts) => parts.last(),
-                _ => None,
-            };
-            match last {
-                Some(ident) if ident.value.eq_ignore_ascii_case(self.0) => ControlFlow::Break(()),
-                _ => ControlFlow::Continue(()),
+            if is_column(expr, self.0) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
         }
     }
@@ -1143,7 +1169,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_storage_options_text_is_rewritten() {
+    fn only_the_storage_options_and_schema_privileges_are_rewritten() {
         let mut s = Parser::parse_sql(
             &PostgreSqlDialect {},
             "SELECT pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', '), array_to_string(c.names, ',') FROM c",
@@ -1156,6 +1182,14 @@ mod tests {
             s.to_string(),
             "SELECT '', array_to_string(c.names, ',') FROM c"
         );
+        let mut s = Parser::parse_sql(
+            &PostgreSqlDialect {},
+            "SELECT pg_catalog.array_to_string(n.nspacl, E'\\n') FROM n",
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(rewrite(&mut s), 1);
+        assert_eq!(s.to_string(), "SELECT n.nspacl FROM n");
     }
 
     proptest! {
