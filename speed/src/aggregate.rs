@@ -204,8 +204,13 @@ impl Aggregator {
     }
 
     /// The messages of `decoded` for which `keep` says yes (asked in order), with their
-    /// events.
+    /// events; `decoded` itself, not moved into new lists, when it says yes to all.
     pub fn retain(&self, decoded: Decoded, mut keep: impl FnMut(&Msg) -> bool) -> Decoded {
+        let kept: Vec<bool> = decoded.msgs.iter().map(&mut keep).collect();
+        if kept.iter().all(|k| *k) {
+            return decoded;
+        }
+        let mut kept = kept.into_iter();
         let mut out = Decoded {
             msgs: Vec::with_capacity(decoded.msgs.len()),
             events: Vec::with_capacity(decoded.events.len()),
@@ -213,7 +218,7 @@ impl Aggregator {
         let mut events = decoded.events.into_iter();
         for m in decoded.msgs {
             let n = self.sources_of(&m.topic).len();
-            if keep(&m) {
+            if kept.next().unwrap_or(false) {
                 out.events.extend(events.by_ref().take(n));
                 out.msgs.push(m);
             } else {

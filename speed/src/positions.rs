@@ -10,7 +10,7 @@
 //! (see [`crate::kafka::GroupConsumer::seeks`]): a batch read ahead before a seek is told
 //! apart by the count its read began at.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use crate::kafka::Msg;
 
@@ -37,7 +37,8 @@ pub struct Seek {
 }
 
 /// The owned partitions and their positions, by topic and partition (looked up per message
-/// without allocating).
+/// without allocating, with hashbrown's hasher: topics and partitions are the broker's, not
+/// chosen by whoever writes events).
 #[derive(Debug, Default)]
 pub struct Positions {
     parts: HashMap<String, HashMap<i32, Position>>,
