@@ -903,10 +903,7 @@ fn is_column(expr: &Expr, column: &str) -> bool {
 /// The one argument of a call, if it has exactly one plain argument.
 fn only_arg(f: &datafusion::sql::sqlparser::ast::Function) -> Option<&Expr> {
     match &f.args {
-        FunctionArguments::List(list) if list.args.len() == 1 => match &list.args[0] {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
-            _ => None,
-        },
+        FunctionArguments::List(list) if list.args.len() == 1 => first_arg(f),
         _ => None,
     }
 }
@@ -1004,35 +1001,30 @@ pub fn rewrite(statement: &mut Statement) -> usize {
 
 /// Whether [`rewrite`] would change `statement`.
 pub fn needs_rewrite(statement: &Statement) -> bool {
-    struct Finds<'a>(&'a Rewrites);
-    impl Visitor for Finds<'_> {
+    let rewrites = Rewrites { rewritten: 0 };
+    any_expr(statement, |expr| rewrites.rewrite(expr).is_some())
+}
+
+/// Whether `found` holds for an expression in `node`, itself or one inside it. A walk of its
+/// expressions that stops at the first found: nothing is printed.
+fn any_expr(node: &impl Visit, found: impl FnMut(&Expr) -> bool) -> bool {
+    struct Finds<F>(F);
+    impl<F: FnMut(&Expr) -> bool> Visitor for Finds<F> {
         type Break = ();
         fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            if self.0.rewrite(expr).is_some() {
+            if (self.0)(expr) {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
             }
         }
     }
-    let rewrites = Rewrites { rewritten: 0 };
-    statement.visit(&mut Finds(&rewrites)).is_break()
+    node.visit(&mut Finds(found)).is_break()
 }
 
 /// Whether `expr` reads a column named `column` (any case, qualified or not).
 fn names_column(expr: &Expr, column: &str) -> bool {
-    struct Finds<'a>(&'a str);
-    impl Visitor for Finds<'_> {
-        type Break = ();
-        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            if is_column(expr, self.0) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        }
-    }
-    expr.visit(&mut Finds(column)).is_break()
+    any_expr(expr, |e| is_column(e, column))
 }
 
 /// Whether the last part of a call's name is `name` (any case).
@@ -1046,18 +1038,11 @@ fn named(f: &datafusion::sql::sqlparser::ast::Function, name: &str) -> bool {
 /// Whether `statement` names `regclass` anywhere (a cast to it or a call of `to_regclass`), so
 /// that the oids must be read before it runs. A walk of its expressions: nothing is printed.
 pub fn mentions_regclass(statement: &Statement) -> bool {
-    struct Finds;
-    impl Visitor for Finds {
-        type Break = ();
-        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            match expr {
-                Expr::Cast { data_type, .. } if is_regclass(data_type) => ControlFlow::Break(()),
-                Expr::Function(f) if named(f, "to_regclass") => ControlFlow::Break(()),
-                _ => ControlFlow::Continue(()),
-            }
-        }
-    }
-    statement.visit(&mut Finds).is_break()
+    any_expr(statement, |expr| match expr {
+        Expr::Cast { data_type, .. } => is_regclass(data_type),
+        Expr::Function(f) => named(f, "to_regclass"),
+        _ => false,
+    })
 }
 
 #[cfg(test)]
