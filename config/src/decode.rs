@@ -6,12 +6,17 @@
 //! raw text: decimals and integers are parsed exactly from their digits, never through a
 //! float, so `12345678901234567890.12` stays exact; floats must be finite. When several
 //! declared fields are wrong, the first by name is reported.
+//!
+//! A [`Keep`] from [`Source::keep`] or [`Source::keep_all`] carries the source's fields
+//! compiled for a fast path (`decode_plan`), which takes valid events as they come and hands
+//! anything else to the full decoder here, so both decide every event alike.
 
 use std::collections::BTreeMap;
 
 use compact_str::CompactString;
 use serde_json::value::RawValue;
 
+use crate::decode_plan::ObjectPlan;
 use crate::types::{FieldMap, FieldType, Value, parse_decimal, same_name};
 use crate::view::{Event, Source};
 
@@ -95,7 +100,7 @@ fn is_number(raw: &str) -> bool {
 /// Where a value sits in the event (`items[2].productId`), built as text only when a problem
 /// is reported: decoding a valid event formats no paths.
 #[derive(Debug, Clone, Copy)]
-enum Path<'a> {
+pub(crate) enum Path<'a> {
     /// A declared top-level field.
     Field(&'a str),
     /// A member of a struct.
@@ -115,7 +120,11 @@ impl std::fmt::Display for Path<'_> {
 }
 
 /// A scalar's JSON text (a number's digits, a string's quoted text), decoded as type `t`.
-fn decode_scalar(path: &Path<'_>, t: &FieldType, text: &str) -> Result<Value, DecodeError> {
+pub(crate) fn decode_scalar(
+    path: &Path<'_>,
+    t: &FieldType,
+    text: &str,
+) -> Result<Value, DecodeError> {
     let mismatch = || DecodeError::Type {
         path: path.to_string(),
         expected: t.to_string(),
@@ -188,6 +197,9 @@ pub struct Keep {
     all: bool,
     /// Members of a struct (or of an array's struct elements) to keep.
     members: BTreeMap<String, Keep>,
+    /// The source's fields compiled with this, for the fast path (set by [`Source::keep`]
+    /// on the top level only).
+    plan: Option<std::sync::Arc<ObjectPlan>>,
 }
 
 impl Keep {
@@ -196,6 +208,7 @@ impl Keep {
         Keep {
             all: true,
             members: BTreeMap::new(),
+            plan: None,
         }
     }
 
@@ -221,8 +234,22 @@ impl Keep {
         Some(k)
     }
 
+    /// The same, without the compiled plan: decoded by the full decoder only.
+    #[cfg(test)]
+    fn without_plan(&self) -> Keep {
+        Keep {
+            plan: None,
+            ..self.clone()
+        }
+    }
+
+    /// Whether the whole value is kept.
+    pub(crate) fn is_all(&self) -> bool {
+        self.all
+    }
+
     /// How many values of an object of `declared` fields are kept at most.
-    fn capacity(&self, declared: usize) -> usize {
+    pub(crate) fn capacity(&self, declared: usize) -> usize {
         if self.all {
             declared
         } else {
@@ -230,7 +257,8 @@ impl Keep {
         }
     }
 
-    fn member(&self, name: &str) -> Option<&Keep> {
+    /// What is kept of member `name` (`None`: nothing, it is only checked).
+    pub(crate) fn member(&self, name: &str) -> Option<&Keep> {
         if self.all {
             Some(self)
         } else {
@@ -551,7 +579,7 @@ fn read_object<'de, 'f, A: serde::de::MapAccess<'de>>(
 
 /// A JSON string: borrowed from the text unless it holds escapes. (Serde's own `Cow<str>`
 /// always copies: a member name cost an allocation.)
-struct Text<'de>(std::borrow::Cow<'de, str>);
+pub(crate) struct Text<'de>(pub(crate) std::borrow::Cow<'de, str>);
 
 impl<'de> serde::Deserialize<'de> for Text<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -638,12 +666,20 @@ impl Source {
         Ok(e)
     }
 
+    /// [`Keep::all`] compiled for this source: [`Source::decode_keeping`] with it decodes as
+    /// [`Source::decode_at`] does, on the fast path (for a caller that decodes many events).
+    pub fn keep_all(&self) -> Keep {
+        let mut k = Keep::all();
+        k.plan = Some(std::sync::Arc::new(ObjectPlan::source(&self.fields, &k)));
+        k
+    }
+
     /// Decodes one message value into an event, or says why it is refused.
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
         self.decode_with(bytes, &Keep::all())
     }
 
-    /// What to keep for `views` (of this source): the values they read, and what decoding
+    /// What to keep for `views` (of this source), compiled for the fast path: the values they read, and what decoding
     /// itself reads (id, time, required fields, check). An exploded array is kept with only
     /// the members of its elements that are read.
     pub fn keep<'v>(&self, views: impl IntoIterator<Item = &'v crate::view::ViewSpec>) -> Keep {
@@ -665,6 +701,7 @@ impl Source {
                 k.path(p);
             }
         }
+        k.plan = Some(std::sync::Arc::new(ObjectPlan::source(&self.fields, &k)));
         k
     }
 
@@ -705,6 +742,14 @@ impl Source {
             .find(|b| !b.is_ascii_whitespace())
             .copied()
             .unwrap_or(b' ');
+        // the fast path, when it takes the event as it comes
+        if let Some(fields) = keep
+            .plan
+            .as_deref()
+            .and_then(|plan| plan.decode(std::str::from_utf8(bytes).ok()?))
+        {
+            return self.finish(fields);
+        }
         let problem = std::cell::RefCell::new(None);
         let visitor = Fields {
             fields: &self.fields,
@@ -717,7 +762,7 @@ impl Source {
             Ok(text) => parse_object(&mut serde_json::Deserializer::from_str(text), visitor),
             Err(_) => parse_object(&mut serde_json::Deserializer::from_slice(bytes), visitor),
         };
-        let mut fields = match parsed {
+        let mut fields: FieldMap = match parsed {
             Ok(f) => f,
             Err(e) => {
                 if let Some((_, reason)) = problem.into_inner() {
@@ -738,6 +783,12 @@ impl Source {
         if keep.all {
             fields.fill_absent(self.fields.keys());
         }
+        self.finish(fields)
+    }
+
+    /// The event of decoded `fields`, or why it is refused: its required fields, time, id and
+    /// check.
+    fn finish(&self, fields: FieldMap) -> Result<Event, DecodeError> {
         let event = Event {
             id: String::new(),
             time_ms: 0,
@@ -1087,6 +1138,174 @@ mod tests {
                 proptest::prop_assert!(!e.id.is_empty());
             }
         }
+    }
+
+    /// A source with a field of every type and a view that reads part of them: the fast
+    /// path's test.
+    const EVERY_TYPE: &str = r#"
+            [[sources]]
+            name = "s"
+            topic = "s"
+            event_id = ["id", "u"]
+            event_time = "t"
+            required = ["u"]
+            check = "amount > 0"
+            fields = { id = "string", t = "int", u = "string", flag = "bool", ratio = "float",
+                       amount = "decimal(2)", address = "struct<city: string, zip: int>",
+                       items = "array<struct<productId: string, quantity: int>>",
+                       tags = "array<string>" }
+
+            [[views]]
+            name = "v"
+            source = "s"
+            explode = "items"
+            bucket = "1m"
+            dimensions = ["address.city"]
+            measures = [{ name = "units", kind = "sum", field = "items.quantity" }]
+"#;
+
+    /// Objects close to valid events of [`EVERY_TYPE`]: each field absent, of its type, or
+    /// any of [`jsonish`]'s values; names sometimes escaped or given twice; undeclared
+    /// members; members in any order.
+    fn near_events() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let string = || {
+            prop_oneof![
+                4 => "\"[a-z_]{0,30}\"",
+                1 => Just("\"\\u00e9\\n\"".to_string()),
+                1 => Just("null".to_string())
+            ]
+        };
+        let int = || {
+            prop_oneof![
+                4 => (1i64..4_000_000_000_000).prop_map(|i| i.to_string()),
+                1 => Just("3.0".to_string()),
+                1 => Just("-0".to_string()),
+                1 => Just("null".to_string())
+            ]
+        };
+        let struct_of = |members: Vec<(&'static str, BoxedStrategy<String>)>| {
+            let parts: Vec<_> = members
+                .into_iter()
+                .map(|(k, v)| {
+                    proptest::option::of(v).prop_map(move |v| v.map(|v| format!("\"{k}\":{v}")))
+                })
+                .collect();
+            parts.prop_map(|p| {
+                format!(
+                    "{{{}}}",
+                    p.into_iter().flatten().collect::<Vec<_>>().join(",")
+                )
+            })
+        };
+        let item = struct_of(vec![
+            ("productId", string().boxed()),
+            ("quantity", int().boxed()),
+            ("x", jsonish().boxed()),
+        ]);
+        let fields: Vec<(&'static str, BoxedStrategy<String>)> = vec![
+            ("id", string().boxed()),
+            ("t", int().boxed()),
+            ("u", string().boxed()),
+            (
+                "flag",
+                prop_oneof![Just("true".to_string()), Just("false".to_string())].boxed(),
+            ),
+            ("ratio", any::<f64>().prop_map(|f| format!("{f:e}")).boxed()),
+            (
+                "amount",
+                prop_oneof!["[0-9]{1,6}(\\.[0-9]{0,3})?", Just("\"12.50\"".to_string())].boxed(),
+            ),
+            (
+                "address",
+                struct_of(vec![("city", string().boxed()), ("zip", int().boxed())]).boxed(),
+            ),
+            (
+                "items",
+                proptest::collection::vec(item, 0..3)
+                    .prop_map(|v| format!("[{}]", v.join(",")))
+                    .boxed(),
+            ),
+            (
+                "tags",
+                proptest::collection::vec(string(), 0..3)
+                    .prop_map(|v| format!("[{}]", v.join(",")))
+                    .boxed(),
+            ),
+        ];
+        let members: Vec<_> = fields
+            .into_iter()
+            .map(|(k, v)| {
+                // absent, of its type (most often), or anything
+                let value = prop_oneof![1 => Just(None), 6 => v.prop_map(Some), 1 => jsonish().prop_map(Some)];
+                let name = prop_oneof![4 => Just(k.to_string()), 1 => Just(format!("\\u{:04x}{}", u32::from(k.as_bytes()[0]), &k[1..]))];
+                (name, value).prop_map(|(n, v)| v.map(|v| format!("\"{n}\":{v}")))
+            })
+            .collect();
+        (
+            members,
+            proptest::option::of(jsonish()),
+            any::<proptest::sample::Index>(),
+            any::<bool>(),
+        )
+            .prop_map(|(m, extra, at, twice)| {
+                let mut m: Vec<String> = m.into_iter().flatten().collect();
+                if let Some(x) = extra {
+                    m.insert(at.index(m.len() + 1), format!("\"zz\":{x}"));
+                }
+                if twice && !m.is_empty() {
+                    let again = m[at.index(m.len())].clone();
+                    m.push(again);
+                }
+                let turn = at.index(m.len().max(1)).min(m.len());
+                m.rotate_left(turn);
+                format!("{{{}}}", m.join(","))
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// The fast path decides every event as the full decoder does: the same event, its
+        /// fields in the same order, or the same reason; for what a view keeps and for
+        /// everything.
+        #[test]
+        fn the_fast_path_decodes_as_the_full_decoder(text in near_events(), produced in 0i64..8_000_000_000_000) {
+            let cfg = Config::from_toml_str(EVERY_TYPE, "t.toml".as_ref()).unwrap();
+            let s = &cfg.sources[0];
+            for keep in [s.keep([&cfg.views[0]]), s.keep_all()] {
+                let fast = s.decode_keeping(text.as_bytes(), produced, &keep);
+                let full = s.decode_keeping(text.as_bytes(), produced, &keep.without_plan());
+                proptest::prop_assert_eq!(&fast, &full);
+                if let (Ok(a), Ok(b)) = (&fast, &full) {
+                    let order = |e: &Event| format!("{:?}", e.fields.iter().collect::<Vec<_>>());
+                    proptest::prop_assert_eq!(order(a), order(b));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn valid_events_take_the_fast_path() {
+        let cfg = Config::from_toml_str(EVERY_TYPE, "t.toml".as_ref()).unwrap();
+        let s = &cfg.sources[0];
+        let text = r#"{"id":"e\u0031","t":60000,"u":"u","flag":true,"ratio":0.5,"amount":"12.50",
+            "address":{"city":"Hangzhou","zip":310000},"items":[{"productId":"p","quantity":2},null],
+            "tags":["a"],"zz":[1,{"a":null}]}"#;
+        for keep in [s.keep([&cfg.views[0]]), s.keep_all()] {
+            let plan = keep.plan.as_deref().unwrap();
+            let fields = plan
+                .decode(text)
+                .expect("the fast path takes a valid event");
+            let e = s.decode_keeping(text.as_bytes(), 60_000, &keep).unwrap();
+            assert_eq!(e.fields, fields);
+            assert_eq!(e.id, "e1|u");
+            assert_eq!(e.get("address.city"), &Value::Str("Hangzhou".into()));
+        }
+        // an integer written as a float is the full decoder's to read
+        let float_int = text.replace("60000", "6e4");
+        assert!(s.keep_all().plan.unwrap().decode(&float_int).is_none());
+        assert_eq!(s.decode(float_int.as_bytes()).unwrap().time_ms, 60_000);
     }
 
     #[test]

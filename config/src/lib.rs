@@ -22,6 +22,7 @@
 
 pub mod codec;
 pub mod decode;
+mod decode_plan;
 pub mod duration;
 pub mod error;
 pub mod filter;

@@ -30,6 +30,8 @@ pub fn group(cfg: &Config) -> String {
 /// per partition, and the ledger (to mark late events).
 pub struct Sink {
     cfg: std::sync::Arc<Config>,
+    /// Per source (in config order), every field compiled for decoding.
+    keep: Vec<duet_config::decode::Keep>,
     lake: Lake,
     writers: HashMap<String, RawWriter>,
     clocks: HashMap<String, Watermarks>,
@@ -72,6 +74,7 @@ impl Sink {
             }
         }
         Ok(Sink {
+            keep: cfg.sources.iter().map(|s| s.keep_all()).collect(),
             cfg,
             lake: lake.clone(),
             writers,
@@ -98,8 +101,11 @@ impl Sink {
         for m in msgs {
             self.next
                 .insert((m.topic.clone(), m.partition), m.offset + 1);
-            for s in self.cfg.sources.iter().filter(|s| s.topic == m.topic) {
-                let decoded = s.decode_at(&m.payload, m.produced_ms(now));
+            for (s, keep) in self.cfg.sources.iter().zip(&self.keep) {
+                if s.topic != m.topic {
+                    continue;
+                }
+                let decoded = s.decode_keeping(&m.payload, m.produced_ms(now), keep);
                 if let Some(c) = self.clocks.get_mut(&s.name) {
                     c.observe(m.partition, decoded.as_ref().ok().map(|e| e.time_ms), now);
                 }
