@@ -33,7 +33,7 @@ pub(crate) struct ObjectPlan {
 /// One declared member: its name, how its value is read, and whether it is kept.
 #[derive(Debug, Clone, PartialEq)]
 struct Member {
-    name: String,
+    name: CompactString,
     value: ValuePlan,
 }
 
@@ -69,7 +69,7 @@ impl ObjectPlan {
         ObjectPlan {
             members: fields
                 .map(|(name, t)| Member {
-                    name: name.clone(),
+                    name: CompactString::new(name),
                     value: ValuePlan::of(t, keep.member(name)),
                 })
                 .collect(),
@@ -148,7 +148,7 @@ impl<'de> Visitor<'de> for Object<'_> {
             match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
                 Some(b) if kept_so_far & b == 0 => {
                     kept_so_far |= b;
-                    out.push_new(&member.name, v);
+                    out.push_new_named(&member.name, v);
                 }
                 _ => out.insert(&member.name, v),
             }

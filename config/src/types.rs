@@ -600,9 +600,17 @@ impl FieldMap {
         self.0.push((CompactString::new(name), value));
     }
 
+    /// [`FieldMap::push_new`] with the name as a [`CompactString`] already (a copy of an
+    /// inline name, not built again from its text).
+    pub(crate) fn push_new_named(&mut self, name: &CompactString, value: Value) {
+        debug_assert!(!self.contains_key(name), "field {name} is there already");
+        self.0.push((name.clone(), value));
+    }
+
     /// Adds each of `names` not there yet, as `Null` (one scan for each name).
-    pub fn fill_absent<'n>(&mut self, names: impl IntoIterator<Item = &'n String>) {
+    pub fn fill_absent(&mut self, names: impl IntoIterator<Item = impl AsRef<str>>) {
         for name in names {
+            let name = name.as_ref();
             if !self.contains_key(name) {
                 self.0.push((CompactString::new(name), Value::Null));
             }
