@@ -291,7 +291,7 @@ impl Aggregator {
             .collect();
         for (part, reader, ev) in events {
             let delta_part = if per_partition { part } else { merged_into };
-            let mut releases = Vec::new();
+            let mut releases = smallvec::SmallVec::new();
             let mut late = false;
             for &vi in &reader.views {
                 let view = &self.views[vi];

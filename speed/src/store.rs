@@ -58,8 +58,10 @@ pub struct SeenId {
     pub source: CompactString,
     /// Event id.
     pub id: String,
-    /// Per view, the end of the latest bucket it contributed to.
-    pub releases: Vec<Release>,
+    /// Per view, the end of the latest bucket it contributed to (up to two kept inline: an
+    /// event counts in a few views, and a list allocated per event cost more to build, read on
+    /// the commit's thread and free there than the rest of its dedup bookkeeping).
+    pub releases: smallvec::SmallVec<[Release; 2]>,
 }
 
 /// What one consumer batch changes in one Kafka partition: the deltas of the events read
