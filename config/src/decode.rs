@@ -790,7 +790,7 @@ impl Source {
     /// check.
     fn finish(&self, fields: FieldMap) -> Result<Event, DecodeError> {
         let event = Event {
-            id: String::new(),
+            id: CompactString::default(),
             time_ms: 0,
             fields,
         };
@@ -816,8 +816,7 @@ impl Source {
             .map(|f| event.get(f).key_str().unwrap_or_default());
         let mut id = keys
             .next()
-            .map(std::borrow::Cow::into_owned)
-            .unwrap_or_default();
+            .map_or_else(CompactString::default, |k| CompactString::new(&k));
         for k in keys {
             id.push('|');
             id.push_str(&k);

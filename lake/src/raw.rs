@@ -201,7 +201,7 @@ impl RawWriter {
     fn row(&self, r: &RawRecord) -> J {
         let mut m = Map::new();
         let (date, hour) = partition_values(r.event.time_ms);
-        m.insert("_event_id".into(), J::from(r.event.id.clone()));
+        m.insert("_event_id".into(), J::from(r.event.id.as_str()));
         m.insert("_event_time".into(), J::from(r.event.time_ms * 1000));
         m.insert("_partition".into(), J::from(r.partition));
         m.insert("_offset".into(), J::from(r.offset));

@@ -80,7 +80,7 @@ pub struct BatchStats {
 }
 
 /// Event ids of batches not committed yet, per source: the next batch counts them as seen.
-pub type PendingIds = hashbrown::HashMap<String, hashbrown::HashSet<String>>;
+pub type PendingIds = hashbrown::HashMap<String, hashbrown::HashSet<CompactString>>;
 
 /// The ids `batch` remembers, per source.
 pub fn pending_ids(batch: &SpeedBatch) -> PendingIds {

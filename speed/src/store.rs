@@ -56,8 +56,8 @@ pub struct Release {
 pub struct SeenId {
     /// Source name (kept inline up to 24 bytes).
     pub source: CompactString,
-    /// Event id.
-    pub id: String,
+    /// Event id (up to 24 bytes kept inline).
+    pub id: CompactString,
     /// Per view, the end of the latest bucket it contributed to (up to two kept inline: an
     /// event counts in a few views, and a list allocated per event cost more to build, read on
     /// the commit's thread and free there than the rest of its dedup bookkeeping).
