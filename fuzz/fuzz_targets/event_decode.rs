@@ -1,5 +1,6 @@
 //! Any bytes as an event of the reference deployment's sources: an event whose view
-//! contributions can be computed, or a reason; never a panic.
+//! contributions can be computed, or a reason; never a panic; and the same answer from the
+//! decoder's fast path as from the full decoder.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -18,7 +19,11 @@ fn config() -> &'static duet_config::Config {
 libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
     let cfg = config();
     for s in &cfg.sources {
-        if let Ok(e) = s.decode_at(bytes, 1_800_000_000_000) {
+        let full = s.decode_at(bytes, 1_800_000_000_000);
+        // the fast path decides as the full decoder does
+        let fast = s.decode_keeping(bytes, 1_800_000_000_000, &s.keep_all());
+        assert_eq!(fast, full, "the fast path decoded differently");
+        if let Ok(e) = full {
             for v in cfg.views.iter().filter(|v| v.source == s.name) {
                 for c in v.contributions(&e) {
                     let _ = v.render(&c.states);
