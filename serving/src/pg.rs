@@ -1114,6 +1114,9 @@ mod tests {
         );
         // name, owner; no grants, no description
         assert_eq!(psql(port, "\\dn+").await.unwrap(), "public|postgres||\n");
+        // no types of Duet's own: the list is empty, not an error
+        assert_eq!(psql(port, "\\dT").await.unwrap(), "");
+        assert_eq!(psql(port, "\\df").await.unwrap(), "");
         assert_eq!(
             psql(port, "SELECT pg_size_pretty(123456789::bigint), pg_size_pretty(pg_table_size('gmv'::regclass)) IS NULL, obj_description(1, 'pg_class') IS NULL").await.unwrap(),
             "118 MB|t|t\n"

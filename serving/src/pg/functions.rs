@@ -22,15 +22,16 @@ use datafusion::arrow::array::{
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Int32Type};
-use datafusion::common::{DataFusionError, Result};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
-    AccessExpr, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectNamePart, Statement,
-    Value, Visit, VisitMut, Visitor, VisitorMut,
+    AccessExpr, BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
+    ObjectNamePart, Query, SelectItem, SetExpr, Statement, Value, Visit, VisitMut, Visitor,
+    VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -53,15 +54,42 @@ pub fn functions(oids: &Arc<RelationOids>) -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(SizePretty::new()),
         // comments: Duet's catalog holds none (a view's description is in `GET /v1/views`),
         // so they are NULL, as PostgreSQL's are for an object nobody commented on
-        ScalarUDF::new_from_impl(NullOf::new("col_description", &[2], DataType::Utf8)),
-        ScalarUDF::new_from_impl(NullOf::new("obj_description", &[1, 2], DataType::Utf8)),
-        ScalarUDF::new_from_impl(NullOf::new("shobj_description", &[2], DataType::Utf8)),
+        ScalarUDF::new_from_impl(Constant::null("col_description", &[2], DataType::Utf8)),
+        ScalarUDF::new_from_impl(Constant::null("obj_description", &[1, 2], DataType::Utf8)),
+        ScalarUDF::new_from_impl(Constant::null("shobj_description", &[2], DataType::Utf8)),
         // sizes: a view is computed from the speed store and the lake, not kept in a relation
         // of its own, so its size is unknown
-        ScalarUDF::new_from_impl(NullOf::new("pg_table_size", &[1], DataType::Int64)),
-        ScalarUDF::new_from_impl(NullOf::new("pg_relation_size", &[1, 2], DataType::Int64)),
-        ScalarUDF::new_from_impl(NullOf::new("pg_total_relation_size", &[1], DataType::Int64)),
-        ScalarUDF::new_from_impl(NullOf::new("pg_indexes_size", &[1], DataType::Int64)),
+        ScalarUDF::new_from_impl(Constant::null("pg_table_size", &[1], DataType::Int64)),
+        ScalarUDF::new_from_impl(Constant::null("pg_relation_size", &[1, 2], DataType::Int64)),
+        ScalarUDF::new_from_impl(Constant::null(
+            "pg_total_relation_size",
+            &[1],
+            DataType::Int64,
+        )),
+        ScalarUDF::new_from_impl(Constant::null("pg_indexes_size", &[1], DataType::Int64)),
+        // every type is on the search path: the emulated catalog has one schema besides
+        // `pg_catalog` and `information_schema` (psql's `\dT` asks)
+        ScalarUDF::new_from_impl(Constant::new(
+            "pg_type_is_visible",
+            &[1],
+            ScalarValue::Boolean(Some(true)),
+        )),
+        ScalarUDF::new_from_impl(Constant::new(
+            "pg_function_is_visible",
+            &[1],
+            ScalarValue::Boolean(Some(true)),
+        )),
+        // a function's signature as text (psql's `\df`): the emulated `pg_proc` keeps none
+        ScalarUDF::new_from_impl(Constant::null(
+            "pg_get_function_result",
+            &[1],
+            DataType::Utf8,
+        )),
+        ScalarUDF::new_from_impl(Constant::null(
+            "pg_get_function_arguments",
+            &[1],
+            DataType::Utf8,
+        )),
     ]
 }
 
@@ -400,20 +428,21 @@ pub fn quote_literal(text: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// functions that answer NULL
+// functions that answer a constant
 
-/// A function of Duet's catalog that answers NULL of type `returns` for any arguments (of the
-/// counts in `arities`): what PostgreSQL answers for an object without a comment, here also for
-/// the size of a relation that has none of its own.
+/// A function of Duet's catalog that answers `value` for any arguments (of the counts in
+/// `arities`): NULL for an object's comment, as PostgreSQL answers for an object nobody
+/// commented on, and for the size of a relation that has none of its own; true for whether a
+/// type is visible.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct NullOf {
+struct Constant {
     name: &'static str,
-    returns: DataType,
+    value: ScalarValue,
     signature: Signature,
 }
 
-impl NullOf {
-    fn new(name: &'static str, arities: &[usize], returns: DataType) -> NullOf {
+impl Constant {
+    fn new(name: &'static str, arities: &[usize], value: ScalarValue) -> Constant {
         let signature = Signature::one_of(
             arities
                 .iter()
@@ -421,15 +450,21 @@ impl NullOf {
                 .collect(),
             Volatility::Stable,
         );
-        NullOf {
+        Constant {
             name,
-            returns,
+            value,
             signature,
         }
     }
+
+    /// The function that answers NULL of type `returns`.
+    fn null(name: &'static str, arities: &[usize], returns: DataType) -> Constant {
+        let value = ScalarValue::try_from(&returns).unwrap_or(ScalarValue::Null);
+        Constant::new(name, arities, value)
+    }
 }
 
-impl ScalarUDFImpl for NullOf {
+impl ScalarUDFImpl for Constant {
     fn name(&self) -> &str {
         self.name
     }
@@ -439,12 +474,12 @@ impl ScalarUDFImpl for NullOf {
     }
 
     fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(self.returns.clone())
+        Ok(self.value.data_type())
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         Ok(ColumnarValue::Array(
-            datafusion::arrow::array::new_null_array(&self.returns, args.number_rows),
+            self.value.to_array_of_size(args.number_rows)?,
         ))
     }
 }
@@ -972,6 +1007,15 @@ impl Rewrites {
 impl VisitorMut for Rewrites {
     type Break = ();
 
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let SetExpr::Select(select) = query.body.as_mut()
+            && let Some(condition) = &mut select.selection
+        {
+            self.rewritten += exists_in_condition(condition);
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         if let Some(new) = self.rewrite(expr) {
             *expr = new;
@@ -979,6 +1023,131 @@ impl VisitorMut for Rewrites {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// The terms of a WHERE clause's ANDs and ORs (through parentheses): where NULL and false
+/// reject a row alike.
+fn where_terms<'e>(condition: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match condition {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And | BinaryOperator::Or,
+            right,
+        } => {
+            where_terms(left, out);
+            where_terms(right, out);
+        }
+        Expr::Nested(inner) => where_terms(inner, out),
+        term => out.push(term),
+    }
+}
+
+/// Rewrites each scalar subquery among a WHERE clause's terms ([`where_terms`]) that
+/// [`as_exists`] takes; returns how many.
+fn exists_in_condition(condition: &mut Expr) -> usize {
+    match condition {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And | BinaryOperator::Or,
+            right,
+        } => exists_in_condition(left) + exists_in_condition(right),
+        Expr::Nested(inner) => exists_in_condition(inner),
+        Expr::Subquery(query) => match as_exists(query) {
+            Some(exists) => {
+                *condition = exists;
+                1
+            }
+            None => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// A scalar subquery that selects one comparison, `(SELECT c.relkind = 'c' FROM pg_class c
+/// WHERE c.oid = t.typrelid)` (psql's `\dT`, pgcli's type list), as the correlated `EXISTS
+/// (SELECT 1 FROM pg_class c WHERE (c.oid = t.typrelid) AND (c.relkind = 'c'))`, which
+/// DataFusion plans. As a term of a WHERE clause the two are the same: the subquery is true
+/// where a row's comparison is true, and otherwise false or NULL, which reject a row alike
+/// (PostgreSQL would refuse a subquery that finds two rows; this takes it). `None` for a
+/// subquery of any other shape: grouped, aggregated, ordered or limited, or calling a
+/// function.
+fn as_exists(query: &Query) -> Option<Expr> {
+    if query.with.is_some()
+        || query.order_by.is_some()
+        || query.limit_clause.is_some()
+        || query.fetch.is_some()
+    {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let [
+        SelectItem::UnnamedExpr(comparison)
+        | SelectItem::ExprWithAlias {
+            expr: comparison, ..
+        },
+    ] = select.projection.as_slice()
+    else {
+        return None;
+    };
+    let compares = matches!(
+        comparison,
+        Expr::BinaryOp {
+            op: BinaryOperator::Eq
+                | BinaryOperator::NotEq
+                | BinaryOperator::Lt
+                | BinaryOperator::LtEq
+                | BinaryOperator::Gt
+                | BinaryOperator::GtEq,
+            ..
+        }
+    );
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(by, with) if by.is_empty() && with.is_empty());
+    if !compares
+        || grouped
+        || select.having.is_some()
+        || select.distinct.is_some()
+        || select.qualify.is_some()
+        || any_expr(comparison, |e| {
+            matches!(e, Expr::Function(_) | Expr::Subquery(_))
+        })
+    {
+        return None;
+    }
+    let mut exists = select.clone();
+    exists.projection = vec![SelectItem::UnnamedExpr(Expr::Value(
+        Value::Number("1".into(), false).into(),
+    ))];
+    let comparison = Expr::Nested(Box::new(comparison.clone()));
+    exists.selection = Some(match exists.selection.take() {
+        Some(filter) => Expr::BinaryOp {
+            left: Box::new(Expr::Nested(Box::new(filter))),
+            op: BinaryOperator::And,
+            right: Box::new(comparison),
+        },
+        None => comparison,
+    });
+    let mut subquery = query.clone();
+    subquery.body = Box::new(SetExpr::Select(exists));
+    Some(Expr::Exists {
+        subquery: Box::new(subquery),
+        negated: false,
+    })
+}
+
+/// Whether a query's WHERE clause has a term that [`as_exists`] takes.
+fn has_exists_to_write(query: &Query) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    let mut terms = Vec::new();
+    if let Some(condition) = &select.selection {
+        where_terms(condition, &mut terms);
+    }
+    terms
+        .into_iter()
+        .any(|t| matches!(t, Expr::Subquery(q) if as_exists(q).is_some()))
 }
 
 /// Rewrites in `statement` what DataFusion cannot plan into calls it can, and returns how many
@@ -993,6 +1162,8 @@ impl VisitorMut for Rewrites {
 ///   `pg_class` has no `reloptions`, and no view has storage options.
 /// - `array_to_string(nspacl, …)` (psql's `\dn+`) becomes `nspacl`, which the emulated
 ///   `pg_namespace` keeps as text.
+/// - a scalar subquery that selects one comparison, as a term of a WHERE clause's ANDs and
+///   ORs, becomes a correlated `EXISTS` ([`as_exists`]; psql's `\dT`).
 pub fn rewrite(statement: &mut Statement) -> usize {
     let mut visitor = Rewrites { rewritten: 0 };
     let _ = statement.visit(&mut visitor);
@@ -1001,8 +1172,20 @@ pub fn rewrite(statement: &mut Statement) -> usize {
 
 /// Whether [`rewrite`] would change `statement`.
 pub fn needs_rewrite(statement: &Statement) -> bool {
+    struct Queries;
+    impl Visitor for Queries {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            if has_exists_to_write(query) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+    }
     let rewrites = Rewrites { rewritten: 0 };
-    any_expr(statement, |expr| rewrites.rewrite(expr).is_some())
+    statement.visit(&mut Queries).is_break()
+        || any_expr(statement, |expr| rewrites.rewrite(expr).is_some())
 }
 
 /// Whether `found` holds for an expression in `node`, itself or one inside it. A walk of its
@@ -1175,6 +1358,38 @@ mod tests {
         .remove(0);
         assert_eq!(rewrite(&mut s), 1);
         assert_eq!(s.to_string(), "SELECT n.nspacl FROM n");
+    }
+
+    #[test]
+    fn a_comparing_subquery_in_a_where_clause_becomes_exists() {
+        let parse = |sql: &str| {
+            Parser::parse_sql(&PostgreSqlDialect {}, sql)
+                .unwrap()
+                .remove(0)
+        };
+        // psql's `\dT`, cut short
+        let mut s = parse(
+            "SELECT t.oid FROM pg_type t WHERE (t.typrelid = 0 OR (SELECT c.relkind = 'c' FROM pg_class c WHERE c.oid = t.typrelid)) AND NOT EXISTS (SELECT 1 FROM pg_type el WHERE el.oid = t.typelem)",
+        );
+        assert!(needs_rewrite(&s));
+        assert_eq!(rewrite(&mut s), 1);
+        assert_eq!(
+            s.to_string(),
+            "SELECT t.oid FROM pg_type t WHERE (t.typrelid = 0 OR EXISTS (SELECT 1 FROM pg_class c WHERE (c.oid = t.typrelid) AND (c.relkind = 'c'))) AND NOT EXISTS (SELECT 1 FROM pg_type el WHERE el.oid = t.typelem)"
+        );
+        // elsewhere, or of another shape, a scalar subquery is left as it is: in the select
+        // list its NULL is not false, under NOT neither, and an aggregate always finds a row
+        for sql in [
+            "SELECT (SELECT c.relkind = 'c' FROM pg_class c WHERE c.oid = t.typrelid) FROM pg_type t",
+            "SELECT 1 FROM pg_type t WHERE NOT (SELECT c.relkind = 'c' FROM pg_class c WHERE c.oid = t.typrelid)",
+            "SELECT 1 FROM pg_type t WHERE (SELECT count(*) > 0 FROM pg_class c WHERE c.oid = t.typrelid)",
+            "SELECT 1 FROM pg_type t WHERE (SELECT c.relname FROM pg_class c WHERE c.oid = t.typrelid) = 'x'",
+            "SELECT 1 FROM pg_type t WHERE (SELECT c.relkind = 'c' FROM pg_class c ORDER BY 1 LIMIT 1)",
+        ] {
+            let mut s = parse(sql);
+            assert!(!needs_rewrite(&s), "{sql}");
+            assert_eq!(rewrite(&mut s), 0, "{sql}");
+        }
     }
 
     proptest! {
