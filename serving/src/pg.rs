@@ -1116,6 +1116,7 @@ mod tests {
         assert_eq!(psql(port, "\\dn+").await.unwrap(), "public|postgres||\n");
         // no types of Duet's own: the list is empty, not an error
         assert_eq!(psql(port, "\\dT").await.unwrap(), "");
+        assert_eq!(psql(port, "\\dT+").await.unwrap(), "");
         assert_eq!(psql(port, "\\df").await.unwrap(), "");
         assert_eq!(
             psql(port, "SELECT pg_size_pretty(123456789::bigint), pg_size_pretty(pg_table_size('gmv'::regclass)) IS NULL, obj_description(1, 'pg_class') IS NULL").await.unwrap(),

@@ -979,12 +979,19 @@ impl Rewrites {
             {
                 Some(Expr::Value(Value::SingleQuotedString(String::new()).into()))
             }
-            // psql's `\dn+`: `array_to_string(n.nspacl, E'\n')`, a schema's access privileges.
-            // The emulated `pg_namespace` keeps `nspacl` as text (NULL: Duet keeps no grants),
-            // which `array_to_string` does not take: the column is its own text.
+            // psql's `\dT+`: `array_to_string(ARRAY(SELECT e.enumlabel FROM pg_enum e WHERE …
+            // ORDER BY …), E'\n')`, a type's enum labels. DataFusion plans no `ARRAY(subquery)`:
+            // the labels are joined by the subquery's own `string_agg`, in its order
+            Expr::Function(f) if named(f, "array_to_string") && array_of_subquery(f).is_some() => {
+                joined_by_subquery(f)
+            }
+            // psql's `\dn+` and `\dT+`: `array_to_string(n.nspacl, E'\n')`, a schema's (or
+            // type's, `typacl`) access privileges. The emulated `pg_namespace` and `pg_type` keep
+            // them as text (NULL: Duet keeps no grants), which `array_to_string` does not take:
+            // the column is its own text.
             Expr::Function(f) if named(f, "array_to_string") => {
                 let acl = first_arg(f)?;
-                is_column(acl, "nspacl").then(|| acl.clone())
+                (is_column(acl, "nspacl") || is_column(acl, "typacl")).then(|| acl.clone())
             }
             // (composite).field
             Expr::CompoundFieldAccess { root, access_chain } => {
@@ -1061,6 +1068,74 @@ fn exists_in_condition(condition: &mut Expr) -> usize {
         },
         _ => 0,
     }
+}
+
+/// The subquery of `array_to_string(ARRAY(subquery), separator)`, if `f` is that call.
+fn array_of_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<&Query> {
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    if list.args.len() != 2 {
+        return None;
+    }
+    match first_arg(f)? {
+        Expr::Function(array) if named(array, "array") => match &array.args {
+            FunctionArguments::Subquery(query) => Some(query),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `array_to_string(ARRAY(SELECT x FROM … WHERE … ORDER BY o), sep)` as `COALESCE((SELECT
+/// string_agg(CAST(x AS TEXT), sep ORDER BY o) FROM … WHERE …), '')`: the same text (both
+/// skip NULLs; an empty array joins to `''`, which the COALESCE gives for no rows). `None`
+/// for a subquery of another shape (more than one column, grouped, distinct or limited).
+fn joined_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<Expr> {
+    let query = array_of_subquery(f)?;
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let FunctionArg::Unnamed(FunctionArgExpr::Expr(separator)) = list.args.get(1)? else {
+        return None;
+    };
+    if query.with.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let [SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. }] =
+        select.projection.as_slice()
+    else {
+        return None;
+    };
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(by, with) if by.is_empty() && with.is_empty());
+    if grouped || select.having.is_some() || select.distinct.is_some() {
+        return None;
+    }
+    let order = query
+        .order_by
+        .as_ref()
+        .map_or(String::new(), |o| format!(" {o}"));
+    let agg = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&format!(
+            "string_agg(CAST({item} AS TEXT), {separator}{order})"
+        ))
+        .and_then(|mut p| p.parse_expr())
+        .ok()?;
+    let mut joined = select.clone();
+    joined.projection = vec![SelectItem::UnnamedExpr(agg)];
+    let mut subquery = query.clone();
+    subquery.order_by = None;
+    subquery.body = Box::new(SetExpr::Select(joined));
+    call(
+        "coalesce",
+        vec![
+            Expr::Subquery(Box::new(subquery)),
+            Expr::Value(Value::SingleQuotedString(String::new()).into()),
+        ],
+    )
 }
 
 /// A scalar subquery that selects one comparison, `(SELECT c.relkind = 'c' FROM pg_class c
@@ -1160,8 +1235,11 @@ fn has_exists_to_write(query: &Query) -> bool {
 /// - the text of a relation's storage options that psql's `\d+` selects
 ///   (`array_to_string(c.reloptions || array(select …), ', ')`) becomes `''`: the emulated
 ///   `pg_class` has no `reloptions`, and no view has storage options.
-/// - `array_to_string(nspacl, …)` (psql's `\dn+`) becomes `nspacl`, which the emulated
-///   `pg_namespace` keeps as text.
+/// - `array_to_string(nspacl, …)` (psql's `\dn+`) and `array_to_string(typacl, …)`
+///   (`\dT+`) become the column, which the emulated `pg_namespace` and `pg_type` keep as
+///   text;
+/// - `array_to_string(ARRAY(subquery), sep)` (`\dT+`'s enum labels) becomes the subquery's
+///   own `string_agg` ([`joined_by_subquery`]);
 /// - a scalar subquery that selects one comparison, as a term of a WHERE clause's ANDs and
 ///   ORs, becomes a correlated `EXISTS` ([`as_exists`]; psql's `\dT`).
 pub fn rewrite(statement: &mut Statement) -> usize {
@@ -1358,6 +1436,33 @@ mod tests {
         .remove(0);
         assert_eq!(rewrite(&mut s), 1);
         assert_eq!(s.to_string(), "SELECT n.nspacl FROM n");
+    }
+
+    #[test]
+    fn an_array_of_a_subquery_joined_becomes_its_string_agg() {
+        let parse = |sql: &str| {
+            Parser::parse_sql(&PostgreSqlDialect {}, sql)
+                .unwrap()
+                .remove(0)
+        };
+        // psql's `\dT+`, cut short
+        let mut s = parse(
+            "SELECT pg_catalog.array_to_string(ARRAY(SELECT e.enumlabel FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder), E'\\n'), pg_catalog.array_to_string(t.typacl, E'\\n') FROM pg_type t",
+        );
+        assert!(needs_rewrite(&s));
+        assert_eq!(rewrite(&mut s), 2);
+        assert_eq!(
+            s.to_string(),
+            "SELECT coalesce((SELECT string_agg(CAST(e.enumlabel AS TEXT), E'\\n' ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid), ''), t.typacl FROM pg_type t"
+        );
+        // two columns, or a limit, are left as they are
+        for sql in [
+            "SELECT array_to_string(ARRAY(SELECT a, b FROM x), ',')",
+            "SELECT array_to_string(ARRAY(SELECT a FROM x LIMIT 2), ',')",
+        ] {
+            let mut s = parse(sql);
+            assert_eq!(rewrite(&mut s), 0, "{sql}");
+        }
     }
 
     #[test]
