@@ -669,9 +669,13 @@ impl Source {
     /// [`Keep::all`] compiled for this source: [`Source::decode_keeping`] with it decodes as
     /// [`Source::decode_at`] does, on the fast path (for a caller that decodes many events).
     pub fn keep_all(&self) -> Keep {
-        let mut k = Keep::all();
-        k.plan = Some(std::sync::Arc::new(ObjectPlan::source(&self.fields, &k)));
-        k
+        self.compiled(Keep::all())
+    }
+
+    /// `keep` with this source's fields compiled for the fast path.
+    fn compiled(&self, mut keep: Keep) -> Keep {
+        keep.plan = Some(std::sync::Arc::new(ObjectPlan::source(&self.fields, &keep)));
+        keep
     }
 
     /// Decodes one message value into an event, or says why it is refused.
@@ -679,9 +683,9 @@ impl Source {
         self.decode_with(bytes, &Keep::all())
     }
 
-    /// What to keep for `views` (of this source), compiled for the fast path: the values they read, and what decoding
-    /// itself reads (id, time, required fields, check). An exploded array is kept with only
-    /// the members of its elements that are read.
+    /// What to keep for `views` (of this source), compiled for the fast path: the values they
+    /// read, and what decoding itself reads (id, time, required fields, check). An exploded
+    /// array is kept with only the members of its elements that are read.
     pub fn keep<'v>(&self, views: impl IntoIterator<Item = &'v crate::view::ViewSpec>) -> Keep {
         let mut k = Keep::default();
         for v in views {
@@ -701,8 +705,7 @@ impl Source {
                 k.path(p);
             }
         }
-        k.plan = Some(std::sync::Arc::new(ObjectPlan::source(&self.fields, &k)));
-        k
+        self.compiled(k)
     }
 
     /// For an event found wrong: the problem of the declared field first by name (the
@@ -737,11 +740,6 @@ impl Source {
     }
 
     fn decode_with(&self, bytes: &[u8], keep: &Keep) -> Result<Event, DecodeError> {
-        let first = bytes
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .copied()
-            .unwrap_or(b' ');
         // the fast path, when it takes the event as it comes
         if let Some(fields) = keep
             .plan
@@ -750,6 +748,11 @@ impl Source {
         {
             return self.finish(fields);
         }
+        let first = bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .copied()
+            .unwrap_or(b' ');
         let problem = std::cell::RefCell::new(None);
         let visitor = Fields {
             fields: &self.fields,
