@@ -432,8 +432,9 @@ pub fn quote_literal(text: &str) -> String {
 
 /// A function of Duet's catalog that answers `value` for any arguments (of the counts in
 /// `arities`): NULL for an object's comment, as PostgreSQL answers for an object nobody
-/// commented on, and for the size of a relation that has none of its own; true for whether a
-/// type is visible.
+/// commented on, for the size of a relation that has none of its own and for a function's
+/// signature text, which the emulated catalog does not keep; true for whether a type or a
+/// function is visible.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Constant {
     name: &'static str,
@@ -1070,6 +1071,28 @@ fn exists_in_condition(condition: &mut Expr) -> usize {
     }
 }
 
+/// The select of `query` and the one expression it selects, if it is a plain select of one
+/// column: no WITH, LIMIT or FETCH, no grouping, HAVING, DISTINCT or QUALIFY (an ORDER BY
+/// is left to the caller).
+fn one_column(query: &Query) -> Option<(&datafusion::sql::sqlparser::ast::Select, &Expr)> {
+    if query.with.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let [SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. }] =
+        select.projection.as_slice()
+    else {
+        return None;
+    };
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(by, with) if by.is_empty() && with.is_empty());
+    if grouped || select.having.is_some() || select.distinct.is_some() || select.qualify.is_some() {
+        return None;
+    }
+    Some((select, item))
+}
+
 /// The subquery of `array_to_string(ARRAY(subquery), separator)`, if `f` is that call.
 fn array_of_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<&Query> {
     let FunctionArguments::List(list) = &f.args else {
@@ -1099,21 +1122,7 @@ fn joined_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<E
     let FunctionArg::Unnamed(FunctionArgExpr::Expr(separator)) = list.args.get(1)? else {
         return None;
     };
-    if query.with.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
-        return None;
-    }
-    let SetExpr::Select(select) = query.body.as_ref() else {
-        return None;
-    };
-    let [SelectItem::UnnamedExpr(item) | SelectItem::ExprWithAlias { expr: item, .. }] =
-        select.projection.as_slice()
-    else {
-        return None;
-    };
-    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(by, with) if by.is_empty() && with.is_empty());
-    if grouped || select.having.is_some() || select.distinct.is_some() {
-        return None;
-    }
+    let (select, item) = one_column(query)?;
     let order = query
         .order_by
         .as_ref()
@@ -1128,7 +1137,7 @@ fn joined_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<E
     joined.projection = vec![SelectItem::UnnamedExpr(agg)];
     let mut subquery = query.clone();
     subquery.order_by = None;
-    subquery.body = Box::new(SetExpr::Select(joined));
+    subquery.body = Box::new(SetExpr::Select(Box::new(joined)));
     call(
         "coalesce",
         vec![
@@ -1147,25 +1156,7 @@ fn joined_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<E
 /// subquery of any other shape: grouped, aggregated, ordered or limited, or calling a
 /// function.
 fn as_exists(query: &Query) -> Option<Expr> {
-    if query.with.is_some()
-        || query.order_by.is_some()
-        || query.limit_clause.is_some()
-        || query.fetch.is_some()
-    {
-        return None;
-    }
-    let SetExpr::Select(select) = query.body.as_ref() else {
-        return None;
-    };
-    let [
-        SelectItem::UnnamedExpr(comparison)
-        | SelectItem::ExprWithAlias {
-            expr: comparison, ..
-        },
-    ] = select.projection.as_slice()
-    else {
-        return None;
-    };
+    let (select, comparison) = one_column(query)?;
     let compares = matches!(
         comparison,
         Expr::BinaryOp {
@@ -1178,12 +1169,8 @@ fn as_exists(query: &Query) -> Option<Expr> {
             ..
         }
     );
-    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(by, with) if by.is_empty() && with.is_empty());
     if !compares
-        || grouped
-        || select.having.is_some()
-        || select.distinct.is_some()
-        || select.qualify.is_some()
+        || query.order_by.is_some()
         || any_expr(comparison, |e| {
             matches!(e, Expr::Function(_) | Expr::Subquery(_))
         })
@@ -1204,7 +1191,7 @@ fn as_exists(query: &Query) -> Option<Expr> {
         None => comparison,
     });
     let mut subquery = query.clone();
-    subquery.body = Box::new(SetExpr::Select(exists));
+    subquery.body = Box::new(SetExpr::Select(Box::new(exists)));
     Some(Expr::Exists {
         subquery: Box::new(subquery),
         negated: false,
