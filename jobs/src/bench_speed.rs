@@ -29,6 +29,9 @@ use crate::generator::Generator;
 const T0: i64 = 1_793_440_800_000;
 /// Bytes per partition the benchmark plans for (the mock cluster keeps 5 MB).
 const PARTITION_BYTES: usize = 3_500_000;
+/// Runs of the hot path, the best of which is reported: one binary's hot path read 3.08 to
+/// 3.77 µs per event within one session (`docs/benchmarks.md`, eleventh session).
+const HOT_PATH_RUNS: usize = 3;
 
 /// Options of `duet bench speed`.
 #[derive(Debug, Clone)]
@@ -60,6 +63,13 @@ struct HotPath {
     build_us: f64,
     /// The embedded store's commit.
     commit_us: f64,
+}
+
+impl HotPath {
+    /// Build and commit, microseconds per event.
+    fn total_us(&self) -> f64 {
+        self.build_us + self.commit_us
+    }
 }
 
 /// Builds and commits `msgs` (topic, key, bytes) in batches of the config's size into an
@@ -239,8 +249,18 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
     }
     let busiest = per_topic.values().copied().max().unwrap_or(0);
     cfg.kafka.partitions = i32::try_from(busiest.div_ceil(PARTITION_BYTES).max(4)).unwrap_or(4);
-    // the speed layer's own work on the same events, before anything else runs
-    let (hot, msgs) = hot_path(&cfg, msgs, cfg.kafka.partitions, &opts.dir).await?;
+    // the speed layer's own work on the same events, before anything else runs: the best of
+    // a few runs, each into a new store (a slow spell of the machine inflates one read)
+    let mut msgs = msgs;
+    let mut best: Option<HotPath> = None;
+    for _ in 0..HOT_PATH_RUNS {
+        let (hot, back) = hot_path(&cfg, msgs, cfg.kafka.partitions, &opts.dir).await?;
+        msgs = back;
+        if best.as_ref().is_none_or(|b| hot.total_us() < b.total_us()) {
+            best = Some(hot);
+        }
+    }
+    let hot = best.context("the hot path ran")?;
     let topics: Vec<String> = cfg.sources.iter().map(|s| s.topic.clone()).collect();
     let kafka = EmbeddedKafka::start(&topics, cfg.kafka.partitions)?;
     let bootstrap = kafka.bootstrap();
@@ -423,7 +443,7 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
     }
     writeln!(
         r,
-        "\n## Hot path on one thread, without Kafka\n\nThe same {} events as messages in memory, built and committed in batches of {} into an embedded store, decoding and folding on one thread (the commit waited for): the speed layer's own CPU time per event, steadier from run to run than the throughput above.\n",
+        "\n## Hot path on one thread, without Kafka\n\nThe same {} events as messages in memory, built and committed in batches of {} into an embedded store, decoding and folding on one thread (the commit waited for): the speed layer's own CPU time per event, steadier from run to run than the throughput above. The best of {HOT_PATH_RUNS} runs, each into a new store.\n",
         hot.events, cfg.speed.batch_max
     )?;
     writeln!(
@@ -431,7 +451,7 @@ pub async fn run(base: &Config, opts: &SpeedBenchOptions) -> Result<String> {
         "| build (decode, dedup, fold) µs/event | commit µs/event | total µs/event | events/s on one thread |"
     )?;
     writeln!(r, "|---:|---:|---:|---:|")?;
-    let total = hot.build_us + hot.commit_us;
+    let total = hot.total_us();
     writeln!(
         r,
         "| {:.2} | {:.2} | {total:.2} | {:.0} |",

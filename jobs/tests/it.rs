@@ -905,6 +905,7 @@ fn bench_speed_writes_a_report_beside_the_ceiling() {
         "| consume and discard (same broker, same process, best of 3 reads: 2 before the speed layer, 1 after): the ceiling |",
         "| speed layer, embedded store",
         "| speed layer, Redis store",
+        "The best of 3 runs, each into a new store.",
         "## Freshness: produce → visible in the store, 500 events/s for 1 s",
         "| embedded | 500 |",
         "| Redis | 500 |",
