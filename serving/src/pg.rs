@@ -1117,6 +1117,19 @@ mod tests {
         // no types of Duet's own: the list is empty, not an error
         assert_eq!(psql(port, "\\dT").await.unwrap(), "");
         assert_eq!(psql(port, "\\dT+").await.unwrap(), "");
+        // nor operators or conversions; the built-in tablespaces, with no location
+        assert_eq!(psql(port, "\\do").await.unwrap(), "");
+        assert_eq!(psql(port, "\\dc").await.unwrap(), "");
+        assert_eq!(
+            psql(port, "\\db").await.unwrap(),
+            "pg_default|postgres|\npg_global|postgres|\n"
+        );
+        // databases, with no size of their own
+        let dbs = psql(port, "\\l+").await.unwrap();
+        assert!(
+            dbs.contains("duet|postgres|UTF-8|") && dbs.contains("|pg_default|"),
+            "{dbs}"
+        );
         assert_eq!(psql(port, "\\df").await.unwrap(), "");
         assert_eq!(
             psql(port, "SELECT pg_size_pretty(123456789::bigint), pg_size_pretty(pg_table_size('gmv'::regclass)) IS NULL, obj_description(1, 'pg_class') IS NULL").await.unwrap(),

@@ -79,6 +79,24 @@ pub fn functions(oids: &Arc<RelationOids>) -> Vec<ScalarUDF> {
             &[1],
             ScalarValue::Boolean(Some(true)),
         )),
+        ScalarUDF::new_from_impl(Constant::new(
+            "pg_operator_is_visible",
+            &[1],
+            ScalarValue::Boolean(Some(true)),
+        )),
+        ScalarUDF::new_from_impl(Constant::new(
+            "pg_conversion_is_visible",
+            &[1],
+            ScalarValue::Boolean(Some(true)),
+        )),
+        // a database's size is unknown as a view's is (psql's `\l+`); the emulated
+        // tablespaces are PostgreSQL's two built-in ones, whose location is empty (`\db`)
+        ScalarUDF::new_from_impl(Constant::null("pg_database_size", &[1], DataType::Int64)),
+        ScalarUDF::new_from_impl(Constant::new(
+            "pg_tablespace_location",
+            &[1],
+            ScalarValue::Utf8(Some(String::new())),
+        )),
         // a function's signature as text (psql's `\df`): the emulated `pg_proc` keeps none
         ScalarUDF::new_from_impl(Constant::null(
             "pg_get_function_result",
