@@ -542,6 +542,26 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
     }
 }
 
+/// The declared fields of an object kept so far, by position (the first 64): a field met for
+/// the first time is added without a scan of those before it; one met again (or past the 64th)
+/// replaces its value after a scan.
+#[derive(Default)]
+pub(crate) struct KeptSoFar(u64);
+
+impl KeptSoFar {
+    /// Whether the field at position `i` is met for the first time (known only for the first
+    /// 64); marks it met.
+    pub(crate) fn first_time(&mut self, i: usize) -> bool {
+        match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) if self.0 & bit == 0 => {
+                self.0 |= bit;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Reads an object's members: the declared ones (`find` gives their name and type) decoded
 /// by `decode` from the map's next value, which returns the value to keep, if any; the
 /// others skipped. Room for `kept` values is made at once.
@@ -552,20 +572,15 @@ fn read_object<'de, 'f, A: serde::de::MapAccess<'de>>(
     mut decode: impl FnMut(&'f String, &'f FieldType, &mut A) -> Result<Option<Value>, A::Error>,
 ) -> Result<FieldMap, A::Error> {
     let mut out = FieldMap::with_capacity(kept);
-    // the declared fields kept so far, by position (the first 64): a field met for the first
-    // time is added without a scan of those before it; one met again replaces its value
-    let mut kept_so_far = 0u64;
+    let mut kept = KeptSoFar::default();
     while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
         match find(key.as_ref()) {
             Some((i, name, t)) => {
                 if let Some(v) = decode(name, t, &mut map)? {
-                    let bit = u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i));
-                    match bit {
-                        Some(b) if kept_so_far & b == 0 => {
-                            kept_so_far |= b;
-                            out.push_new(name, v);
-                        }
-                        _ => out.insert(name, v),
+                    if kept.first_time(i) {
+                        out.push_new(name, v);
+                    } else {
+                        out.insert(name, v);
                     }
                 }
             }

@@ -134,7 +134,7 @@ impl<'de> Visitor<'de> for Object<'_> {
         let mut out = FieldMap::with_capacity(plan.kept);
         // as the full decoder does: a member met for the first time is added, one met again
         // replaces its value
-        let mut kept_so_far = 0u64;
+        let mut kept = crate::decode::KeptSoFar::default();
         while let Some(crate::decode::Text(key)) = map.next_key()? {
             let Some(i) = plan.find(&key) else {
                 map.next_value::<serde::de::IgnoredAny>()?;
@@ -145,12 +145,10 @@ impl<'de> Visitor<'de> for Object<'_> {
             if !member.value.keep {
                 continue;
             }
-            match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
-                Some(b) if kept_so_far & b == 0 => {
-                    kept_so_far |= b;
-                    out.push_new_named(&member.name, v);
-                }
-                _ => out.insert(&member.name, v),
+            if kept.first_time(i) {
+                out.push_new_named(&member.name, v);
+            } else {
+                out.insert(&member.name, v);
             }
         }
         if plan.all {
