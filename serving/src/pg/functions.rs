@@ -1001,16 +1001,16 @@ impl Rewrites {
             // psql's `\dT+`: `array_to_string(ARRAY(SELECT e.enumlabel FROM pg_enum e WHERE …
             // ORDER BY …), E'\n')`, a type's enum labels. DataFusion plans no `ARRAY(subquery)`:
             // the labels are joined by the subquery's own `string_agg`, in its order
-            Expr::Function(f) if named(f, "array_to_string") && array_of_subquery(f).is_some() => {
-                joined_by_subquery(f)
-            }
+            //
             // psql's `\dn+` and `\dT+`: `array_to_string(n.nspacl, E'\n')`, a schema's (or
             // type's, `typacl`) access privileges. The emulated `pg_namespace` and `pg_type` keep
             // them as text (NULL: Duet keeps no grants), which `array_to_string` does not take:
             // the column is its own text.
             Expr::Function(f) if named(f, "array_to_string") => {
-                let acl = first_arg(f)?;
-                (is_column(acl, "nspacl") || is_column(acl, "typacl")).then(|| acl.clone())
+                joined_by_subquery(f).or_else(|| {
+                    let acl = first_arg(f)?;
+                    (is_column(acl, "nspacl") || is_column(acl, "typacl")).then(|| acl.clone())
+                })
             }
             // (composite).field
             Expr::CompoundFieldAccess { root, access_chain } => {
@@ -1111,19 +1111,21 @@ fn one_column(query: &Query) -> Option<(&datafusion::sql::sqlparser::ast::Select
     Some((select, item))
 }
 
-/// The subquery of `array_to_string(ARRAY(subquery), separator)`, if `f` is that call.
-fn array_of_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<&Query> {
+/// The subquery and the separator of `array_to_string(ARRAY(subquery), separator)`, if `f` is
+/// that call.
+fn array_of_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<(&Query, &Expr)> {
     let FunctionArguments::List(list) = &f.args else {
         return None;
     };
-    if list.args.len() != 2 {
+    let [
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Function(array))),
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(separator)),
+    ] = list.args.as_slice()
+    else {
         return None;
-    }
-    match first_arg(f)? {
-        Expr::Function(array) if named(array, "array") => match &array.args {
-            FunctionArguments::Subquery(query) => Some(query),
-            _ => None,
-        },
+    };
+    match &array.args {
+        FunctionArguments::Subquery(query) if named(array, "array") => Some((query, separator)),
         _ => None,
     }
 }
@@ -1133,13 +1135,7 @@ fn array_of_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<&Q
 /// skip NULLs; an empty array joins to `''`, which the COALESCE gives for no rows). `None`
 /// for a subquery of another shape (more than one column, grouped, distinct or limited).
 fn joined_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<Expr> {
-    let query = array_of_subquery(f)?;
-    let FunctionArguments::List(list) = &f.args else {
-        return None;
-    };
-    let FunctionArg::Unnamed(FunctionArgExpr::Expr(separator)) = list.args.get(1)? else {
-        return None;
-    };
+    let (query, separator) = array_of_subquery(f)?;
     let (select, item) = one_column(query)?;
     let order = query
         .order_by
