@@ -803,7 +803,7 @@ async fn store_growth(base: &Arc<Config>, opts: &BenchOptions) -> Result<Growth>
             let o = offsets.entry(topic.clone()).or_insert(0);
             *o += 1;
             msgs.push(Msg {
-                topic,
+                topic: topic.into(),
                 partition: 0,
                 offset: *o - 1,
                 payload: e.payload(),

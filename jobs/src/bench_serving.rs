@@ -208,7 +208,7 @@ async fn fill(cfg: &Config, store: &EmbeddedStore) -> Result<u64> {
                 let o = offsets.entry(topic.clone()).or_insert(0);
                 *o += 1;
                 Msg {
-                    topic: topic.clone(),
+                    topic: topic.as_str().into(),
                     partition: 0,
                     offset: *o - 1,
                     payload: bytes.clone(),

@@ -95,7 +95,7 @@ async fn hot_path(
             *offset += 1;
             keys.push(key);
             duet_speed::kafka::Msg {
-                topic,
+                topic: topic.into(),
                 partition,
                 offset: *offset - 1,
                 payload,
@@ -134,7 +134,7 @@ async fn hot_path(
     let back = msgs
         .into_iter()
         .zip(keys)
-        .map(|(m, key)| (m.topic, key, m.payload))
+        .map(|(m, key)| (m.topic.into(), key, m.payload))
         .collect();
     Ok((hot, back))
 }

@@ -100,7 +100,7 @@ impl Sink {
     pub fn receive(&mut self, msgs: &[Msg], now: i64) {
         for m in msgs {
             self.next
-                .insert((m.topic.clone(), m.partition), m.offset + 1);
+                .insert((m.topic.to_string(), m.partition), m.offset + 1);
             for (s, keep) in self.cfg.sources.iter().zip(&self.keep) {
                 if s.topic != m.topic {
                     continue;
@@ -122,7 +122,7 @@ impl Sink {
                         }),
                     Err(e) => self.refused.push(Quarantined {
                         source: s.name.clone(),
-                        topic: m.topic.clone(),
+                        topic: m.topic.to_string(),
                         partition: m.partition,
                         offset: m.offset,
                         reason: e.to_string(),
@@ -273,7 +273,7 @@ pub async fn run(
         if !msgs.is_empty() {
             let progress = msgs
                 .iter()
-                .map(|m| ((m.topic.clone(), m.partition), m.offset + 1))
+                .map(|m| ((m.topic.to_string(), m.partition), m.offset + 1))
                 .collect();
             consumer.commit_progress(&progress);
         }

@@ -455,7 +455,7 @@ impl Aggregator {
                     parts.push((
                         PartitionKey {
                             group: self.group.clone(),
-                            topic: m.topic.clone(),
+                            topic: m.topic.to_string(),
                             partition: m.partition,
                         },
                         m.offset + 1,
@@ -476,7 +476,7 @@ impl Aggregator {
                         stats.quarantined += 1;
                         batch.quarantine.push(Quarantined {
                             source: source.name.clone(),
-                            topic: m.topic.clone(),
+                            topic: m.topic.to_string(),
                             partition: m.partition,
                             offset: m.offset,
                             reason: e.to_string(),

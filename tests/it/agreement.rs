@@ -210,7 +210,7 @@ async fn identical_bytes(seed: u64, events: i64, users: u32) {
             let partition = (next() % 3) as i32;
             let o = offsets.entry((topic.clone(), partition)).or_insert(0i64);
             delivered.push(duet_speed::kafka::Msg {
-                topic: topic.clone(),
+                topic: topic.as_str().into(),
                 partition,
                 offset: *o,
                 payload: bytes.clone(),
