@@ -60,8 +60,8 @@ pub async fn run(
     tracing::info!(%group, ?topics, "Speed layer joined its consumer group.");
     let _lag = AbortOnDrop(consumer.watch_lag(counters.clone(), Duration::from_secs(2)));
     let wait = Duration::from_millis(cfg.speed_batch_ms as u64);
-    // the next batch is read and decoded on its own while this one is folded and the one
-    // before it committed
+    // the next batches are read and decoded on their own (one decoded while the one after it
+    // is read) while this one is folded and the one before it committed
     let (ahead, mut reads) = tokio::sync::mpsc::channel(1);
     let seeks = SeekRequests::default();
     let _reader = AbortOnDrop(tokio::spawn(read_ahead(
@@ -78,7 +78,7 @@ pub async fn run(
     loop {
         let read = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
-            r = reads.recv() => r.ok_or(Error::Stopped { what: "the Kafka reader", source: None })??,
+            r = next_read(&mut reads) => r?,
         };
         let Read {
             decoded,
@@ -206,16 +206,32 @@ struct Read {
     sought: Vec<SeekDone>,
 }
 
-/// Reads batches of up to `max` messages (waiting at most `wait` for each), decodes them off
-/// the async workers and hands them to `ahead` in order, until its receiver is gone; before
-/// each read, does the seeks asked for in `seeks`. A read error is handed on like a batch.
+/// A batch read ahead, being decoded.
+type Decoding = tokio::task::JoinHandle<Result<Read>>;
+
+/// The next batch [`read_ahead`] hands on, once decoded.
+async fn next_read(reads: &mut tokio::sync::mpsc::Receiver<Decoding>) -> Result<Read> {
+    let decoding = reads.recv().await.ok_or(Error::Stopped {
+        what: "the Kafka reader",
+        source: None,
+    })?;
+    decoding.await.map_err(|source| Error::Stopped {
+        what: "the decoding of a batch",
+        source: Some(source),
+    })?
+}
+
+/// Reads batches of up to `max` messages (waiting at most `wait` for each) and hands them to
+/// `ahead` in order, each being decoded off the async workers while the next one is read,
+/// until its receiver is gone; before each read, does the seeks asked for in `seeks`. A read
+/// error is handed on like a batch.
 async fn read_ahead(
     consumer: Arc<kafka::GroupConsumer>,
     agg: Arc<Aggregator>,
     max: usize,
     wait: Duration,
     seeks: SeekRequests,
-    ahead: tokio::sync::mpsc::Sender<Result<Read>>,
+    ahead: tokio::sync::mpsc::Sender<Decoding>,
 ) {
     loop {
         let asked = std::mem::take(
@@ -234,26 +250,22 @@ async fn read_ahead(
             })
             .collect();
         let read_from = consumer.seeks();
-        let read = match consumer.next_batch(max, wait).await {
+        let decoding = match consumer.next_batch(max, wait).await {
             Ok(msgs) => {
                 let rebalances = consumer.rebalances();
                 let agg = agg.clone();
-                tokio::task::spawn_blocking(move || agg.decode(msgs, now_ms()))
-                    .await
-                    .map_err(|source| Error::Stopped {
-                        what: "the decoding of a batch",
-                        source: Some(source),
-                    })
-                    .map(|decoded| Read {
-                        decoded,
+                tokio::task::spawn_blocking(move || {
+                    Ok(Read {
+                        decoded: agg.decode(msgs, now_ms()),
                         rebalances,
                         read_from,
                         sought,
                     })
+                })
             }
-            Err(e) => Err(e),
+            Err(e) => tokio::task::spawn(std::future::ready(Err(e))),
         };
-        if ahead.send(read).await.is_err() {
+        if ahead.send(decoding).await.is_err() {
             return;
         }
     }
