@@ -87,17 +87,24 @@ impl LatencyHistogram {
 
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
+        self.observe_times(d, 1);
+    }
+
+    /// Records `n` observations of `d` at once.
+    pub fn observe_times(&self, d: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
         let s = d.as_secs_f64();
         let i = self
             .bounds
             .iter()
             .position(|b| s <= *b)
             .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(
-            d.as_micros().min(u64::MAX as u128) as u64,
-            Ordering::Relaxed,
-        );
+        self.counts[i].fetch_add(n, Ordering::Relaxed);
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us
+            .fetch_add(us.saturating_mul(n), Ordering::Relaxed);
     }
 
     /// Cumulative counts and the sum, as Prometheus exposes a histogram.
@@ -220,6 +227,22 @@ mod tests {
         assert_eq!(s.cumulative[11], 2); // ≤ 5 s
         assert_eq!(s.cumulative[12], 3); // +Inf
         assert!((s.sum_s - 9.0305).abs() < 1e-9, "{}", s.sum_s);
+    }
+
+    #[test]
+    fn observations_at_once_count_as_many_apart() {
+        let (apart, at_once) = (LatencyHistogram::default(), LatencyHistogram::default());
+        for (d, n) in [(Duration::from_millis(3), 4), (Duration::from_secs(2), 2)] {
+            for _ in 0..n {
+                apart.observe(d);
+            }
+            at_once.observe_times(d, n);
+        }
+        at_once.observe_times(Duration::from_secs(1), 0);
+        let (a, b) = (apart.snapshot(), at_once.snapshot());
+        assert_eq!(a.cumulative, b.cumulative);
+        assert!((a.sum_s - b.sum_s).abs() < 1e-12, "{} {}", a.sum_s, b.sum_s);
+        assert!((b.sum_s - 4.012).abs() < 1e-9, "{}", b.sum_s);
     }
 
     #[test]

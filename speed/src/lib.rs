@@ -308,9 +308,13 @@ impl InFlight {
             Err(e) => return Err(e),
         };
         counters.commit_latency.observe(done.took);
-        for t in self.produced {
-            let ms = u64::try_from(done.visible_ms.saturating_sub(t)).unwrap_or(0);
-            counters.freshness.observe(Duration::from_millis(ms));
+        // messages read together were mostly produced in the same millisecond: each run of
+        // equal times is recorded at once
+        for run in self.produced.chunk_by(|a, b| a == b) {
+            let ms = u64::try_from(done.visible_ms.saturating_sub(run[0])).unwrap_or(0);
+            counters
+                .freshness
+                .observe_times(Duration::from_millis(ms), run.len() as u64);
         }
         consumer.commit_progress(&self.progress);
         let s = self.stats;
