@@ -44,26 +44,35 @@ impl Delta {
             self.part,
             self.view,
             self.bucket,
-            self.dims.iter().map(|k| k.as_deref().map(Cow::Borrowed)),
+            self.dims.iter().map(Option::as_deref),
         )
     }
 }
 
-/// The hash of a delta's key, from its dimension keys as they are read (borrowed) or kept.
+/// The hash of a delta's key, from its dimension keys as they are read or kept.
 fn delta_hash<'k>(
     hasher: &hashbrown::DefaultHashBuilder,
     part: usize,
     view: usize,
     bucket: i64,
-    dims: impl Iterator<Item = Option<Cow<'k, str>>>,
+    dims: impl Iterator<Item = Option<&'k str>>,
 ) -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
     let mut h = hasher.build_hasher();
     (part, view, bucket).hash(&mut h);
     for d in dims {
-        d.as_deref().hash(&mut h);
+        d.hash(&mut h);
     }
     h.finish()
+}
+
+/// One question to the store: which of these events' ids it has seen, in one partition (by
+/// index) and source.
+struct Ask<'a> {
+    part: usize,
+    source: &'a str,
+    /// Indices of the events asked about.
+    events: Vec<usize>,
 }
 
 /// Counts of what a batch did.
@@ -299,13 +308,17 @@ impl Aggregator {
                 let mut failed = None;
                 view.each_row(&ev, |row| {
                     last_end = last_end.max(Some(row.bucket + view.bucket_ms));
-                    let dims = view.dimensions.len();
+                    // the row's dimension keys, read once for the hash and the comparison
+                    let keys: smallvec::SmallVec<[Option<Cow<'_, str>>; 4]> =
+                        (0..view.dimensions.len())
+                            .map(|i| row.dim(i).key_str())
+                            .collect();
                     let h = delta_hash(
                         &hasher,
                         delta_part,
                         vi,
                         row.bucket,
-                        (0..dims).map(|i| row.dim(i).key_str()),
+                        keys.iter().map(Option::as_deref),
                     );
                     let found = deltas.find_mut(h, |d| {
                         d.part == delta_part
@@ -313,8 +326,8 @@ impl Aggregator {
                             && d.bucket == row.bucket
                             && d.dims
                                 .iter()
-                                .enumerate()
-                                .all(|(i, k)| k.as_deref() == row.dim(i).key_str().as_deref())
+                                .zip(&keys)
+                                .all(|(k, key)| k.as_deref() == key.as_deref())
                     });
                     let merged = match found {
                         Some(d) => row.add_to(&mut d.states),
@@ -325,7 +338,10 @@ impl Aggregator {
                                     part: delta_part,
                                     view: vi,
                                     bucket: row.bucket,
-                                    dims: row.dims(),
+                                    dims: keys
+                                        .iter()
+                                        .map(|k| k.as_deref().map(str::to_string))
+                                        .collect(),
                                     states: row.states(),
                                 },
                                 |d| d.hash(&hasher),
@@ -518,27 +534,36 @@ impl Aggregator {
         // (one question per source when the store remembers ids across partitions)
         let per_partition = store.dedup_per_partition();
         let states_per_partition = store.states_per_partition();
-        let mut asks: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
-        for (i, (part, s, _)) in fresh.iter().enumerate() {
+        // (the questions by partition index, each a source or two: found by a scan)
+        let mut asks: Vec<Vec<Ask<'_>>> = (0..parts.len()).map(|_| Vec::new()).collect();
+        for (i, (part, reader, _)) in fresh.iter().enumerate() {
             let part = if per_partition { *part } else { 0 };
-            asks.entry((part, s.source.name.as_str()))
-                .or_default()
-                .push(i);
+            let source = reader.source.name.as_str();
+            let list = &mut asks[part];
+            match list.iter_mut().find(|a| a.source == source) {
+                Some(a) => a.events.push(i),
+                None => list.push(Ask {
+                    part,
+                    source,
+                    events: vec![i],
+                }),
+            }
         }
+        let asks: Vec<Ask<'_>> = asks.into_iter().flatten().collect();
         // all questions at once (a Redis store pipelines them into one round trip)
         let lists: Vec<Vec<&str>> = asks
-            .values()
-            .map(|idx| idx.iter().map(|i| fresh[*i].2.id.as_str()).collect())
+            .iter()
+            .map(|a| a.events.iter().map(|i| fresh[*i].2.id.as_str()).collect())
             .collect();
         let answers = futures::future::try_join_all(
-            asks.keys()
+            asks.iter()
                 .zip(&lists)
-                .map(|((part, source), ids)| store.seen(&parts[*part].0, source, ids)),
+                .map(|(a, ids)| store.seen(&parts[a.part].0, a.source, ids)),
         )
         .await?;
         let mut dup = vec![false; fresh.len()];
-        for (idx, seen) in asks.values().zip(answers) {
-            for (i, seen) in idx.iter().zip(seen) {
+        for (a, seen) in asks.iter().zip(answers) {
+            for (i, seen) in a.events.iter().zip(seen) {
                 dup[*i] = seen;
             }
         }
