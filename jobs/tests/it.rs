@@ -902,8 +902,9 @@ fn bench_speed_writes_a_report_beside_the_ceiling() {
     );
     for needle in [
         "- Machine: ",
-        "| consume and discard (same broker, same process, best of 3 reads: 2 before the speed layer, 1 after): the ceiling |",
-        "| speed layer, embedded store",
+        "| consume and discard (same broker, same process; the best of 3 reads, each just before one of the embedded store's runs): the ceiling |",
+        "| speed layer, embedded store (Kafka → decode → dedup → fold → commit), the best of 3 runs |",
+        "Each round's ratio, the embedded store's run against the ceiling read just before it: ",
         "| speed layer, Redis store",
         "The best of 3 runs, each into a new store.",
         "## Freshness: produce → visible in the store, 500 events/s for 1 s",
