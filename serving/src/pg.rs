@@ -582,7 +582,10 @@ pub fn session_with(
     for f in state_functions(views) {
         ctx.register_udaf(f);
     }
-    setup_pg_catalog(&ctx, CATALOG, Arc::new(AuthManager::default())).map_err(Error::Sql)?;
+    // the manager itself, not in an `Arc`: datafusion-pg-catalog 0.19's provider impl for
+    // `Arc<T>` calls itself, so reading `pg_roles` through one recursed until the stack
+    // overflowed and took the process down
+    setup_pg_catalog(&ctx, CATALOG, AuthManager::default()).map_err(Error::Sql)?;
     let catalog = ctx.catalog(CATALOG).ok_or_else(|| {
         Error::Sql(Box::new(DataFusionError::Configuration(format!(
             "catalog `{CATALOG}` is missing"
@@ -1145,6 +1148,26 @@ mod tests {
         ] {
             assert!(out.contains(c), "{c} missing from {out}");
         }
+    }
+
+    /// `pg_roles` lists the emulation's one role, the owner of every relation. Reading it
+    /// overflowed the stack and aborted the whole process (datafusion-pg-catalog's provider
+    /// for an `Arc` calls itself), so any client's `SELECT * FROM pg_roles` took Duet down.
+    #[tokio::test]
+    async fn psql_lists_roles() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, _stop) = server(dir.path()).await;
+        assert_eq!(
+            psql(
+                port,
+                "SELECT rolname, rolsuper, rolcanlogin FROM pg_catalog.pg_roles"
+            )
+            .await
+            .unwrap(),
+            "postgres|t|t\n"
+        );
+        // the port still answers afterwards
+        assert_eq!(psql(port, "SELECT 1").await.unwrap(), "1\n");
     }
 
     #[tokio::test]
