@@ -1168,6 +1168,18 @@ mod tests {
         );
         // the port still answers afterwards
         assert_eq!(psql(port, "SELECT 1").await.unwrap(), "1\n");
+        // psql's role list: name, attributes, groups (none)
+        for command in ["\\du", "\\dg"] {
+            assert_eq!(
+                psql(port, command).await.unwrap(),
+                "postgres|Superuser, Create role, Create DB, Replication|{}\n",
+                "{command}"
+            );
+        }
+        assert_eq!(
+            psql(port, "SELECT ARRAY(SELECT rolname FROM pg_roles WHERE rolsuper) AS su, ARRAY(SELECT rolname FROM pg_roles WHERE NOT rolsuper) AS other").await.unwrap(),
+            "{postgres}|{}\n"
+        );
     }
 
     #[tokio::test]

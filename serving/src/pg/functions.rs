@@ -1012,6 +1012,11 @@ impl Rewrites {
                     (is_column(acl, "nspacl") || is_column(acl, "typacl")).then(|| acl.clone())
                 })
             }
+            // psql's `\du`: `ARRAY(SELECT b.rolname FROM pg_auth_members m JOIN pg_roles b …
+            // WHERE m.member = r.oid) AS memberof`, a role's groups. DataFusion plans no
+            // `ARRAY(subquery)` (one inside `array_to_string` is rewritten above, first): the
+            // elements are gathered by the subquery's own `array_agg`, in its order
+            Expr::Function(f) if named(f, "array") => gathered_by_subquery(f),
             // (composite).field
             Expr::CompoundFieldAccess { root, access_chain } => {
                 let mut out = root.as_ref().clone();
@@ -1157,6 +1162,37 @@ fn joined_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<E
         vec![
             Expr::Subquery(Box::new(subquery)),
             Expr::Value(Value::SingleQuotedString(String::new()).into()),
+        ],
+    )
+}
+
+/// `ARRAY(SELECT x FROM … WHERE … ORDER BY o)` as `COALESCE((SELECT array_agg(x ORDER BY o)
+/// FROM … WHERE …), make_array())`: the same elements in the same order, and an empty array
+/// for no rows (where `array_agg` alone gives NULL). `None` for a subquery of another shape
+/// (more than one column, grouped, distinct or limited).
+fn gathered_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<Expr> {
+    let FunctionArguments::Subquery(query) = &f.args else {
+        return None;
+    };
+    let (select, item) = one_column(query)?;
+    let order = query
+        .order_by
+        .as_ref()
+        .map_or(String::new(), |o| format!(" {o}"));
+    let agg = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&format!("array_agg({item}{order})"))
+        .and_then(|mut p| p.parse_expr())
+        .ok()?;
+    let mut gathered = select.clone();
+    gathered.projection = vec![SelectItem::UnnamedExpr(agg)];
+    let mut subquery = query.as_ref().clone();
+    subquery.order_by = None;
+    subquery.body = Box::new(SetExpr::Select(Box::new(gathered)));
+    call(
+        "coalesce",
+        vec![
+            Expr::Subquery(Box::new(subquery)),
+            call("make_array", Vec::new())?,
         ],
     )
 }
@@ -1462,6 +1498,42 @@ mod tests {
             "SELECT array_to_string(ARRAY(SELECT a FROM x LIMIT 2), ',')",
         ] {
             let mut s = parse(sql);
+            assert_eq!(rewrite(&mut s), 0, "{sql}");
+        }
+    }
+
+    #[test]
+    fn an_array_of_a_subquery_becomes_its_array_agg() {
+        let parse = |sql: &str| {
+            Parser::parse_sql(&PostgreSqlDialect {}, sql)
+                .unwrap()
+                .remove(0)
+        };
+        // psql's `\du`, cut short
+        let mut s = parse(
+            "SELECT r.rolname, ARRAY(SELECT b.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid ORDER BY 1) AS memberof FROM pg_catalog.pg_roles r",
+        );
+        assert!(needs_rewrite(&s));
+        assert_eq!(rewrite(&mut s), 1);
+        assert_eq!(
+            s.to_string(),
+            "SELECT r.rolname, coalesce((SELECT array_agg(b.rolname ORDER BY 1) FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid), make_array()) AS memberof FROM pg_catalog.pg_roles r"
+        );
+        // inside array_to_string it is joined instead (rewritten once, from the outside)
+        let mut s = parse("SELECT array_to_string(ARRAY(SELECT a FROM x), ',')");
+        assert_eq!(rewrite(&mut s), 1);
+        assert_eq!(
+            s.to_string(),
+            "SELECT coalesce((SELECT string_agg(CAST(a AS TEXT), ',') FROM x), '')"
+        );
+        // two columns, a limit, or a grouping are left as they are
+        for sql in [
+            "SELECT ARRAY(SELECT a, b FROM x)",
+            "SELECT ARRAY(SELECT a FROM x LIMIT 2)",
+            "SELECT ARRAY(SELECT a FROM x GROUP BY a)",
+        ] {
+            let mut s = parse(sql);
+            assert!(!needs_rewrite(&s), "{sql}");
             assert_eq!(rewrite(&mut s), 0, "{sql}");
         }
     }
