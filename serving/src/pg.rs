@@ -1182,6 +1182,20 @@ mod tests {
         );
     }
 
+    /// A correlated scalar subquery standing alone as a select item is replaced by NULL in
+    /// datafusion-pg-catalog's parser (a rule for psql's `\\d`); inside parentheses or any
+    /// expression it is planned by DataFusion, and exact. `docs/sql.md` says so.
+    #[tokio::test]
+    async fn a_correlated_subquery_in_parentheses_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, _stop) = server(dir.path()).await;
+        let count = "SELECT count(*) FROM (VALUES (1), (2)) t(y) WHERE t.y = s.x";
+        assert_eq!(
+            psql(port, &format!("SELECT x, (({count})) AS n, 0 + ({count}) AS m FROM (VALUES (1), (2), (3)) s(x) ORDER BY 1")).await.unwrap(),
+            "1|1|1\n2|1|1\n3|0|0\n"
+        );
+    }
+
     #[tokio::test]
     async fn psql_reads_views_as_tables() {
         let dir = tempfile::tempdir().unwrap();
