@@ -30,8 +30,8 @@ use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
     AccessExpr, BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
-    ObjectNamePart, Query, SelectItem, SetExpr, Statement, Value, Visit, VisitMut, Visitor,
-    VisitorMut,
+    ObjectNamePart, OrderByKind, Query, SelectItem, SetExpr, Statement, Value, Visit, VisitMut,
+    Visitor, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -1142,10 +1142,7 @@ fn array_of_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<(&
 fn joined_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<Expr> {
     let (query, separator) = array_of_subquery(f)?;
     let (select, item) = one_column(query)?;
-    let order = query
-        .order_by
-        .as_ref()
-        .map_or(String::new(), |o| format!(" {o}"));
+    let order = order_inside(query, select, item)?;
     let agg = Parser::new(&PostgreSqlDialect {})
         .try_with_sql(&format!(
             "string_agg(CAST({item} AS TEXT), {separator}{order})"
@@ -1166,6 +1163,41 @@ fn joined_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<E
     )
 }
 
+/// The ORDER BY of a one-column subquery (` ORDER BY …`, or nothing) as the ORDER BY of an
+/// aggregate of its `item`: there, the position `1` and the item's alias are not known, so
+/// they become the item itself. `None` for another position or `ORDER BY ALL`.
+fn order_inside(
+    query: &Query,
+    select: &datafusion::sql::sqlparser::ast::Select,
+    item: &Expr,
+) -> Option<String> {
+    let Some(order) = &query.order_by else {
+        return Some(String::new());
+    };
+    let alias = match select.projection.as_slice() {
+        [SelectItem::ExprWithAlias { alias, .. }] => Some(alias),
+        _ => None,
+    };
+    let mut order = order.clone();
+    let OrderByKind::Expressions(list) = &mut order.kind else {
+        return None;
+    };
+    for o in list {
+        match &o.expr {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) if n == "1" => o.expr = item.clone(),
+                Value::Number(..) => return None,
+                _ => {}
+            },
+            Expr::Identifier(id) if alias.is_some_and(|a| a.value == id.value) => {
+                o.expr = item.clone();
+            }
+            _ => {}
+        }
+    }
+    Some(format!(" {order}"))
+}
+
 /// `ARRAY(SELECT x FROM … WHERE … ORDER BY o)` as `COALESCE((SELECT array_agg(x ORDER BY o)
 /// FROM … WHERE …), make_array())`: the same elements in the same order, and an empty array
 /// for no rows (where `array_agg` alone gives NULL). `None` for a subquery of another shape
@@ -1175,10 +1207,7 @@ fn gathered_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option
         return None;
     };
     let (select, item) = one_column(query)?;
-    let order = query
-        .order_by
-        .as_ref()
-        .map_or(String::new(), |o| format!(" {o}"));
+    let order = order_inside(query, select, item)?;
     let agg = Parser::new(&PostgreSqlDialect {})
         .try_with_sql(&format!("array_agg({item}{order})"))
         .and_then(|mut p| p.parse_expr())
@@ -1517,8 +1546,17 @@ mod tests {
         assert_eq!(rewrite(&mut s), 1);
         assert_eq!(
             s.to_string(),
-            "SELECT r.rolname, coalesce((SELECT array_agg(b.rolname ORDER BY 1) FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid), make_array()) AS memberof FROM pg_catalog.pg_roles r"
+            "SELECT r.rolname, coalesce((SELECT array_agg(b.rolname ORDER BY b.rolname) FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid), make_array()) AS memberof FROM pg_catalog.pg_roles r"
         );
+        // an order by the item's alias is by the item; one by a second column cannot be
+        let mut s = parse("SELECT ARRAY(SELECT a + 1 AS b FROM x ORDER BY b DESC)");
+        assert_eq!(rewrite(&mut s), 1);
+        assert_eq!(
+            s.to_string(),
+            "SELECT coalesce((SELECT array_agg(a + 1 ORDER BY a + 1 DESC) FROM x), make_array())"
+        );
+        let mut s = parse("SELECT ARRAY(SELECT a FROM x ORDER BY 2)");
+        assert_eq!(rewrite(&mut s), 0);
         // inside array_to_string it is joined instead (rewritten once, from the outside)
         let mut s = parse("SELECT array_to_string(ARRAY(SELECT a FROM x), ',')");
         assert_eq!(rewrite(&mut s), 1);
