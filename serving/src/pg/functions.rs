@@ -1521,6 +1521,14 @@ mod tests {
             s.to_string(),
             "SELECT coalesce((SELECT string_agg(CAST(e.enumlabel AS TEXT), E'\\n' ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid), ''), t.typacl FROM pg_type t"
         );
+        // ordered by position: by the item inside the aggregate (`ORDER BY 1` there would
+        // order by the constant)
+        let mut s = parse("SELECT array_to_string(ARRAY(SELECT a FROM x ORDER BY 1 DESC), ',')");
+        assert_eq!(rewrite(&mut s), 1);
+        assert_eq!(
+            s.to_string(),
+            "SELECT coalesce((SELECT string_agg(CAST(a AS TEXT), ',' ORDER BY a DESC) FROM x), '')"
+        );
         // two columns, or a limit, are left as they are
         for sql in [
             "SELECT array_to_string(ARRAY(SELECT a, b FROM x), ',')",
