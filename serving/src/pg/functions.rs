@@ -1141,26 +1141,34 @@ fn array_of_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<(&
 /// for a subquery of another shape (more than one column, grouped, distinct or limited).
 fn joined_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option<Expr> {
     let (query, separator) = array_of_subquery(f)?;
-    let (select, item) = one_column(query)?;
-    let order = order_inside(query, select, item)?;
-    let agg = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&format!(
-            "string_agg(CAST({item} AS TEXT), {separator}{order})"
-        ))
-        .and_then(|mut p| p.parse_expr())
-        .ok()?;
-    let mut joined = select.clone();
-    joined.projection = vec![SelectItem::UnnamedExpr(agg)];
-    let mut subquery = query.clone();
-    subquery.order_by = None;
-    subquery.body = Box::new(SetExpr::Select(Box::new(joined)));
+    let joined = aggregated(query, |item, order| {
+        format!("string_agg(CAST({item} AS TEXT), {separator}{order})")
+    })?;
     call(
         "coalesce",
         vec![
-            Expr::Subquery(Box::new(subquery)),
+            joined,
             Expr::Value(Value::SingleQuotedString(String::new()).into()),
         ],
     )
+}
+
+/// A one-column subquery (see [`one_column`]) with its item aggregated instead, as
+/// `aggregate(item, order)` writes the call (`order`: the subquery's ORDER BY, as
+/// [`order_inside`] gives it), as a scalar subquery.
+fn aggregated(query: &Query, aggregate: impl FnOnce(&Expr, &str) -> String) -> Option<Expr> {
+    let (select, item) = one_column(query)?;
+    let order = order_inside(query, select, item)?;
+    let agg = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&aggregate(item, &order))
+        .and_then(|mut p| p.parse_expr())
+        .ok()?;
+    let mut one = select.clone();
+    one.projection = vec![SelectItem::UnnamedExpr(agg)];
+    let mut subquery = query.clone();
+    subquery.order_by = None;
+    subquery.body = Box::new(SetExpr::Select(Box::new(one)));
+    Some(Expr::Subquery(Box::new(subquery)))
 }
 
 /// The ORDER BY of a one-column subquery (` ORDER BY …`, or nothing) as the ORDER BY of an
@@ -1206,24 +1214,8 @@ fn gathered_by_subquery(f: &datafusion::sql::sqlparser::ast::Function) -> Option
     let FunctionArguments::Subquery(query) = &f.args else {
         return None;
     };
-    let (select, item) = one_column(query)?;
-    let order = order_inside(query, select, item)?;
-    let agg = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&format!("array_agg({item}{order})"))
-        .and_then(|mut p| p.parse_expr())
-        .ok()?;
-    let mut gathered = select.clone();
-    gathered.projection = vec![SelectItem::UnnamedExpr(agg)];
-    let mut subquery = query.as_ref().clone();
-    subquery.order_by = None;
-    subquery.body = Box::new(SetExpr::Select(Box::new(gathered)));
-    call(
-        "coalesce",
-        vec![
-            Expr::Subquery(Box::new(subquery)),
-            call("make_array", Vec::new())?,
-        ],
-    )
+    let gathered = aggregated(query, |item, order| format!("array_agg({item}{order})"))?;
+    call("coalesce", vec![gathered, call("make_array", Vec::new())?])
 }
 
 /// A scalar subquery that selects one comparison, `(SELECT c.relkind = 'c' FROM pg_class c
@@ -1375,6 +1367,13 @@ pub fn mentions_regclass(statement: &Statement) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one statement of `sql`.
+    fn parse(sql: &str) -> Statement {
+        Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0)
+    }
     use proptest::prelude::*;
 
     #[test]
@@ -1436,11 +1435,6 @@ mod tests {
 
     #[test]
     fn only_casts_of_computed_names_are_rewritten() {
-        let parse = |sql: &str| {
-            Parser::parse_sql(&PostgreSqlDialect {}, sql)
-                .unwrap()
-                .remove(0)
-        };
         let mut s = parse(
             "SELECT col_description(CAST(CAST(format('%I.%I', CAST(s AS TEXT), t) AS REGCLASS) AS OID), 1), c.oid::regclass, 'x'::regclass FROM c",
         );
@@ -1482,35 +1476,22 @@ mod tests {
 
     #[test]
     fn only_the_storage_options_and_schema_privileges_are_rewritten() {
-        let mut s = Parser::parse_sql(
-            &PostgreSqlDialect {},
+        let mut s = parse(
             "SELECT pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', '), array_to_string(c.names, ',') FROM c",
-        )
-        .unwrap()
-        .remove(0);
+        );
         assert!(needs_rewrite(&s));
         assert_eq!(rewrite(&mut s), 1);
         assert_eq!(
             s.to_string(),
             "SELECT '', array_to_string(c.names, ',') FROM c"
         );
-        let mut s = Parser::parse_sql(
-            &PostgreSqlDialect {},
-            "SELECT pg_catalog.array_to_string(n.nspacl, E'\\n') FROM n",
-        )
-        .unwrap()
-        .remove(0);
+        let mut s = parse("SELECT pg_catalog.array_to_string(n.nspacl, E'\\n') FROM n");
         assert_eq!(rewrite(&mut s), 1);
         assert_eq!(s.to_string(), "SELECT n.nspacl FROM n");
     }
 
     #[test]
     fn an_array_of_a_subquery_joined_becomes_its_string_agg() {
-        let parse = |sql: &str| {
-            Parser::parse_sql(&PostgreSqlDialect {}, sql)
-                .unwrap()
-                .remove(0)
-        };
         // psql's `\dT+`, cut short
         let mut s = parse(
             "SELECT pg_catalog.array_to_string(ARRAY(SELECT e.enumlabel FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder), E'\\n'), pg_catalog.array_to_string(t.typacl, E'\\n') FROM pg_type t",
@@ -1541,11 +1522,6 @@ mod tests {
 
     #[test]
     fn an_array_of_a_subquery_becomes_its_array_agg() {
-        let parse = |sql: &str| {
-            Parser::parse_sql(&PostgreSqlDialect {}, sql)
-                .unwrap()
-                .remove(0)
-        };
         // psql's `\du`, cut short
         let mut s = parse(
             "SELECT r.rolname, ARRAY(SELECT b.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid ORDER BY 1) AS memberof FROM pg_catalog.pg_roles r",
@@ -1586,11 +1562,6 @@ mod tests {
 
     #[test]
     fn a_comparing_subquery_in_a_where_clause_becomes_exists() {
-        let parse = |sql: &str| {
-            Parser::parse_sql(&PostgreSqlDialect {}, sql)
-                .unwrap()
-                .remove(0)
-        };
         // psql's `\dT`, cut short
         let mut s = parse(
             "SELECT t.oid FROM pg_type t WHERE (t.typrelid = 0 OR (SELECT c.relkind = 'c' FROM pg_class c WHERE c.oid = t.typrelid)) AND NOT EXISTS (SELECT 1 FROM pg_type el WHERE el.oid = t.typelem)",
