@@ -31,8 +31,8 @@ use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use futures::Sink;
 
-/// `sql` with every scalar subquery that stands alone as a select item and reads one of
-/// `views` put in parentheses; `None` when there is none (or the text does not parse, which
+/// `sql` with every scalar subquery that stands alone as a select item (of any query, or any
+/// branch of a `UNION`, `EXCEPT` or `INTERSECT`) and reads one of `views` put in parentheses; `None` when there is none (or the text does not parse, which
 /// the library's parser then reports).
 pub fn protect(sql: &str, views: &[String]) -> Option<String> {
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
@@ -75,26 +75,40 @@ struct Wrap<'v> {
     changed: bool,
 }
 
+impl Wrap<'_> {
+    /// Wraps the bare subqueries over a view among the select items of `body`, in each
+    /// branch of a set operation (`UNION`, …).
+    fn wrap(&mut self, body: &mut SetExpr) {
+        match body {
+            SetExpr::Select(select) => {
+                for item in &mut select.projection {
+                    let expr = match item {
+                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                        _ => continue,
+                    };
+                    if let Expr::Subquery(q) = expr
+                        && reads_view(q, self.views)
+                    {
+                        let inner = std::mem::replace(expr, Expr::value(Value::Null));
+                        *expr = Expr::Nested(Box::new(inner));
+                        self.changed = true;
+                    }
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.wrap(left);
+                self.wrap(right);
+            }
+            _ => {}
+        }
+    }
+}
+
 impl VisitorMut for Wrap<'_> {
     type Break = ();
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
-        let SetExpr::Select(select) = query.body.as_mut() else {
-            return ControlFlow::Continue(());
-        };
-        for item in &mut select.projection {
-            let expr = match item {
-                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
-                _ => continue,
-            };
-            if let Expr::Subquery(q) = expr
-                && reads_view(q, self.views)
-            {
-                let inner = std::mem::replace(expr, Expr::value(Value::Null));
-                *expr = Expr::Nested(Box::new(inner));
-                self.changed = true;
-            }
-        }
+        self.wrap(&mut query.body);
         ControlFlow::Continue(())
     }
 }
@@ -206,6 +220,7 @@ impl ExtendedQueryHandler for Protected {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     fn views() -> Vec<String> {
         vec!["gmv".to_string()]
@@ -243,6 +258,96 @@ mod tests {
             "not sql at all (",
         ] {
             assert_eq!(protect(sql, &views()), None, "{sql}");
+        }
+    }
+
+    /// Select lists of items that are and are not bare subqueries over a view, over a
+    /// table or a subquery that holds one, and some junk; with whether the list holds one.
+    fn statements() -> impl proptest::strategy::Strategy<Value = (String, bool)> {
+        use proptest::prelude::*;
+        // (item, whether it is a bare subquery over a view)
+        let item = proptest::sample::select(vec![
+            ("x", false),
+            ("(SELECT sum(n) FROM gmv g WHERE g.city = s.x)", true),
+            ("(SELECT 1)", false),
+            ("((SELECT max(n) FROM gmv))", false),
+            ("1 + (SELECT count(*) FROM gmv)", false),
+            ("(SELECT city FROM public.gmv LIMIT 1)", true),
+            (
+                "(SELECT relname FROM pg_catalog.pg_class c WHERE c.oid = s.x)",
+                false,
+            ),
+        ]);
+        let alias = proptest::option::of(proptest::sample::select(vec!["a", "\"B\""]));
+        let from = proptest::sample::select(vec![
+            ("s", false),
+            ("gmv", false),
+            ("(SELECT (SELECT sum(n) FROM gmv) AS y FROM s) q", true),
+        ]);
+        let junk = proptest::option::of(prop_oneof![
+            proptest::sample::select(vec!["(", ")", "'", ";", "$1", "UNION SELECT 1"])
+                .prop_map(str::to_string),
+            "\\PC{0,8}",
+        ]);
+        (proptest::collection::vec((item, alias), 1..4), from, junk).prop_map(
+            |(items, (from, inner_bare), junk)| {
+                let bare = inner_bare || items.iter().any(|((_, b), _)| *b);
+                let list: Vec<String> = items
+                    .into_iter()
+                    .map(|((i, _), a)| match a {
+                        Some(a) => format!("{i} AS {a}"),
+                        None => i.to_string(),
+                    })
+                    .collect();
+                let sql = format!(
+                    "SELECT {} FROM {from} {}",
+                    list.join(", "),
+                    junk.unwrap_or_default()
+                );
+                (sql, bare)
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// A statement that parses is protected when, and only when, it holds a bare
+        /// subquery over a view; the protected text parses, holds none, and keeps every
+        /// subquery.
+        #[test]
+        fn statements_are_protected_when_they_need_it((sql, bare) in statements()) {
+            let parses = Parser::parse_sql(&PostgreSqlDialect {}, &sql).is_ok();
+            let out = protect(&sql, &views());
+            proptest::prop_assert_eq!(out.is_some(), parses && bare, "{}", sql);
+            if let Some(out) = out {
+                proptest::prop_assert!(Parser::parse_sql(&PostgreSqlDialect {}, &out).is_ok(), "{}", out);
+                proptest::prop_assert_eq!(protect(&out, &views()), None, "{}", out);
+                proptest::prop_assert_eq!(out.matches("SELECT").count(), sql.matches("SELECT").count());
+            }
+        }
+
+        /// Any text: no panic, and a rewritten statement parses again, with no subquery left
+        /// bare that reads a view.
+        #[test]
+        fn any_text_is_left_alone_or_protected_for_good(
+            words in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(vec![
+                        "SELECT", "(SELECT", "FROM", "gmv", "s", "WHERE", "g.city", "=", "s.x",
+                        "(", ")", ",", "sum(n)", "AS", "n", "UNION", "JOIN", "ON", "true", ";",
+                        "'", "\"", "$1", "LIMIT", "1", "ORDER BY",
+                    ]).prop_map(str::to_string),
+                    "\\PC{0,8}",
+                ],
+                0..20,
+            ),
+        ) {
+            let sql = words.join(" ");
+            if let Some(out) = protect(&sql, &views()) {
+                proptest::prop_assert!(Parser::parse_sql(&PostgreSqlDialect {}, &out).is_ok(), "{out}");
+                proptest::prop_assert_eq!(protect(&out, &views()), None, "{}", out);
+            }
         }
     }
 }
