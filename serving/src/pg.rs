@@ -1243,17 +1243,7 @@ mod tests {
             c = psycopg.connect(host='127.0.0.1', port=int(sys.argv[1]), user='duet', dbname='duet', sslmode='disable', autocommit=True)\n\
             print(c.execute(\"SELECT x, ({sum}) FROM {cities} WHERE %s = 1 ORDER BY 1\", (1,)).fetchall())\n"
         );
-        let python = python();
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(python)
-                .args(["-c", &script, &port.to_string()])
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        let out = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
+        let out = python_run(script, port).await;
         assert!(
             out.starts_with("[('Beijing', 15), ('Nowhere', None)]")
                 || out.starts_with("[('Beijing', Decimal('15')), ('Nowhere', None)]"),
@@ -1732,6 +1722,21 @@ mod tests {
         assert_eq!(range(col("n").gt(lit(5))), (0, MAX_TIME_MS));
     }
 
+    /// What the Python of [`python`] prints, standard output then standard error, for
+    /// `script` run with the port as its argument.
+    async fn python_run(script: String, port: u16) -> String {
+        let python = python();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(python)
+                .args(["-c", &script, &port.to_string()])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
     /// The Python with psycopg that `scripts/setup.sh` installs (or `DUET_PYTHON`).
     fn python() -> String {
         let python = std::env::var("DUET_PYTHON").unwrap_or_else(|_| {
@@ -1808,17 +1813,7 @@ mod tests {
             \x20       print(c.execute(sql, (1,)).fetchall())\n\
             \x20   except psycopg.Error as e:\n\
             \x20       print(e.sqlstate, e)\n";
-        let python = python();
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(python)
-                .args(["-c", script, &port.to_string()])
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        let out = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
+        let out = python_run(script.to_string(), port).await;
         assert!(
             out.starts_with("[(Decimal('63'),)]\n42501 user `bi` may not read view `buyers`")
                 || out.starts_with("[(63,)]\n42501 user `bi` may not read view `buyers`"),
