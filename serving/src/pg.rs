@@ -645,17 +645,22 @@ fn user_of(client: &(impl ClientInfo + ?Sized)) -> String {
         .unwrap_or_default()
 }
 
+/// The table a relation names: its last part, unquoted (views are found by it, whatever
+/// schema qualifies it).
+fn relation_name(name: &datafusion::sql::sqlparser::ast::ObjectName) -> String {
+    name.0
+        .last()
+        .map(|p| p.to_string().trim_matches('"').to_string())
+        .unwrap_or_default()
+}
+
 impl Guard {
     /// Refuses a statement that names a view `grant` does not cover.
     fn scope(&self, statement: &Statement, grant: &Grant) -> Option<PgWireError> {
         grant.views.as_ref()?;
         let mut denied = None;
         let _ = visit_relations(statement, |name| {
-            let table = name
-                .0
-                .last()
-                .map(|p| p.to_string().trim_matches('"').to_string())
-                .unwrap_or_default();
+            let table = relation_name(name);
             if let Some(view) = self
                 .views
                 .iter()

@@ -32,8 +32,9 @@ use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use futures::Sink;
 
 /// `sql` with every scalar subquery that stands alone as a select item (of any query, or any
-/// branch of a `UNION`, `EXCEPT` or `INTERSECT`) and reads one of `views` put in parentheses; `None` when there is none (or the text does not parse, which
-/// the library's parser then reports).
+/// branch of a `UNION`, `EXCEPT` or `INTERSECT`) and reads one of `views` put in
+/// parentheses; `None` when there is none (or the text does not parse, which the library's
+/// parser then reports).
 pub fn protect(sql: &str, views: &[String]) -> Option<String> {
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     let mut wrap = Wrap {
@@ -55,11 +56,7 @@ pub fn protect(sql: &str, views: &[String]) -> Option<String> {
 /// Whether `query` reads one of `views` (by its last name part, as the catalog resolves it).
 fn reads_view(query: &Query, views: &[String]) -> bool {
     visit_relations(query, |name| {
-        let table = name
-            .0
-            .last()
-            .map(|p| p.to_string().trim_matches('"').to_string())
-            .unwrap_or_default();
+        let table = super::relation_name(name);
         if views.iter().any(|v| v.eq_ignore_ascii_case(&table)) {
             ControlFlow::Break(())
         } else {
