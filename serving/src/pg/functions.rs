@@ -1367,6 +1367,7 @@ pub fn mentions_regclass(statement: &Statement) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// The one statement of `sql`.
     fn parse(sql: &str) -> Statement {
@@ -1374,7 +1375,13 @@ mod tests {
             .unwrap()
             .remove(0)
     }
-    use proptest::prelude::*;
+
+    /// `sql` as its rewrites leave it, checking that they are `n`.
+    fn rewritten(sql: &str, n: usize) -> String {
+        let mut s = parse(sql);
+        assert_eq!(rewrite(&mut s), n, "{sql}");
+        s.to_string()
+    }
 
     #[test]
     fn format_renders_as_postgres_does() {
@@ -1476,38 +1483,37 @@ mod tests {
 
     #[test]
     fn only_the_storage_options_and_schema_privileges_are_rewritten() {
-        let mut s = parse(
-            "SELECT pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', '), array_to_string(c.names, ',') FROM c",
-        );
-        assert!(needs_rewrite(&s));
-        assert_eq!(rewrite(&mut s), 1);
+        let sql = "SELECT pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', '), array_to_string(c.names, ',') FROM c";
+        assert!(needs_rewrite(&parse(sql)));
         assert_eq!(
-            s.to_string(),
+            rewritten(sql, 1),
             "SELECT '', array_to_string(c.names, ',') FROM c"
         );
-        let mut s = parse("SELECT pg_catalog.array_to_string(n.nspacl, E'\\n') FROM n");
-        assert_eq!(rewrite(&mut s), 1);
-        assert_eq!(s.to_string(), "SELECT n.nspacl FROM n");
+        assert_eq!(
+            rewritten(
+                "SELECT pg_catalog.array_to_string(n.nspacl, E'\\n') FROM n",
+                1
+            ),
+            "SELECT n.nspacl FROM n"
+        );
     }
 
     #[test]
     fn an_array_of_a_subquery_joined_becomes_its_string_agg() {
         // psql's `\dT+`, cut short
-        let mut s = parse(
-            "SELECT pg_catalog.array_to_string(ARRAY(SELECT e.enumlabel FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder), E'\\n'), pg_catalog.array_to_string(t.typacl, E'\\n') FROM pg_type t",
-        );
-        assert!(needs_rewrite(&s));
-        assert_eq!(rewrite(&mut s), 2);
+        let sql = "SELECT pg_catalog.array_to_string(ARRAY(SELECT e.enumlabel FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder), E'\\n'), pg_catalog.array_to_string(t.typacl, E'\\n') FROM pg_type t";
+        assert!(needs_rewrite(&parse(sql)));
         assert_eq!(
-            s.to_string(),
+            rewritten(sql, 2),
             "SELECT coalesce((SELECT string_agg(CAST(e.enumlabel AS TEXT), E'\\n' ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid), ''), t.typacl FROM pg_type t"
         );
         // ordered by position: by the item inside the aggregate (`ORDER BY 1` there would
         // order by the constant)
-        let mut s = parse("SELECT array_to_string(ARRAY(SELECT a FROM x ORDER BY 1 DESC), ',')");
-        assert_eq!(rewrite(&mut s), 1);
         assert_eq!(
-            s.to_string(),
+            rewritten(
+                "SELECT array_to_string(ARRAY(SELECT a FROM x ORDER BY 1 DESC), ',')",
+                1
+            ),
             "SELECT coalesce((SELECT string_agg(CAST(a AS TEXT), ',' ORDER BY a DESC) FROM x), '')"
         );
         // two columns, or a limit, are left as they are
@@ -1523,29 +1529,22 @@ mod tests {
     #[test]
     fn an_array_of_a_subquery_becomes_its_array_agg() {
         // psql's `\du`, cut short
-        let mut s = parse(
-            "SELECT r.rolname, ARRAY(SELECT b.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid ORDER BY 1) AS memberof FROM pg_catalog.pg_roles r",
-        );
-        assert!(needs_rewrite(&s));
-        assert_eq!(rewrite(&mut s), 1);
+        let sql = "SELECT r.rolname, ARRAY(SELECT b.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid ORDER BY 1) AS memberof FROM pg_catalog.pg_roles r";
+        assert!(needs_rewrite(&parse(sql)));
         assert_eq!(
-            s.to_string(),
+            rewritten(sql, 1),
             "SELECT r.rolname, coalesce((SELECT array_agg(b.rolname ORDER BY b.rolname) FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid), make_array()) AS memberof FROM pg_catalog.pg_roles r"
         );
         // an order by the item's alias is by the item; one by a second column cannot be
-        let mut s = parse("SELECT ARRAY(SELECT a + 1 AS b FROM x ORDER BY b DESC)");
-        assert_eq!(rewrite(&mut s), 1);
         assert_eq!(
-            s.to_string(),
+            rewritten("SELECT ARRAY(SELECT a + 1 AS b FROM x ORDER BY b DESC)", 1),
             "SELECT coalesce((SELECT array_agg(a + 1 ORDER BY a + 1 DESC) FROM x), make_array())"
         );
         let mut s = parse("SELECT ARRAY(SELECT a FROM x ORDER BY 2)");
         assert_eq!(rewrite(&mut s), 0);
         // inside array_to_string it is joined instead (rewritten once, from the outside)
-        let mut s = parse("SELECT array_to_string(ARRAY(SELECT a FROM x), ',')");
-        assert_eq!(rewrite(&mut s), 1);
         assert_eq!(
-            s.to_string(),
+            rewritten("SELECT array_to_string(ARRAY(SELECT a FROM x), ',')", 1),
             "SELECT coalesce((SELECT string_agg(CAST(a AS TEXT), ',') FROM x), '')"
         );
         // two columns, a limit, or a grouping are left as they are
@@ -1563,13 +1562,10 @@ mod tests {
     #[test]
     fn a_comparing_subquery_in_a_where_clause_becomes_exists() {
         // psql's `\dT`, cut short
-        let mut s = parse(
-            "SELECT t.oid FROM pg_type t WHERE (t.typrelid = 0 OR (SELECT c.relkind = 'c' FROM pg_class c WHERE c.oid = t.typrelid)) AND NOT EXISTS (SELECT 1 FROM pg_type el WHERE el.oid = t.typelem)",
-        );
-        assert!(needs_rewrite(&s));
-        assert_eq!(rewrite(&mut s), 1);
+        let sql = "SELECT t.oid FROM pg_type t WHERE (t.typrelid = 0 OR (SELECT c.relkind = 'c' FROM pg_class c WHERE c.oid = t.typrelid)) AND NOT EXISTS (SELECT 1 FROM pg_type el WHERE el.oid = t.typelem)";
+        assert!(needs_rewrite(&parse(sql)));
         assert_eq!(
-            s.to_string(),
+            rewritten(sql, 1),
             "SELECT t.oid FROM pg_type t WHERE (t.typrelid = 0 OR EXISTS (SELECT 1 FROM pg_class c WHERE (c.oid = t.typrelid) AND (c.relkind = 'c'))) AND NOT EXISTS (SELECT 1 FROM pg_type el WHERE el.oid = t.typelem)"
         );
         // elsewhere, or of another shape, a scalar subquery is left as it is: in the select
