@@ -160,7 +160,7 @@ pub(crate) async fn consume_all(
     .await?;
     let started = Instant::now();
     // timed from the first message, as the speed layer is
-    let mut first: Option<(Instant, f64)> = None;
+    let mut first: Option<(Instant, Option<CpuTime>)> = None;
     let mut seen = 0;
     while seen < events {
         let n = baseline
@@ -168,18 +168,18 @@ pub(crate) async fn consume_all(
             .await?
             .len();
         if n > 0 && first.is_none() {
-            first = Some((Instant::now(), cpu_seconds().unwrap_or(0.0)));
+            first = Some((Instant::now(), CpuTime::now()));
         }
         seen += n;
         if started.elapsed() > Duration::from_secs(600) {
             bail!("baseline consumer stalled at {seen} of {events}");
         }
     }
-    let (t, cpu) = first.unwrap_or((started, 0.0));
+    let (t, cpu) = first.unwrap_or((started, None));
     let elapsed = t.elapsed();
     Ok(Consumed {
         elapsed,
-        cores: cores_since(cpu, elapsed),
+        cores: cpu.and_then(|c| c.cores_since(elapsed)),
     })
 }
 
@@ -187,25 +187,66 @@ pub(crate) async fn consume_all(
 pub(crate) struct Consumed {
     /// From the first message to the last.
     pub elapsed: Duration,
-    /// CPU time of the whole process over `elapsed` (2.0: both cores of a 2-core machine).
-    pub cores: Option<f64>,
+    /// The cores used over `elapsed`.
+    pub cores: Option<Cores>,
 }
 
-/// CPU time (user + system) the process has used so far, in seconds (Linux).
-pub(crate) fn cpu_seconds() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // fields after the command name, which is in parentheses and may hold spaces
-    let rest = s.rsplit_once(')')?.1;
+/// CPU time (user + system, seconds) used so far (Linux): by the whole process, and by the
+/// thread of the in-process mock broker (librdkafka's mock cluster, `rdk:mock`), which
+/// serves every fetch of the benchmark's embedded broker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuTime {
+    process: f64,
+    broker: f64,
+}
+
+/// Cores used over a span (2.0: both cores of a 2-core machine).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cores {
+    /// By the whole process.
+    pub process: f64,
+    /// By the mock broker's thread (0 without one).
+    pub broker: f64,
+}
+
+/// User + system CPU seconds in a `/proc/.../stat` line (USER_HZ: 100 on every Linux this
+/// runs on), and the command name it holds.
+fn stat_seconds(stat: &str) -> Option<(&str, f64)> {
+    // the command name is in parentheses and may hold spaces
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // USER_HZ: 100 on every Linux this runs on
-    Some(ticks / 100.0)
+    Some((comm, ticks / 100.0))
 }
 
-/// The cores used since `cpu` (from [`cpu_seconds`]) over `elapsed`.
-pub(crate) fn cores_since(cpu: f64, elapsed: Duration) -> Option<f64> {
-    let now = cpu_seconds()?;
-    Some((now - cpu) / elapsed.as_secs_f64().max(1e-9))
+impl CpuTime {
+    /// The CPU time used so far; `None` where `/proc` cannot be read.
+    pub(crate) fn now() -> Option<CpuTime> {
+        let process = stat_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1;
+        let mut broker = 0.0;
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            // a thread that ended meanwhile is skipped
+            if let Ok(stat) = std::fs::read_to_string(task.path().join("stat"))
+                && let Some((comm, secs)) = stat_seconds(&stat)
+                && comm.starts_with("rdk:mock")
+            {
+                broker += secs;
+            }
+        }
+        Some(CpuTime { process, broker })
+    }
+
+    /// The cores used from this reading to now, over `elapsed`.
+    pub(crate) fn cores_since(self, elapsed: Duration) -> Option<Cores> {
+        let now = CpuTime::now()?;
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        Some(Cores {
+            process: (now.process - self.process) / secs,
+            // the broker's thread may have ended (a broker stopped meanwhile): never below 0
+            broker: ((now.broker - self.broker) / secs).max(0.0),
+        })
+    }
 }
 
 /// Waits until a speed layer has read its first message (joining its group is not part of
@@ -834,4 +875,28 @@ async fn store_growth(base: &Arc<Config>, opts: &BenchOptions) -> Result<Growth>
         rate: done as f64 / t.elapsed().as_secs_f64(),
         days: out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_is_read_past_its_command_name() {
+        // a thread name may hold spaces and parentheses; utime and stime are the 14th and
+        // 15th fields, in ticks of 1/100 s
+        let line = "4242 (rdk:mock (1) x) S 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0 9 0";
+        let (comm, secs) = stat_seconds(line).expect("a stat line");
+        assert_eq!(comm, "rdk:mock (1) x");
+        assert!((secs - 3.25).abs() < 1e-9, "{secs}");
+        assert!(stat_seconds("4242 rdk:mock S 1").is_none());
+        assert!(stat_seconds("4242 (x) S 1 2").is_none());
+    }
+
+    #[test]
+    fn this_process_reads_its_own_cpu_time() {
+        // the process's own stat line parses (its threads' lines are read where they can be)
+        let t = CpuTime::now().expect("/proc on Linux");
+        assert!(t.process >= 0.0 && t.broker >= 0.0);
+    }
 }
