@@ -23,9 +23,21 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
         // the fast path decides as the full decoder does
         let fast = s.decode_keeping(bytes, 1_800_000_000_000, &s.keep_all());
         assert_eq!(fast, full, "the fast path decoded differently");
-        if let Ok(e) = full {
-            for v in cfg.views.iter().filter(|v| v.source == s.name) {
-                for c in v.contributions(&e) {
+        // keeping only what the views read, as the speed layer does: the same decision,
+        // and the same contributions to every view
+        let views: Vec<_> = cfg.views.iter().filter(|v| v.source == s.name).collect();
+        let kept = s.decode_keeping(bytes, 1_800_000_000_000, &s.keep(views.iter().copied()));
+        assert_eq!(
+            kept.as_ref().err(),
+            full.as_ref().err(),
+            "kept values decided differently"
+        );
+        if let (Ok(e), Ok(k)) = (&full, &kept) {
+            assert_eq!((&k.id, k.time_ms), (&e.id, e.time_ms));
+            for v in &views {
+                let contributions = v.contributions(e);
+                assert_eq!(v.contributions(k), contributions, "view {} differs", v.name);
+                for c in contributions {
                     let _ = v.render(&c.states);
                 }
             }
